@@ -1,0 +1,1 @@
+//! Guest agent: supervises the node process, answers Trove guest RPC, sends heartbeats (issue 6).
