@@ -13,8 +13,9 @@
 //!
 //! Crash safety: a frame is acknowledged (with `fsync = always`) only after the file holding it
 //! was fsynced; a crash can only leave a torn frame at the tail of the newest log, which
-//! recovery detects by length or checksum and truncates. A bad frame anywhere else is reported
-//! as corruption, never skipped silently. New files and renames are made durable by fsyncing the
+//! recovery detects by length or checksum and truncates (the cut bytes are kept beside the log
+//! as `*.torn-<offset>`). A bad frame in an older log or a damaged snapshot is reported as
+//! corruption, never skipped silently. New files and renames are made durable by fsyncing the
 //! directory.
 
 use std::fs::{self, File, OpenOptions};
@@ -265,10 +266,19 @@ impl FileEngine {
             .write(true)
             .open(dir.join("LOCK"))
             .map_err(|e| Error::io("open LOCK", e))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Err(Error::Locked(dir)),
-            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io("lock LOCK", e)),
+        // A process forked by another thread (between fork and exec) briefly holds a copy of
+        // the lock's descriptor, so a just-released lock can look taken: retry for a second.
+        let mut tries = 0;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => return Err(Error::Locked(dir)),
+                Err(std::fs::TryLockError::Error(e)) => return Err(Error::io("lock LOCK", e)),
+            }
         }
         let shared = Arc::new(Shared {
             opts,
@@ -504,15 +514,19 @@ impl Engine for FileEngine {
         let dir = sh.opts.dir.clone();
         let (logs, snaps) = list_gens(&dir)?;
         let mut last_seq = 0u64;
-        let mut base = None;
-        for &g in snaps.iter().rev() {
-            match validate_snapshot(&snap_path(&dir, g))? {
-                Some(seq) => {
-                    base = Some(g);
-                    last_seq = seq;
-                    break;
+        // A snapshot is renamed into place only once complete and fsynced, so the newest one
+        // failing its checks is damage, not a crash: refuse rather than lose what it held.
+        let base = snaps.last().copied();
+        if let Some(g) = base {
+            let p = snap_path(&dir, g);
+            match validate_snapshot(&p)? {
+                Some(seq) => last_seq = seq,
+                None => {
+                    return Err(Error::Corrupt(format!(
+                        "snapshot {} is damaged",
+                        p.display()
+                    )));
                 }
-                None => tracing::warn!(generation = g, "ignoring incomplete snapshot"),
             }
         }
         let start = base.or(logs.first().copied()).unwrap_or(1);
@@ -558,8 +572,18 @@ impl Engine for FileEngine {
                     continue;
                 }
                 let len = fs::metadata(&p).map(|m| m.len()).unwrap_or(end);
+                // Keep the unreadable tail beside the log for inspection instead of discarding it.
+                let side = p.with_extension(format!("k2l.torn-{end}"));
+                let mut src = File::open(&p).map_err(|e| Error::io("open log", e))?;
+                src.seek(SeekFrom::Start(end))
+                    .map_err(|e| Error::io("seek log", e))?;
+                let mut dst = File::create(&side)
+                    .map_err(|e| Error::io(format!("create {}", side.display()), e))?;
+                std::io::copy(&mut src, &mut dst)
+                    .and_then(|_| dst.sync_all())
+                    .map_err(|e| Error::io(format!("write {}", side.display()), e))?;
                 tracing::warn!(file = %p.display(), offset = end, dropped = len - end, reason = %why,
-                    "truncating a torn tail left by a crash");
+                    saved = %side.display(), "truncating a torn tail left by a crash");
                 let f = OpenOptions::new()
                     .write(true)
                     .open(&p)
