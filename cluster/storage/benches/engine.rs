@@ -126,7 +126,7 @@ fn delete_then_add(b: divan::Bencher, engine: &str) {
 fn incr(b: divan::Bencher, engine: &str) {
     let s = store(engine);
     b.counter(ItemsCount::new(1usize)).bench(|| {
-        let n = CURSOR.fetch_add(1, Ordering::Relaxed) % 1000;
+        let n = next_u64() % 1000;
         s.counter_add(&CTR_KEYS[n as usize], 64, 1).unwrap()
     });
 }
@@ -135,7 +135,7 @@ fn incr(b: divan::Bencher, engine: &str) {
 fn queue_push_pop(b: divan::Bencher, engine: &str) {
     let s = store(engine);
     b.counter(ItemsCount::new(2usize)).bench(|| {
-        let q = [b'q', (CURSOR.fetch_add(1, Ordering::Relaxed) % 16) as u8];
+        let q = [b'q', (next_u64() % 16) as u8];
         s.queue_push(&q, None, &VALUE, true, &QueueOpts::default())
             .unwrap();
         s.queue_pop(&q, None).unwrap()

@@ -90,7 +90,7 @@ impl Store {
             st.bytes += frame.len() as u64;
             count(&c, &mut st);
             n += 1;
-            if n % 1024 == 0 {
+            if n.is_multiple_of(1024) {
                 progress(n);
             }
             Ok(())

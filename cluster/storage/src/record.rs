@@ -374,9 +374,14 @@ impl<'a> RecordRef<'a> {
     }
     /// Whether the record is live at `now` (not a tombstone, not expired).
     pub fn is_live(&self, now: u32) -> bool {
+        self.is_live_with(|| now)
+    }
+
+    /// Like [`RecordRef::is_live`], reading the clock only for records that can expire.
+    pub fn is_live_with(&self, now: impl FnOnce() -> u32) -> bool {
         self.0[0] != Kind::Tombstone as u8 && {
             let e = self.expire();
-            e == 0 || e > now
+            e == 0 || e > now()
         }
     }
     /// All attributes.

@@ -313,6 +313,7 @@ pub(crate) struct Inner {
     pub(crate) hlc: Hlc,
     pub(crate) keyring: Keyring,
     closed: AtomicBool,
+    sweep_cursor: std::sync::atomic::AtomicUsize,
     stop: Mutex<bool>,
     stop_cv: Condvar,
     workers: Mutex<Vec<JoinHandle<()>>>,
@@ -369,6 +370,7 @@ impl Store {
             hlc: Hlc::new(cfg.node_id, cfg.clock.clone()),
             keyring: Keyring::new(&cfg.keyring)?,
             closed: AtomicBool::new(false),
+            sweep_cursor: std::sync::atomic::AtomicUsize::new(0),
             stop: Mutex::new(false),
             stop_cv: Condvar::new(),
             workers: Mutex::new(Vec::new()),
@@ -395,7 +397,7 @@ impl Store {
         let store = Store { inner };
         if let Some(every) = cfg.maintenance_interval {
             store.spawn_worker("k2hdkc-maintenance", every, |s| {
-                if let Err(e) = s.sweep_now() {
+                if let Err(e) = s.sweep_step() {
                     tracing::warn!(error = %e, "sweep failed");
                 }
                 if s.inner.engine.wants_compaction()
@@ -712,7 +714,10 @@ impl Store {
         self.check_key(key)?;
         self.check_value(value.len())?;
         let mut l = self.inner.state.lock(&[key]);
-        let now = self.now();
+        // One clock read per write: the version, taken under the lock so that versions of one
+        // key increase in commit order, also gives "now".
+        let version = self.inner.hlc.now();
+        let now = (version.millis() / 1000).min(u32::MAX as u64) as u32;
         let old = l.get(key)?.filter(|r| r.is_live(now));
         match (mode, old.is_some()) {
             (SetMode::Add, true) => return Ok(SetOutcome::NotStored),
@@ -754,7 +759,6 @@ impl Store {
             _ => (value.to_vec(), None),
         };
         let (stored, encrypted) = self.seal_value(key, plain, opts.pass, opts.encrypt, keep)?;
-        let version = self.inner.hlc.now();
         let expire = if concat {
             self.expire_at(Expire::Keep, old.map(|o| o.expire()), now)
         } else {
@@ -1237,9 +1241,22 @@ impl Store {
 
     /// Turn expired records into tombstones, purge old tombstones and expired queue items.
     pub fn sweep_now(&self) -> Result<SweepStats> {
+        self.sweep_shards(0..self.inner.state.shard_count())
+    }
+
+    /// Sweep the next eighth of the shards (the background worker's step), so that the cost
+    /// of a tick stays bounded however many records there are.
+    fn sweep_step(&self) -> Result<SweepStats> {
+        let n = self.inner.state.shard_count();
+        let step = n.div_ceil(8);
+        let start = self.inner.sweep_cursor.fetch_add(step, Ordering::Relaxed) % n;
+        self.sweep_shards(start..(start + step).min(n))
+    }
+
+    fn sweep_shards(&self, shards: std::ops::Range<usize>) -> Result<SweepStats> {
         const BATCH: usize = 4096;
         let mut stats = SweepStats::default();
-        for i in 0..self.inner.state.shard_count() {
+        for i in shards {
             let now = self.now();
             let (expired, purge, qexp) = {
                 let s = self.inner.state.read_shard(i);

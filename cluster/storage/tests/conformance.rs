@@ -661,13 +661,7 @@ fn encryption(h: &Harness) {
     ));
     // Encryption never leaks into the change feed.
     let f = s.feed_read(1, &ChangeFilter::default(), 1000).unwrap();
-    let text = format!(
-        "{}",
-        f.changes
-            .iter()
-            .map(|c| c.to_json().to_string())
-            .collect::<String>()
-    );
+    let text: String = f.changes.iter().map(|c| c.to_json().to_string()).collect();
     assert!(!text.contains("top secret") && !text.contains("default key"));
     // encrypt_by_default needs a default key; with one, plain writes are sealed.
     let mut bad = h.config();
