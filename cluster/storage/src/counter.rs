@@ -60,9 +60,7 @@ impl Store {
             e
         });
         let rec = Record::build(key, &value.to_le_bytes()[..n], &meta, ext.as_ref());
-        let t = self.commit(&mut l, version, ChangeKind::Counter, vec![Op::Put(rec)])?;
-        drop(l);
-        self.durable(t)?;
+        self.commit_and_wait(l, version, ChangeKind::Counter, vec![Op::Put(rec)])?;
         Ok(version.ts)
     }
 
@@ -140,9 +138,7 @@ impl Store {
         meta.version = version;
         let ext = old.has_ext().then(|| old.ext());
         let rec = Record::build(key, &new.to_le_bytes()[..n], &meta, ext.as_ref());
-        let t = self.commit(&mut l, version, ChangeKind::Counter, vec![Op::Put(rec)])?;
-        drop(l);
-        self.durable(t)?;
+        self.commit_and_wait(l, version, ChangeKind::Counter, vec![Op::Put(rec)])?;
         Ok((new, version.ts))
     }
 }

@@ -90,8 +90,8 @@ impl Store {
             encrypted,
             version,
         };
-        let t = self.commit(
-            &mut l,
+        self.commit_and_wait(
+            l,
             version,
             ChangeKind::QueuePush,
             vec![Op::QueuePut {
@@ -100,8 +100,6 @@ impl Store {
                 item,
             }],
         )?;
-        drop(l);
-        self.durable(t)?;
         Ok(len)
     }
 
@@ -144,8 +142,8 @@ impl Store {
         } else {
             ChangeKind::Purge
         };
-        let t = self.commit(
-            &mut l,
+        self.commit_and_wait(
+            l,
             version,
             kind,
             vec![Op::QueueDel {
@@ -153,8 +151,6 @@ impl Store {
                 ids,
             }],
         )?;
-        drop(l);
-        self.durable(t)?;
         Ok(popped)
     }
 
@@ -195,8 +191,8 @@ impl Store {
             return Ok(0);
         }
         let version = self.new_version();
-        let t = self.commit(
-            &mut l,
+        self.commit_and_wait(
+            l,
             version,
             ChangeKind::QueuePop,
             vec![Op::QueueDel {
@@ -204,8 +200,6 @@ impl Store {
                 ids,
             }],
         )?;
-        drop(l);
-        self.durable(t)?;
         Ok(removed)
     }
 

@@ -604,6 +604,19 @@ impl Store {
         Ok(t)
     }
 
+    /// Commit one change, release the locks, then wait for its durability.
+    pub(crate) fn commit_and_wait(
+        &self,
+        mut l: Locked<'_>,
+        version: Version,
+        kind: ChangeKind,
+        ops: Vec<Op>,
+    ) -> Result<()> {
+        let t = self.commit(&mut l, version, kind, ops)?;
+        drop(l);
+        self.durable(t)
+    }
+
     /// Wait for durability of a committed change (call without locks).
     pub(crate) fn durable(&self, t: Ticket) -> Result<()> {
         self.inner.engine.commit(t)
@@ -777,9 +790,7 @@ impl Store {
         };
         let ext = self.next_ext(old);
         let rec = Record::build(key, &stored, &meta, ext.as_ref());
-        let t = self.commit(&mut l, version, ChangeKind::Set, vec![Op::Put(rec)])?;
-        drop(l);
-        self.durable(t)?;
+        self.commit_and_wait(l, version, ChangeKind::Set, vec![Op::Put(rec)])?;
         Ok(SetOutcome::Stored { cas: version.ts })
     }
 
@@ -796,9 +807,7 @@ impl Store {
         }
         let version = self.inner.hlc.now();
         let tomb = self.tombstone(old, version, now);
-        let t = self.commit(&mut l, version, ChangeKind::Delete, vec![Op::Put(tomb)])?;
-        drop(l);
-        self.durable(t)?;
+        self.commit_and_wait(l, version, ChangeKind::Delete, vec![Op::Put(tomb)])?;
         Ok(DeleteOutcome::Deleted)
     }
 
@@ -829,9 +838,7 @@ impl Store {
         meta.expire = self.expire_at(expire, Some(old.expire()), now);
         let ext = old.has_ext().then(|| old.ext());
         let rec = Record::build(key, old.value(), &meta, ext.as_ref());
-        let t = self.commit(&mut l, version, ChangeKind::Attr, vec![Op::Put(rec)])?;
-        drop(l);
-        self.durable(t)?;
+        self.commit_and_wait(l, version, ChangeKind::Attr, vec![Op::Put(rec)])?;
         Ok(Some(value.map_or_else(
             || Value {
                 data: Vec::new(),
@@ -929,9 +936,7 @@ impl Store {
         };
         let ext = self.next_ext(old);
         let rec = Record::build(key, &stored, &meta, ext.as_ref());
-        let t = self.commit(&mut l, version, ChangeKind::Set, vec![Op::Put(rec)])?;
-        drop(l);
-        self.durable(t)?;
+        self.commit_and_wait(l, version, ChangeKind::Set, vec![Op::Put(rec)])?;
         Ok(SetOutcome::Stored { cas: version.ts })
     }
 
@@ -1017,9 +1022,7 @@ impl Store {
         meta.encrypted = encrypted;
         let ext = self.next_ext(Some(old));
         let rec = Record::build(key, &stored, &meta, ext.as_ref());
-        let t = self.commit(&mut l, version, ChangeKind::Set, vec![Op::Put(rec)])?;
-        drop(l);
-        self.durable(t)?;
+        self.commit_and_wait(l, version, ChangeKind::Set, vec![Op::Put(rec)])?;
         Ok(Some((new, version.ts)))
     }
 
@@ -1209,9 +1212,7 @@ impl Store {
             }
             applied += ops.len();
             let version = self.inner.hlc.now();
-            let t = self.commit(&mut l, version, ChangeKind::Import, ops)?;
-            drop(l);
-            self.durable(t)?;
+            self.commit_and_wait(l, version, ChangeKind::Import, ops)?;
         }
         Ok(applied)
     }

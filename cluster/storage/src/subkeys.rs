@@ -70,9 +70,7 @@ impl Store {
             *list = children.iter().map(|c| Box::from(*c)).collect();
         })?;
         let v = rec.view().version();
-        let t = self.commit(&mut l, v, ChangeKind::SubKey, vec![Op::Put(rec)])?;
-        drop(l);
-        self.durable(t)
+        self.commit_and_wait(l, v, ChangeKind::SubKey, vec![Op::Put(rec)])
     }
 
     /// Empty a live key's sub-key list (children are kept). Returns whether the key exists.
@@ -124,9 +122,7 @@ impl Store {
         })?;
         let v = parent_rec.view().version();
         ops.push(Op::Put(parent_rec));
-        let t = self.commit(&mut l, v, ChangeKind::SubKey, ops)?;
-        drop(l);
-        self.durable(t)
+        self.commit_and_wait(l, v, ChangeKind::SubKey, ops)
     }
 
     /// Remove `child` from `parent`'s list, and delete the child record too with
@@ -153,9 +149,7 @@ impl Store {
         if !listed && ops.len() == 1 {
             return Ok(false);
         }
-        let t = self.commit(&mut l, v, ChangeKind::SubKey, ops)?;
-        drop(l);
-        self.durable(t)?;
+        self.commit_and_wait(l, v, ChangeKind::SubKey, ops)?;
         Ok(listed)
     }
 
@@ -184,9 +178,7 @@ impl Store {
         if n == 0 {
             return Ok(0);
         }
-        let t = self.commit(&mut l, version, ChangeKind::Delete, ops)?;
-        drop(l);
-        self.durable(t)?;
+        self.commit_and_wait(l, version, ChangeKind::Delete, ops)?;
         Ok(n)
     }
 
@@ -250,8 +242,6 @@ impl Store {
             })?;
             ops.push(Op::Put(rec));
         }
-        let t = self.commit(&mut l, version, ChangeKind::Rename, ops)?;
-        drop(l);
-        self.durable(t)
+        self.commit_and_wait(l, version, ChangeKind::Rename, ops)
     }
 }
