@@ -1,2 +1,13 @@
-//! A k2hdkc server node: memcached and native front-ends over the storage engine, admin HTTP
-//! listener (issue 3), and cluster membership (issue 4).
+//! A k2hdkc server node: the memcached front-end (text, meta and binary protocols, detected per
+//! connection) and the native front-end over the storage engine, an admin HTTP listener, limits
+//! and clean shutdown. Cluster membership arrives with issue 4.
+
+pub mod admin;
+pub mod config;
+pub mod memcached;
+pub mod meta;
+pub mod metrics;
+pub mod server;
+
+pub use config::{ConfigError, ServerConfig, StorageMode};
+pub use server::{Server, ServerError, run};

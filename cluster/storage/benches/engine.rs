@@ -81,12 +81,25 @@ static CTR_KEYS: LazyLock<Vec<Vec<u8>>> =
 
 static CURSOR: AtomicU64 = AtomicU64::new(0);
 
+thread_local! {
+    static RNG: std::cell::Cell<u64> =
+        std::cell::Cell::new(CURSOR.fetch_add(0x1234_5677, Ordering::Relaxed) | 1);
+}
+
+/// A per-thread xorshift stream, so that the benchmark itself shares no cache line.
+fn next_u64() -> u64 {
+    RNG.with(|c| {
+        let mut x = c.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        c.set(x);
+        x
+    })
+}
+
 fn next_key() -> [u8; 16] {
-    // A cheap scramble of a shared counter: random-looking, distinct across threads.
-    let n = CURSOR
-        .fetch_add(1, Ordering::Relaxed)
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    key((n >> 20) % keys())
+    key(next_u64() % keys())
 }
 
 const ENGINES: &[&str] = &["memory", "file"];

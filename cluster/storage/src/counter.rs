@@ -42,7 +42,7 @@ impl Store {
 
     fn write_counter(&self, key: &[u8], kind: Kind, value: u64, expire: Expire) -> Result<u64> {
         let n = kind.counter_bytes().expect("counter kind");
-        let mut l = self.lock(&[key]);
+        let l = self.lock(&[key]);
         let now = self.now();
         let old = l.get(key)?.filter(|r| r.is_live(now));
         let version = self.new_version();
@@ -126,7 +126,7 @@ impl Store {
         f: impl FnOnce(u64) -> Result<u64>,
     ) -> Result<(u64, u64)> {
         let n = kind.counter_bytes().expect("counter kind");
-        let mut l = self.lock(&[key]);
+        let l = self.lock(&[key]);
         let now = self.now();
         let Some(old) = l.get(key)?.filter(|r| r.is_live(now)) else {
             return Err(Error::NotFound);

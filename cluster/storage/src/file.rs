@@ -680,13 +680,16 @@ impl Engine for FileEngine {
 
     fn stats(&self) -> EngineStats {
         let sh = &self.shared;
+        // Lock order is io before st (see flush_locked): take each alone, never both.
+        let generation = sh.io.lock().generation;
+        let appended = sh.st.lock().appended;
         EngineStats {
             engine: self.name(),
-            log_bytes_appended: sh.st.lock().appended,
+            log_bytes_appended: appended,
             log_bytes_current: sh.cur_bytes.load(Ordering::Relaxed),
             fsyncs: sh.fsyncs.load(Ordering::Relaxed),
             compactions: sh.compactions.load(Ordering::Relaxed),
-            generation: sh.io.lock().generation,
+            generation,
         }
     }
 

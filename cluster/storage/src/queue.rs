@@ -65,7 +65,7 @@ impl Store {
             opts.encrypt,
             None,
         )?;
-        let mut l = self.lock(&[queue]);
+        let l = self.lock(&[queue]);
         let now = self.now();
         let (id, len) = match l.queue(queue)? {
             Some(q) => {
@@ -122,7 +122,7 @@ impl Store {
     /// in the queue and the call fails with `BadPassPhrase`.
     pub fn queue_pop(&self, queue: &[u8], pass: Option<&[u8]>) -> Result<Option<Popped>> {
         self.check_key(queue)?;
-        let mut l = self.lock(&[queue]);
+        let l = self.lock(&[queue]);
         let now = self.now();
         let Some(q) = l.queue(queue)? else {
             return Ok(None);
@@ -171,7 +171,7 @@ impl Store {
     /// Remove up to `count` live items from the front. Returns how many were removed.
     pub fn queue_remove(&self, queue: &[u8], count: usize) -> Result<usize> {
         self.check_key(queue)?;
-        let mut l = self.lock(&[queue]);
+        let l = self.lock(&[queue]);
         let now = self.now();
         let Some(q) = l.queue(queue)? else {
             return Ok(0);

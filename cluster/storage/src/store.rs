@@ -726,7 +726,7 @@ impl Store {
     ) -> Result<SetOutcome> {
         self.check_key(key)?;
         self.check_value(value.len())?;
-        let mut l = self.inner.state.lock(&[key]);
+        let l = self.inner.state.lock(&[key]);
         // One clock read per write: the version, taken under the lock so that versions of one
         // key increase in commit order, also gives "now".
         let version = self.inner.hlc.now();
@@ -797,7 +797,7 @@ impl Store {
     /// Delete a key, leaving a tombstone.
     pub fn delete(&self, key: &[u8], cas: Option<u64>) -> Result<DeleteOutcome> {
         self.check_key(key)?;
-        let mut l = self.inner.state.lock(&[key]);
+        let l = self.inner.state.lock(&[key]);
         let now = self.now();
         let Some(old) = l.get(key)?.filter(|r| r.is_live(now)) else {
             return Ok(DeleteOutcome::NotFound);
@@ -820,7 +820,7 @@ impl Store {
         pass: Option<&[u8]>,
     ) -> Result<Option<Value>> {
         self.check_key(key)?;
-        let mut l = self.inner.state.lock(&[key]);
+        let l = self.inner.state.lock(&[key]);
         let now = self.now();
         let Some(old) = l.get(key)?.filter(|r| r.is_live(now)) else {
             return Ok(None);
@@ -885,7 +885,7 @@ impl Store {
         let end = offset
             .checked_add(data.len())
             .ok_or_else(|| Error::InvalidArgument("offset overflow".into()))?;
-        let mut l = self.inner.state.lock(&[key]);
+        let l = self.inner.state.lock(&[key]);
         let now = self.now();
         let old = l.get(key)?.filter(|r| r.is_live(now));
         if let Some(cas) = opts.cas
@@ -989,7 +989,7 @@ impl Store {
     /// Returns the new value and cas, or `None` when the key is absent.
     pub fn incr_decimal(&self, key: &[u8], delta: u64, decr: bool) -> Result<Option<(u64, u64)>> {
         self.check_key(key)?;
-        let mut l = self.inner.state.lock(&[key]);
+        let l = self.inner.state.lock(&[key]);
         let now = self.now();
         let Some(old) = l.get(key)?.filter(|r| r.is_live(now)) else {
             return Ok(None);
@@ -1185,7 +1185,7 @@ impl Store {
         for c in changes {
             let keys: Vec<Vec<u8>> = c.ops.iter().map(|o| o.key().to_vec()).collect();
             let key_refs: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
-            let mut l = self.inner.state.lock(&key_refs);
+            let l = self.inner.state.lock(&key_refs);
             let mut ops = Vec::new();
             for op in c.ops {
                 let newer = match &op {

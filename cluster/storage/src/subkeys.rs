@@ -64,7 +64,7 @@ impl Store {
                 return Err(Error::InvalidArgument("duplicate sub-key in list".into()));
             }
         }
-        let mut l = self.lock(&[parent]);
+        let l = self.lock(&[parent]);
         let now = self.now();
         let rec = self.with_subkeys(&l, parent, now, |list| {
             *list = children.iter().map(|c| Box::from(*c)).collect();
@@ -96,7 +96,7 @@ impl Store {
         if let Some((v, _)) = child_value {
             self.check_value(v.len())?;
         }
-        let mut l = self.lock(&[parent, child]);
+        let l = self.lock(&[parent, child]);
         let now = self.now();
         let mut ops = Vec::with_capacity(2);
         if let Some((value, opts)) = child_value {
@@ -130,7 +130,7 @@ impl Store {
     pub fn remove_subkey(&self, parent: &[u8], child: &[u8], delete_child: bool) -> Result<bool> {
         self.check_key(parent)?;
         self.check_key(child)?;
-        let mut l = self.lock(&[parent, child]);
+        let l = self.lock(&[parent, child]);
         let now = self.now();
         if l.get(parent)?.filter(|r| r.is_live(now)).is_none() {
             return Err(Error::NotFound);
@@ -157,7 +157,7 @@ impl Store {
     pub fn delete_recursive(&self, key: &[u8]) -> Result<usize> {
         self.check_key(key)?;
         // The set of keys is only known while walking, so every shard is locked.
-        let mut l = self.lock_all();
+        let l = self.lock_all();
         let now = self.now();
         let mut seen: HashSet<Vec<u8>> = HashSet::new();
         let mut stack = vec![key.to_vec()];
@@ -207,7 +207,7 @@ impl Store {
         }
         let mut keys: Vec<&[u8]> = vec![from, to];
         keys.extend(parent);
-        let mut l = self.lock(&keys);
+        let l = self.lock(&keys);
         let now = self.now();
         let Some(old) = l.get(from)?.filter(|r| r.is_live(now)) else {
             return Err(Error::NotFound);

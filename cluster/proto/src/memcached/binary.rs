@@ -1592,10 +1592,10 @@ mod tests {
             let len = (next() % 80) as usize;
             let mut buf: Vec<u8> = (0..len).map(|_| next() as u8).collect();
             // Bias towards plausible headers so the deeper checks are exercised.
-            if let Some(b) = buf.first_mut() {
-                if next() % 4 != 0 {
-                    *b = REQ_MAGIC;
-                }
+            if let Some(b) = buf.first_mut()
+                && next() % 4 != 0
+            {
+                *b = REQ_MAGIC;
             }
             if buf.len() >= 12 && next() % 2 == 0 {
                 buf[1] = (next() % 0x26) as u8;

@@ -1,0 +1,284 @@
+//! The server's configuration: one serde struct, read from TOML, overridden by command-line
+//! flags, validated before anything starts. `deploy/config/k2hdkc-server.toml` is the
+//! commented example; a test parses it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k2hdkc_storage::{EngineConfig, FileOptions, Fsync, HookConfig, KeyringConfig, StoreConfig};
+use serde::{Deserialize, Serialize};
+
+/// Errors found in a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or has unknown fields.
+    #[error("{path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of range or inconsistent with another.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Storage mode of a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageMode {
+    /// Nothing survives a restart.
+    #[default]
+    Memory,
+    /// Crash-safe files in `data_dir`.
+    File,
+    /// Files in a temporary directory removed at shutdown.
+    Temporary,
+}
+
+impl std::str::FromStr for StorageMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "memory" => Ok(StorageMode::Memory),
+            "file" => Ok(StorageMode::File),
+            "temporary" => Ok(StorageMode::Temporary),
+            _ => Err(format!(
+                "unknown storage mode {s:?}: want memory | file | temporary"
+            )),
+        }
+    }
+}
+
+/// `[storage]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// memory | file | temporary.
+    pub mode: StorageMode,
+    /// Data directory (file mode).
+    pub data_dir: Option<PathBuf>,
+    /// always | batch[:<ms>] | never.
+    pub fsync: String,
+    /// Largest value in bytes (1 MiB default, at most 64 MiB).
+    pub max_value_bytes: usize,
+    /// Default TTL in seconds for writes without one (0 = never).
+    pub default_ttl_secs: u32,
+    /// How long delete tombstones are kept.
+    pub tombstone_grace_secs: u32,
+    /// Previous versions kept per key.
+    pub history: usize,
+    /// Compact the log when it exceeds this many bytes (and the last snapshot).
+    pub compaction_min_bytes: u64,
+    /// Pass phrases for encryption at rest; the first is the default.
+    pub pass_phrases: Vec<String>,
+    /// Files whose contents are keys (HKDF); used after the pass phrases.
+    pub key_files: Vec<PathBuf>,
+    /// Encrypt every value with the default pass phrase unless a request says otherwise.
+    pub encrypt_by_default: bool,
+    /// PBKDF2 iterations for pass phrases.
+    pub pbkdf2_iterations: u32,
+    /// The transaction hook.
+    pub hook: Option<HookConfig>,
+    /// This node's id in versions.
+    pub node_id: u32,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            mode: StorageMode::Memory,
+            data_dir: None,
+            fsync: "batch".into(),
+            max_value_bytes: 1 << 20,
+            default_ttl_secs: 0,
+            tombstone_grace_secs: 3600,
+            history: 0,
+            compaction_min_bytes: 64 << 20,
+            pass_phrases: Vec::new(),
+            key_files: Vec::new(),
+            encrypt_by_default: false,
+            pbkdf2_iterations: 210_000,
+            hook: None,
+            node_id: 0,
+        }
+    }
+}
+
+/// `[listen]`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    /// memcached protocols (text, meta, binary), e.g. "127.0.0.1:11211".
+    pub memcached: Option<SocketAddr>,
+    /// Native protocol.
+    pub native: Option<SocketAddr>,
+    /// Admin HTTP (/health, /status, /metrics).
+    pub admin: Option<SocketAddr>,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Connections served at once; more are closed at once with an error.
+    pub max_connections: usize,
+    /// Close connections idle this long (0 = never).
+    pub idle_timeout_secs: u64,
+    /// Largest request (command line plus data) in bytes.
+    pub max_request_bytes: usize,
+    /// Most keys in one multi-get.
+    pub max_keys_per_get: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 4096,
+            idle_timeout_secs: 0,
+            max_request_bytes: 2 << 20,
+            max_keys_per_get: 1024,
+        }
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// human | json.
+    pub format: String,
+    /// A tracing filter, e.g. "info" or "k2hdkc_node=debug".
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: "human".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+/// The whole server configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Storage engine settings.
+    pub storage: StorageConfig,
+    /// Listeners.
+    pub listen: ListenConfig,
+    /// Limits.
+    pub limits: LimitsConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+impl ServerConfig {
+    /// Read a TOML file.
+    pub fn from_file(path: &Path) -> Result<ServerConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Check ranges and combinations.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.into()));
+        let s = &self.storage;
+        if s.mode == StorageMode::File && s.data_dir.is_none() {
+            return bad("storage.mode = \"file\" needs storage.data_dir (--data-dir)");
+        }
+        s.fsync.parse::<Fsync>().map_err(ConfigError::Invalid)?;
+        if s.max_value_bytes == 0 || s.max_value_bytes > k2hdkc_storage::MAX_VALUE_CEILING {
+            return bad("storage.max_value_bytes must be between 1 and 67108864");
+        }
+        if s.encrypt_by_default && s.pass_phrases.is_empty() && s.key_files.is_empty() {
+            return bad("storage.encrypt_by_default needs a pass phrase or key file");
+        }
+        if s.pbkdf2_iterations < 1000 {
+            return bad("storage.pbkdf2_iterations must be at least 1000");
+        }
+        if self.listen.memcached.is_none() && self.listen.native.is_none() {
+            return bad(
+                "nothing to serve: give listen.memcached (--memcached-listen) or listen.native",
+            );
+        }
+        let l = &self.limits;
+        if l.max_connections == 0 || l.max_request_bytes < 1024 || l.max_keys_per_get == 0 {
+            return bad("limits must be positive (max_request_bytes at least 1024)");
+        }
+        if l.max_request_bytes < s.max_value_bytes {
+            return bad("limits.max_request_bytes must be at least storage.max_value_bytes");
+        }
+        if !matches!(self.log.format.as_str(), "human" | "json") {
+            return bad("log.format must be human or json");
+        }
+        if let Some(h) = &s.hook {
+            h.validate()
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// The storage configuration for [`k2hdkc_storage::Store::open`].
+    pub fn store_config(&self) -> Result<StoreConfig, ConfigError> {
+        let s = &self.storage;
+        let fsync: Fsync = s.fsync.parse().map_err(ConfigError::Invalid)?;
+        let engine = match s.mode {
+            StorageMode::Memory => EngineConfig::Memory,
+            StorageMode::File => {
+                let mut o = FileOptions::new(s.data_dir.clone().expect("validated"));
+                o.fsync = fsync;
+                o.compaction_min_bytes = s.compaction_min_bytes;
+                EngineConfig::File(o)
+            }
+            StorageMode::Temporary => EngineConfig::Temporary {
+                parent: s.data_dir.clone(),
+                fsync,
+            },
+        };
+        let mut key_material = Vec::new();
+        for p in &s.key_files {
+            key_material.push(std::fs::read(p).map_err(|source| ConfigError::Read {
+                path: p.clone(),
+                source,
+            })?);
+        }
+        let has_key = !s.pass_phrases.is_empty() || !key_material.is_empty();
+        Ok(StoreConfig {
+            engine,
+            node_id: s.node_id,
+            max_value_len: s.max_value_bytes,
+            default_ttl_secs: s.default_ttl_secs,
+            tombstone_grace_secs: s.tombstone_grace_secs,
+            history: s.history,
+            keyring: KeyringConfig {
+                phrases: s.pass_phrases.clone(),
+                key_material,
+                default: has_key.then_some(0),
+                iterations: Some(s.pbkdf2_iterations),
+            },
+            encrypt_by_default: s.encrypt_by_default,
+            hook: s.hook.clone(),
+            maintenance_interval: Some(Duration::from_secs(1)),
+            ..StoreConfig::memory()
+        })
+    }
+}

@@ -1,0 +1,727 @@
+//! The memcached front-end: text, meta and binary protocols on one port, detected per
+//! connection by the first byte (0x80 is binary).
+//!
+//! Each read drains every complete request in the buffer, executes them in order, and sends
+//! all replies with one write, so pipelined clients cost one system call per batch each way.
+//! Malformed requests get memcached's own error replies; a declared data block over the limit
+//! is swallowed (never buffered) so the connection stays in step; a connection is closed only
+//! where memcached closes it (a line over the limit, a bad binary magic byte, `quit`).
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use k2hdkc_proto::memcached::binary::{self, BinParsed, BinRequest, Opcode, Status};
+use k2hdkc_proto::memcached::text::{self, StoreCmd, TextRequest};
+use k2hdkc_proto::memcached::{Limits, Parsed, ProtoError};
+use k2hdkc_storage::{DeleteOutcome, Error as StoreError, Expire, SetMode, SetOutcome, WriteOpts};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::metrics::Cmd;
+use crate::server::Shared;
+
+/// The version string of `version` replies.
+pub const VERSION: &str = concat!("1.6.45-k2hdkc-", env!("CARGO_PKG_VERSION"));
+/// memcached treats exptimes up to 30 days as relative.
+const REL_EXPTIME_MAX: i64 = 60 * 60 * 24 * 30;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Text,
+    Binary,
+}
+
+/// What to do after a batch.
+#[derive(Debug, Default)]
+struct Batch {
+    consumed: usize,
+    swallow: usize,
+    close: bool,
+    requests: u64,
+}
+
+/// Convert a memcached exptime.
+pub fn expire_of(exptime: i64) -> Expire {
+    match exptime {
+        0 => Expire::Default,
+        e if e < 0 => Expire::At(1),
+        e if e <= REL_EXPTIME_MAX => Expire::After(e as u32),
+        e => Expire::At(e.min(u32::MAX as i64) as u32),
+    }
+}
+
+/// The protocol's form of a storage error.
+pub fn store_error(e: &StoreError) -> ProtoError {
+    match e {
+        StoreError::TooLarge { .. } => ProtoError::TOO_LARGE,
+        StoreError::NotNumeric => ProtoError::NON_NUMERIC,
+        StoreError::BadPassPhrase => {
+            ProtoError::Client("value is encrypted; a pass phrase is needed")
+        }
+        StoreError::NotSameType { .. } => {
+            ProtoError::Client("operation not supported on this kind of value")
+        }
+        StoreError::InvalidArgument(_) => ProtoError::BAD_FORMAT,
+        StoreError::Closed(_) => ProtoError::Server("shutting down"),
+        _ => ProtoError::Server("storage failure"),
+    }
+}
+
+/// Serve one client connection until it closes, errs, or the server stops.
+pub async fn serve(
+    mut sock: TcpStream,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let lim = &shared.config.limits;
+    let limits = Limits {
+        max_line: 2048,
+        max_value: shared.config.storage.max_value_bytes,
+        max_keys_per_get: lim.max_keys_per_get,
+    };
+    let idle = (lim.idle_timeout_secs > 0).then(|| Duration::from_secs(lim.idle_timeout_secs));
+    let mut buf: Vec<u8> = Vec::with_capacity(16 << 10);
+    let mut out: Vec<u8> = Vec::with_capacity(16 << 10);
+    let mut mode = None;
+    let mut swallow = 0usize;
+    let m = &shared.metrics;
+    loop {
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(16 << 10);
+        }
+        let read = async {
+            match idle {
+                Some(d) => tokio::time::timeout(d, sock.read_buf(&mut buf))
+                    .await
+                    .unwrap_or(Ok(0)),
+                None => sock.read_buf(&mut buf).await,
+            }
+        };
+        let n = tokio::select! {
+            r = read => r?,
+            _ = crate::server::stopped(&mut stop) => return Ok(()),
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        m.bytes_read.fetch_add(n as u64, Relaxed);
+        if swallow > 0 {
+            // Still discarding the data block of a refused request.
+            let k = swallow.min(buf.len());
+            buf.drain(..k);
+            swallow -= k;
+            if swallow > 0 || buf.is_empty() {
+                continue;
+            }
+        }
+        let mode = *mode.get_or_insert(match buf.first() {
+            Some(&b) if binary::is_binary(b) => Mode::Binary,
+            _ => Mode::Text,
+        });
+        let start = Instant::now();
+        let batch = if shared.blocking_writes {
+            tokio::task::block_in_place(|| process(&shared, mode, &limits, &buf, &mut out))
+        } else {
+            process(&shared, mode, &limits, &buf, &mut out)
+        };
+        buf.drain(..batch.consumed);
+        swallow = batch.swallow;
+        if swallow > 0 {
+            let k = swallow.min(buf.len());
+            buf.drain(..k);
+            swallow -= k;
+        }
+        if !out.is_empty() {
+            sock.write_all(&out).await?;
+            m.bytes_written.fetch_add(out.len() as u64, Relaxed);
+            out.clear();
+        }
+        m.observe(start, batch.requests);
+        if batch.close {
+            let _ = sock.shutdown().await;
+            return Ok(());
+        }
+        if buf.len() > shared.config.limits.max_request_bytes + 4096 {
+            // The parsers bound lines and data; this is a last line of defence.
+            return Ok(());
+        }
+        if buf.capacity() > 1 << 20 && buf.len() < 64 << 10 {
+            buf.shrink_to(64 << 10);
+        }
+    }
+}
+
+/// Execute every complete request in `buf`.
+fn process(shared: &Shared, mode: Mode, limits: &Limits, buf: &[u8], out: &mut Vec<u8>) -> Batch {
+    let mut b = Batch::default();
+    let m = &shared.metrics;
+    while b.consumed < buf.len() && !b.close {
+        let rest = &buf[b.consumed..];
+        match mode {
+            Mode::Text => match text::parse(rest, limits) {
+                Parsed::Incomplete => break,
+                Parsed::Done { req, consumed } => {
+                    b.consumed += consumed;
+                    b.requests += 1;
+                    b.close = exec_text(shared, req, out);
+                }
+                Parsed::Error {
+                    err,
+                    consumed,
+                    swallow,
+                    noreply,
+                    close,
+                } => {
+                    m.protocol_errors.fetch_add(1, Relaxed);
+                    b.consumed += consumed;
+                    b.requests += 1;
+                    if !noreply {
+                        err.write(out);
+                    }
+                    b.close = close;
+                    if swallow > 0 {
+                        let here = swallow.min(buf.len() - b.consumed);
+                        b.consumed += here;
+                        b.swallow = swallow - here;
+                        break;
+                    }
+                }
+            },
+            Mode::Binary => match binary::parse(rest, limits.max_value + 512) {
+                BinParsed::Incomplete => break,
+                BinParsed::Done { req, consumed } => {
+                    b.consumed += consumed;
+                    b.requests += 1;
+                    b.close = exec_binary(shared, &req, out);
+                }
+                BinParsed::Invalid {
+                    opaque,
+                    opcode,
+                    status,
+                    consumed,
+                    swallow,
+                    close,
+                } => {
+                    m.protocol_errors.fetch_add(1, Relaxed);
+                    b.consumed += consumed;
+                    b.requests += 1;
+                    binary::write_error(out, opcode, status, opaque);
+                    b.close = close;
+                    let swallow = swallow as usize;
+                    if swallow > 0 {
+                        let here = swallow.min(buf.len() - b.consumed);
+                        b.consumed += here;
+                        b.swallow = swallow - here;
+                        break;
+                    }
+                }
+                BinParsed::BadMagic { .. } => {
+                    m.protocol_errors.fetch_add(1, Relaxed);
+                    b.consumed = buf.len();
+                    b.close = true;
+                }
+            },
+        }
+    }
+    b
+}
+
+fn reply(out: &mut Vec<u8>, noreply: bool, r: &[u8]) {
+    if !noreply {
+        out.extend_from_slice(r);
+    }
+}
+
+fn err_reply(out: &mut Vec<u8>, noreply: bool, e: &StoreError) {
+    if !noreply {
+        store_error(e).write(out);
+    }
+}
+
+/// Execute a text or meta request; returns whether to close the connection.
+fn exec_text(shared: &Shared, req: TextRequest<'_>, out: &mut Vec<u8>) -> bool {
+    let store = &shared.store;
+    let m = &shared.metrics;
+    match req {
+        TextRequest::Get { keys, cas } => {
+            m.cmd(Cmd::Get);
+            for key in keys {
+                get_one(shared, key, cas, None, out);
+            }
+            out.extend_from_slice(text::END);
+        }
+        TextRequest::Gat { exptime, keys, cas } => {
+            m.cmd(Cmd::Touch);
+            for key in keys {
+                get_one(shared, key, cas, Some(expire_of(exptime)), out);
+            }
+            out.extend_from_slice(text::END);
+        }
+        TextRequest::Store {
+            cmd,
+            key,
+            flags,
+            exptime,
+            data,
+            cas,
+            noreply,
+        } => {
+            m.cmd(Cmd::Set);
+            let mode = match cmd {
+                StoreCmd::Set | StoreCmd::Cas => SetMode::Set,
+                StoreCmd::Add => SetMode::Add,
+                StoreCmd::Replace => SetMode::Replace,
+                StoreCmd::Append => SetMode::Append,
+                StoreCmd::Prepend => SetMode::Prepend,
+            };
+            let opts = WriteOpts {
+                flags: (!matches!(mode, SetMode::Append | SetMode::Prepend)).then_some(flags),
+                expire: expire_of(exptime),
+                cas: (cmd == StoreCmd::Cas).then_some(cas),
+                ..Default::default()
+            };
+            match store.set(key, data, mode, &opts) {
+                Ok(SetOutcome::Stored { .. }) => reply(out, noreply, text::STORED),
+                Ok(SetOutcome::NotStored) => reply(out, noreply, text::NOT_STORED),
+                Ok(SetOutcome::Exists) => reply(out, noreply, text::EXISTS),
+                Ok(SetOutcome::NotFound) => reply(out, noreply, text::NOT_FOUND),
+                Err(e) => err_reply(out, noreply, &e),
+            }
+        }
+        TextRequest::Delete { key, noreply } => {
+            m.cmd(Cmd::Delete);
+            match store.delete(key, None) {
+                Ok(DeleteOutcome::Deleted) => reply(out, noreply, text::DELETED),
+                Ok(_) => reply(out, noreply, text::NOT_FOUND),
+                Err(e) => err_reply(out, noreply, &e),
+            }
+        }
+        TextRequest::Incr {
+            key,
+            delta,
+            noreply,
+        }
+        | TextRequest::Decr {
+            key,
+            delta,
+            noreply,
+        } => {
+            m.cmd(Cmd::Arith);
+            let decr = matches!(req, TextRequest::Decr { .. });
+            match store.incr_decimal(key, delta, decr) {
+                Ok(Some((n, _))) if !noreply => text::write_number(out, n),
+                Ok(Some(_)) => {}
+                Ok(None) => reply(out, noreply, text::NOT_FOUND),
+                Err(e) => err_reply(out, noreply, &e),
+            }
+        }
+        TextRequest::Touch {
+            key,
+            exptime,
+            noreply,
+        } => {
+            m.cmd(Cmd::Touch);
+            match store.touch(key, expire_of(exptime), false, None) {
+                Ok(Some(_)) => reply(out, noreply, text::TOUCHED),
+                Ok(None) => reply(out, noreply, text::NOT_FOUND),
+                Err(e) => err_reply(out, noreply, &e),
+            }
+        }
+        TextRequest::FlushAll { delay, noreply } => {
+            m.cmd(Cmd::Flush);
+            flush_after(shared, delay);
+            reply(out, noreply, text::OK);
+        }
+        TextRequest::Stats { arg, extra: _ } => {
+            m.cmd(Cmd::Other);
+            write_text_stats(shared, arg, out);
+        }
+        TextRequest::Version => {
+            m.cmd(Cmd::Other);
+            text::write_version(out, VERSION);
+        }
+        TextRequest::Verbosity { noreply, .. } => {
+            m.cmd(Cmd::Other);
+            reply(out, noreply, text::OK);
+        }
+        TextRequest::Quit => return true,
+        TextRequest::Shutdown { .. } => out.extend_from_slice(b"ERROR: shutdown not enabled\r\n"),
+        TextRequest::Meta(req) => return crate::meta::exec(shared, req, out),
+    }
+    false
+}
+
+/// One key of a get/gets/gat/gats.
+fn get_one(shared: &Shared, key: &[u8], cas: bool, touch: Option<Expire>, out: &mut Vec<u8>) {
+    let m = &shared.metrics;
+    let r = match touch {
+        None => shared.store.get_with(key, None, |v| {
+            text::write_value(
+                out,
+                key,
+                v.meta.flags,
+                v.data,
+                cas.then_some(v.meta.version.ts),
+            );
+        }),
+        Some(e) => shared.store.touch(key, e, true, None).map(|v| {
+            v.map(|v| text::write_value(out, key, v.flags, &v.data, cas.then_some(v.cas)))
+        }),
+    };
+    match r {
+        Ok(Some(())) => m.get_hits.fetch_add(1, Relaxed),
+        // An unreadable (encrypted) value reads as a miss: an error would break the framing.
+        Ok(None) | Err(_) => m.get_misses.fetch_add(1, Relaxed),
+    };
+}
+
+/// `flush_all [delay]`: now, or at a later time (relative up to 30 days, else absolute).
+pub fn flush_after(shared: &Shared, delay: i64) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let secs = match delay {
+        d if d <= 0 => 0,
+        d if d <= REL_EXPTIME_MAX => d,
+        d => (d - now).max(0),
+    };
+    let store = shared.store.clone();
+    if secs == 0 {
+        if let Err(e) = store.flush_all() {
+            tracing::warn!(error = %e, "flush_all failed");
+        }
+        return;
+    }
+    if let Ok(h) = tokio::runtime::Handle::try_current() {
+        h.spawn(async move {
+            tokio::time::sleep(Duration::from_secs(secs as u64)).await;
+            let _ = tokio::task::spawn_blocking(move || store.flush_all()).await;
+        });
+    }
+}
+
+/// The general stats, as (name, value) pairs, shared by the text and binary protocols.
+pub fn general_stats(shared: &Shared) -> Vec<(&'static str, String)> {
+    let m = &shared.metrics;
+    let st = shared.store.stats();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let hits = m.get_hits.load(Relaxed);
+    let misses = m.get_misses.load(Relaxed);
+    vec![
+        ("pid", std::process::id().to_string()),
+        ("uptime", m.uptime_secs().to_string()),
+        ("time", now.to_string()),
+        ("version", VERSION.to_string()),
+        ("pointer_size", "64".into()),
+        (
+            "curr_connections",
+            m.curr_connections.load(Relaxed).to_string(),
+        ),
+        (
+            "total_connections",
+            m.total_connections.load(Relaxed).to_string(),
+        ),
+        (
+            "rejected_connections",
+            m.rejected_connections.load(Relaxed).to_string(),
+        ),
+        ("cmd_get", (hits + misses).to_string()),
+        ("cmd_set", m.count(Cmd::Set).to_string()),
+        ("cmd_flush", m.count(Cmd::Flush).to_string()),
+        ("cmd_touch", m.count(Cmd::Touch).to_string()),
+        ("get_hits", hits.to_string()),
+        ("get_misses", misses.to_string()),
+        ("bytes_read", m.bytes_read.load(Relaxed).to_string()),
+        ("bytes_written", m.bytes_written.load(Relaxed).to_string()),
+        ("limit_maxbytes", "0".into()),
+        ("threads", "2".into()),
+        ("curr_items", (st.records - st.tombstones).to_string()),
+        ("total_items", st.last_seq.to_string()),
+        ("bytes", st.record_bytes.to_string()),
+        ("evictions", "0".into()),
+        ("storage_engine", st.engine.engine.to_string()),
+    ]
+}
+
+fn write_text_stats(shared: &Shared, arg: Option<&[u8]>, out: &mut Vec<u8>) {
+    match arg {
+        None => {
+            for (k, v) in general_stats(shared) {
+                text::write_stat(out, k.as_bytes(), v.as_bytes());
+            }
+        }
+        Some(b"settings") => {
+            let c = &shared.config;
+            let s: [(&str, String); 6] = [
+                ("maxconns", c.limits.max_connections.to_string()),
+                ("item_size_max", c.storage.max_value_bytes.to_string()),
+                ("idle_timeout", c.limits.idle_timeout_secs.to_string()),
+                ("binding_protocol", "auto-negotiate".into()),
+                ("evictions", "off".into()),
+                ("cas_enabled", "yes".into()),
+            ];
+            for (k, v) in s {
+                text::write_stat(out, k.as_bytes(), v.as_bytes());
+            }
+        }
+        // No slab allocator and no per-connection table: these groups are empty.
+        Some(b"items" | b"slabs" | b"sizes" | b"conns") => {}
+        Some(b"reset") => {
+            out.extend_from_slice(text::RESET);
+            return;
+        }
+        Some(_) => {
+            ProtoError::Error.write(out);
+            return;
+        }
+    }
+    out.extend_from_slice(text::END);
+}
+
+/// Execute one binary request; returns whether to close the connection.
+fn exec_binary(shared: &Shared, req: &BinRequest<'_>, out: &mut Vec<u8>) -> bool {
+    let store = &shared.store;
+    let m = &shared.metrics;
+    let op = req.opcode;
+    let code = op.as_u8();
+    let opaque = req.opaque();
+    let quiet = req.is_quiet();
+    let key = req.key;
+    let ok = |out: &mut Vec<u8>, cas: u64| {
+        if !quiet {
+            binary::write_response(out, code, Status::Success, opaque, cas, &[], &[], &[]);
+        }
+    };
+    let fail = |out: &mut Vec<u8>, e: &StoreError| {
+        let st = match e {
+            StoreError::TooLarge { .. } => Status::TooLarge,
+            StoreError::NotNumeric => Status::DeltaBadval,
+            StoreError::InvalidArgument(_) => Status::Einval,
+            _ => Status::NotStored,
+        };
+        binary::write_error(out, code, st, opaque);
+    };
+    match op.base() {
+        Opcode::Get | Opcode::GetK | Opcode::Gat | Opcode::Gatk | Opcode::Touch => {
+            let touch = req.touch_exptime().map(|e| expire_of(e as i64));
+            m.cmd(if touch.is_some() {
+                Cmd::Touch
+            } else {
+                Cmd::Get
+            });
+            let k = op.returns_key().then_some(key);
+            let r = match touch {
+                None => store.get_with(key, None, |v| {
+                    binary::write_get_hit(
+                        out,
+                        code,
+                        opaque,
+                        v.meta.version.ts,
+                        v.meta.flags,
+                        k,
+                        v.data,
+                    )
+                }),
+                Some(e) => store
+                    .touch(key, e, op.base() != Opcode::Touch, None)
+                    .map(|v| {
+                        v.map(|v| {
+                            if op.base() == Opcode::Touch {
+                                binary::write_response(
+                                    out,
+                                    code,
+                                    Status::Success,
+                                    opaque,
+                                    v.cas,
+                                    &v.flags.to_be_bytes(),
+                                    &[],
+                                    &[],
+                                );
+                            } else {
+                                binary::write_get_hit(out, code, opaque, v.cas, v.flags, k, &v.data)
+                            }
+                        })
+                    }),
+            };
+            match r {
+                Ok(Some(())) => {
+                    m.get_hits.fetch_add(1, Relaxed);
+                }
+                Ok(None) | Err(_) => {
+                    m.get_misses.fetch_add(1, Relaxed);
+                    if !quiet {
+                        binary::write_get_miss(out, code, opaque, k);
+                    }
+                }
+            }
+        }
+        Opcode::Set | Opcode::Add | Opcode::Replace | Opcode::Append | Opcode::Prepend => {
+            m.cmd(Cmd::Set);
+            let mode = match op.base() {
+                Opcode::Set => SetMode::Set,
+                Opcode::Add => SetMode::Add,
+                Opcode::Replace => SetMode::Replace,
+                Opcode::Append => SetMode::Append,
+                _ => SetMode::Prepend,
+            };
+            let (flags, exptime) = req.store_extras().unwrap_or((0, 0));
+            let concat = matches!(mode, SetMode::Append | SetMode::Prepend);
+            let opts = WriteOpts {
+                flags: (!concat).then_some(flags),
+                expire: if concat {
+                    Expire::Keep
+                } else {
+                    expire_of(exptime as i64)
+                },
+                cas: (req.cas() != 0).then_some(req.cas()),
+                ..Default::default()
+            };
+            match store.set(key, req.value, mode, &opts) {
+                Ok(SetOutcome::Stored { cas }) => ok(out, cas),
+                Ok(SetOutcome::NotStored) => {
+                    let st = match mode {
+                        SetMode::Add => Status::KeyExists,
+                        SetMode::Replace => Status::KeyNotFound,
+                        _ => Status::NotStored,
+                    };
+                    binary::write_error(out, code, st, opaque);
+                }
+                Ok(SetOutcome::Exists) => binary::write_error(out, code, Status::KeyExists, opaque),
+                Ok(SetOutcome::NotFound) => {
+                    binary::write_error(out, code, Status::KeyNotFound, opaque)
+                }
+                Err(e) => fail(out, &e),
+            }
+        }
+        Opcode::Delete => {
+            m.cmd(Cmd::Delete);
+            match store.delete(key, (req.cas() != 0).then_some(req.cas())) {
+                Ok(DeleteOutcome::Deleted) => ok(out, 0),
+                Ok(DeleteOutcome::NotFound) => {
+                    binary::write_error(out, code, Status::KeyNotFound, opaque)
+                }
+                Ok(DeleteOutcome::Exists) => {
+                    binary::write_error(out, code, Status::KeyExists, opaque)
+                }
+                Err(e) => fail(out, &e),
+            }
+        }
+        Opcode::Increment | Opcode::Decrement => {
+            m.cmd(Cmd::Arith);
+            let Some((delta, initial, exptime)) = req.arith_extras() else {
+                binary::write_error(out, code, Status::Einval, opaque);
+                return false;
+            };
+            if req.cas() != 0 {
+                match store.attrs(key) {
+                    Ok(Some(a)) if a.cas != req.cas() => {
+                        binary::write_error(out, code, Status::KeyExists, opaque);
+                        return false;
+                    }
+                    Ok(None) => {
+                        binary::write_error(out, code, Status::KeyNotFound, opaque);
+                        return false;
+                    }
+                    _ => {}
+                }
+            }
+            let decr = op.base() == Opcode::Decrement;
+            let mut r = store.incr_decimal(key, delta, decr);
+            if let Ok(None) = r {
+                if exptime == u32::MAX {
+                    binary::write_error(out, code, Status::KeyNotFound, opaque);
+                    return false;
+                }
+                let opts = WriteOpts {
+                    flags: Some(0),
+                    expire: expire_of(exptime as i64),
+                    ..Default::default()
+                };
+                r = match store.set(key, initial.to_string().as_bytes(), SetMode::Add, &opts) {
+                    Ok(SetOutcome::Stored { cas }) => Ok(Some((initial, cas))),
+                    // Someone created it meanwhile: apply the delta to theirs.
+                    Ok(_) => store.incr_decimal(key, delta, decr),
+                    Err(e) => Err(e),
+                };
+            }
+            match r {
+                Ok(Some((v, cas))) => {
+                    if !quiet {
+                        binary::write_arith(out, code, opaque, cas, v);
+                    }
+                }
+                Ok(None) => binary::write_error(out, code, Status::KeyNotFound, opaque),
+                Err(e) => fail(out, &e),
+            }
+        }
+        Opcode::Quit => {
+            if !quiet {
+                binary::write_response(out, code, Status::Success, opaque, 0, &[], &[], &[]);
+            }
+            return true;
+        }
+        Opcode::Flush => {
+            m.cmd(Cmd::Flush);
+            flush_after(shared, req.flush_delay() as i64);
+            ok(out, 0);
+        }
+        Opcode::Noop => {
+            binary::write_response(out, code, Status::Success, opaque, 0, &[], &[], &[])
+        }
+        Opcode::Version => binary::write_response(
+            out,
+            code,
+            Status::Success,
+            opaque,
+            0,
+            &[],
+            &[],
+            VERSION.as_bytes(),
+        ),
+        Opcode::Verbosity => ok(out, 0),
+        Opcode::Stat => {
+            m.cmd(Cmd::Other);
+            match key {
+                b"" => {
+                    for (k, v) in general_stats(shared) {
+                        binary::write_stat(out, opaque, k.as_bytes(), v.as_bytes());
+                    }
+                    binary::write_stat_end(out, opaque);
+                }
+                b"settings" | b"items" | b"slabs" | b"sizes" | b"conns" | b"reset" => {
+                    binary::write_stat_end(out, opaque)
+                }
+                _ => binary::write_error(out, code, Status::KeyNotFound, opaque),
+            }
+        }
+        _ => binary::write_error(out, code, Status::UnknownCommand, opaque),
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exptime_rules() {
+        assert_eq!(expire_of(0), Expire::Default);
+        assert_eq!(expire_of(-1), Expire::At(1));
+        assert_eq!(expire_of(100), Expire::After(100));
+        assert_eq!(
+            expire_of(REL_EXPTIME_MAX),
+            Expire::After(REL_EXPTIME_MAX as u32)
+        );
+        assert_eq!(
+            expire_of(REL_EXPTIME_MAX + 1),
+            Expire::At(REL_EXPTIME_MAX as u32 + 1)
+        );
+    }
+}

@@ -1,0 +1,276 @@
+//! Server lifecycle: open the store, bind the listeners, serve connections under the limits,
+//! and on SIGTERM/SIGINT stop accepting, let connections finish their current batch, then
+//! flush and close the store.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use k2hdkc_storage::Store;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::config::{ConfigError, ServerConfig};
+use crate::metrics::Metrics;
+
+/// Errors that stop the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The store failed to open or close.
+    #[error("storage: {0}")]
+    Storage(#[from] k2hdkc_storage::Error),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signal(std::io::Error),
+}
+
+/// State shared by every connection.
+pub struct Shared {
+    /// The node's store.
+    pub store: Store,
+    /// Counters.
+    pub metrics: Metrics,
+    /// The configuration in force.
+    pub config: ServerConfig,
+    /// Whether mutating calls may block on fsync (file mode with fsync=always).
+    pub blocking_writes: bool,
+    shutting_down: AtomicBool,
+    /// Addresses actually bound (port 0 resolved), by listener name.
+    bound: std::sync::Mutex<Vec<(&'static str, SocketAddr)>>,
+}
+
+impl Shared {
+    /// Whether shutdown has begun.
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+
+    /// The listeners as JSON.
+    pub fn listen_json(&self) -> serde_json::Value {
+        let b = self.bound.lock().expect("lock");
+        serde_json::Value::Object(
+            b.iter()
+                .map(|(k, a)| (k.to_string(), a.to_string().into()))
+                .collect(),
+        )
+    }
+}
+
+/// A running server.
+pub struct Server {
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Open the store and bind every configured listener.
+    pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
+        config.validate()?;
+        let sc = config.store_config()?;
+        let blocking_writes = matches!(&sc.engine, k2hdkc_storage::EngineConfig::File(o) if o.fsync == k2hdkc_storage::Fsync::Always)
+            || matches!(&sc.engine, k2hdkc_storage::EngineConfig::Temporary { fsync, .. } if *fsync == k2hdkc_storage::Fsync::Always);
+        let store = tokio::task::spawn_blocking(move || Store::open(sc))
+            .await
+            .expect("open task")?;
+        let shared = Arc::new(Shared {
+            store,
+            metrics: Metrics::default(),
+            config: config.clone(),
+            blocking_writes,
+            shutting_down: AtomicBool::new(false),
+            bound: Default::default(),
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        if let Some(addr) = config.listen.memcached {
+            let l = bind(addr).await?;
+            shared
+                .bound
+                .lock()
+                .expect("lock")
+                .push(("memcached", l.local_addr().unwrap_or(addr)));
+            tracing::info!(addr = %l.local_addr().unwrap_or(addr), "memcached listener ready");
+            tasks.push(tokio::spawn(accept_loop(
+                l,
+                shared.clone(),
+                stop_rx.clone(),
+                Proto::Memcached,
+            )));
+        }
+        if let Some(addr) = config.listen.native {
+            let l = bind(addr).await?;
+            shared
+                .bound
+                .lock()
+                .expect("lock")
+                .push(("native", l.local_addr().unwrap_or(addr)));
+            tracing::info!(addr = %l.local_addr().unwrap_or(addr), "native listener ready");
+            tasks.push(tokio::spawn(accept_loop(
+                l,
+                shared.clone(),
+                stop_rx.clone(),
+                Proto::Native,
+            )));
+        }
+        if let Some(addr) = config.listen.admin {
+            let l = bind(addr).await?;
+            shared
+                .bound
+                .lock()
+                .expect("lock")
+                .push(("admin", l.local_addr().unwrap_or(addr)));
+            tracing::info!(addr = %l.local_addr().unwrap_or(addr), "admin listener ready");
+            let app = crate::admin::router(shared.clone());
+            let mut rx = stop_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                let r = axum::serve(l, app)
+                    .with_graceful_shutdown(async move { stopped(&mut rx).await })
+                    .await;
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "admin listener failed");
+                }
+            }));
+        }
+        Ok(Server {
+            shared,
+            stop,
+            tasks,
+        })
+    }
+
+    /// The bound address of a listener ("memcached", "native", "admin").
+    pub fn addr(&self, name: &str) -> Option<SocketAddr> {
+        self.shared
+            .bound
+            .lock()
+            .expect("lock")
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, a)| *a)
+    }
+
+    /// Shared state (for tests and tools).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Stop accepting, give connections a moment, then flush and close the store.
+    pub async fn shutdown(self) -> Result<(), ServerError> {
+        self.shared.shutting_down.store(true, Ordering::SeqCst);
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+        // Connections notice the stop signal after their current batch.
+        for _ in 0..50 {
+            if self.shared.metrics.curr_connections.load(Ordering::Relaxed) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let store = self.shared.store.clone();
+        tokio::task::spawn_blocking(move || store.close())
+            .await
+            .expect("close task")?;
+        tracing::info!("store flushed and closed");
+        Ok(())
+    }
+}
+
+/// Resolves once the stop flag is set (or its sender is gone).
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Proto {
+    Memcached,
+    Native,
+}
+
+async fn accept_loop(
+    l: TcpListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    proto: Proto,
+) {
+    loop {
+        let (sock, peer) = tokio::select! {
+            r = l.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopped(&mut stop) => return,
+        };
+        let m = &shared.metrics;
+        if m.curr_connections.load(Ordering::Relaxed) as usize
+            >= shared.config.limits.max_connections
+        {
+            m.rejected_connections.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(reject(sock));
+            continue;
+        }
+        m.curr_connections.fetch_add(1, Ordering::Relaxed);
+        m.total_connections.fetch_add(1, Ordering::Relaxed);
+        let shared = shared.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let _ = sock.set_nodelay(true);
+            let r = match proto {
+                Proto::Memcached => crate::memcached::serve(sock, shared.clone(), stop).await,
+                Proto::Native => crate::memcached::serve(sock, shared.clone(), stop).await,
+            };
+            if let Err(e) = r {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            shared
+                .metrics
+                .curr_connections
+                .fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+async fn reject(mut sock: TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let _ = sock
+        .write_all(b"SERVER_ERROR too many open connections\r\n")
+        .await;
+    let _ = sock.shutdown().await;
+}
+
+/// Run a server until SIGTERM or SIGINT.
+pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
+    let server = Server::start(config).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(ServerError::Signal)?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+    }
+    server.shutdown().await
+}

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs what the build and the test suite need on a fresh Debian machine, and nothing that is
+# already there: the OpenSSL headers for the `openssl` crate. Safe to run repeatedly.
+set -euo pipefail
+
+need=()
+dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
+dpkg -s pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+if [ ${#need[@]} -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "setup: please install: ${need[*]} (apt-get install ${need[*]})" >&2
+        exit 1
+    fi
+    echo "setup: installing ${need[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi

@@ -1,0 +1,3 @@
+//! System tests across processes, with real binaries on 127.0.0.1.
+
+mod server_crash;
