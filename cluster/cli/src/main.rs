@@ -7,6 +7,8 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use k2hdkc_node::{ServerConfig, StorageMode};
 
+mod bench;
+
 #[derive(Parser)]
 #[command(
     name = "k2hdkc",
@@ -22,6 +24,8 @@ struct Cli {
 enum Cmd {
     /// Run a server node (memcached and native protocols).
     Server(ServerArgs),
+    /// Load generator for the memcached protocol: ops/s and latency percentiles.
+    Bench(bench::BenchArgs),
 }
 
 /// Flags override the config file.
@@ -128,6 +132,12 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             rt.block_on(k2hdkc_node::run(config))?;
+        }
+        Cmd::Bench(a) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(bench::run(a))?;
         }
     }
     Ok(())

@@ -137,7 +137,7 @@ impl Hlc {
         let phys = self.clock.now_ms() << LOGICAL_BITS;
         let mut last = self.last.load(Ordering::Relaxed);
         loop {
-            let next = phys.max(last + 1);
+            let next = phys.max(last.saturating_add(1));
             match self
                 .last
                 .compare_exchange_weak(last, next, Ordering::AcqRel, Ordering::Relaxed)

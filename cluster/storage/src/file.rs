@@ -400,16 +400,28 @@ impl Shared {
     fn start_log(&self, io: &mut Io, generation: u64) -> Result<()> {
         let dir = &self.opts.dir;
         let p = log_path(dir, generation);
-        let mut f = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&p)
-            .map_err(|e| Error::io(format!("create {}", p.display()), e))?;
-        f.write_all(&header(LOG_MAGIC, generation))
-            .and_then(|_| f.sync_all())
-            .map_err(|e| Error::io(format!("write {}", p.display()), e))?;
-        sync_dir(dir)?;
+        let made = (|| {
+            let mut f = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .open(&p)
+                .map_err(|e| Error::io(format!("create {}", p.display()), e))?;
+            f.write_all(&header(LOG_MAGIC, generation))
+                .and_then(|_| f.sync_all())
+                .map_err(|e| Error::io(format!("write {}", p.display()), e))?;
+            sync_dir(dir)?;
+            Ok(f)
+        })();
+        let f = match made {
+            Ok(f) => f,
+            Err(e) => {
+                // A half-made newer log would make the current one look old to recovery.
+                let _ = fs::remove_file(&p);
+                let _ = sync_dir(dir);
+                return Err(e);
+            }
+        };
         io.file = Some(f);
         io.generation = generation;
         self.cur_bytes.store(HEADER_LEN, Ordering::Relaxed);
@@ -620,7 +632,17 @@ impl Engine for FileEngine {
         }
         let before = st.buf.len();
         put_frame(&mut st.buf, |out| change.encode(out));
-        st.appended += (st.buf.len() - before) as u64;
+        let len = st.buf.len() - before;
+        if len - 8 > MAX_FRAME {
+            // Could not be read back: refuse it whole, without poisoning the log.
+            st.buf.truncate(before);
+            return Err(Error::TooLarge {
+                what: crate::error::Limit::Value,
+                size: len,
+                max: MAX_FRAME,
+            });
+        }
+        st.appended += len as u64;
         Ok(Ticket(st.appended))
     }
 
@@ -743,6 +765,13 @@ impl SnapshotSink for SnapWriter {
     fn write(&mut self, change: &Change) -> Result<()> {
         self.frame.clear();
         put_frame(&mut self.frame, |o| change.encode(o));
+        if self.frame.len() - 8 > MAX_FRAME {
+            return Err(Error::TooLarge {
+                what: crate::error::Limit::Value,
+                size: self.frame.len(),
+                max: MAX_FRAME,
+            });
+        }
         self.count += 1;
         self.w
             .write_all(&self.frame)

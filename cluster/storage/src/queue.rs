@@ -9,7 +9,7 @@
 //! item.
 
 use crate::change::{ChangeKind, Op, QueueItem};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::state::QUEUE_ORIGIN;
 use crate::store::{Expire, Store};
 
@@ -72,12 +72,16 @@ impl Store {
                 let id = if fifo {
                     q.items
                         .last_key_value()
-                        .map_or(QUEUE_ORIGIN, |(id, _)| id + 1)
+                        .map_or(Some(QUEUE_ORIGIN), |(id, _)| id.checked_add(1))
                 } else {
                     q.items
                         .first_key_value()
-                        .map_or(QUEUE_ORIGIN, |(id, _)| id - 1)
+                        .map_or(Some(QUEUE_ORIGIN), |(id, _)| id.checked_sub(1))
                 };
+                // 2^63 pushes at one end from the origin; only imported ids can get here.
+                let id = id.ok_or_else(|| {
+                    Error::InvalidArgument("queue position space exhausted".into())
+                })?;
                 (id, q.items.len() + 1)
             }
             None => (QUEUE_ORIGIN, 1),

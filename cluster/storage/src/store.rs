@@ -313,6 +313,7 @@ pub(crate) struct Inner {
     pub(crate) hlc: Hlc,
     pub(crate) keyring: Keyring,
     closed: AtomicBool,
+    compacting: Mutex<()>,
     sweep_cursor: std::sync::atomic::AtomicUsize,
     stop: Mutex<bool>,
     stop_cv: Condvar,
@@ -370,6 +371,7 @@ impl Store {
             hlc: Hlc::new(cfg.node_id, cfg.clock.clone()),
             keyring: Keyring::new(&cfg.keyring)?,
             closed: AtomicBool::new(false),
+            compacting: Mutex::new(()),
             sweep_cursor: std::sync::atomic::AtomicUsize::new(0),
             stop: Mutex::new(false),
             stop_cv: Condvar::new(),
@@ -1178,6 +1180,18 @@ impl Store {
         Ok(())
     }
 
+    /// Versions more than a day ahead of this node's clock would drag its clock (and every
+    /// later version) into the future: refuse them.
+    fn check_import_version(&self, v: Version) -> Result<()> {
+        let limit = self.inner.hlc.clock().now_ms().saturating_add(86_400_000);
+        if v.millis() > limit {
+            return Err(Error::InvalidArgument(format!(
+                "version {v} is more than a day in the future"
+            )));
+        }
+        Ok(())
+    }
+
     /// Apply changes from an archive or a replica: each record wins only if its version is
     /// newer than what is here (or always, with `overwrite`). Returns how many applied.
     pub fn import_changes(&self, changes: Vec<Change>, overwrite: bool) -> Result<usize> {
@@ -1192,12 +1206,14 @@ impl Store {
                     Op::Put(r) => {
                         let v = r.view();
                         self.check_key(v.key())?;
+                        self.check_import_version(v.version())?;
                         self.inner.hlc.observe(v.version());
                         overwrite
                             || l.get(v.key())?
                                 .is_none_or(|cur| cur.version() < v.version())
                     }
                     Op::QueuePut { queue, id, item } => {
+                        self.check_import_version(item.version)?;
                         self.inner.hlc.observe(item.version);
                         overwrite || l.queue(queue)?.is_none_or(|q| !q.items.contains_key(id))
                     }
@@ -1350,6 +1366,8 @@ impl Store {
     /// Rewrite the engine's files as one snapshot plus an empty log.
     pub fn compact(&self) -> Result<bool> {
         const CHUNK: usize = 256 << 10;
+        // One compaction at a time: each one's clean-up would delete the other's files.
+        let _one = self.inner.compacting.lock();
         let (sink, last_seq) = self
             .inner
             .feed

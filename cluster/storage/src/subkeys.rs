@@ -76,10 +76,14 @@ impl Store {
     /// Empty a live key's sub-key list (children are kept). Returns whether the key exists.
     pub fn clear_subkeys(&self, parent: &[u8]) -> Result<bool> {
         self.check_key(parent)?;
-        if !self.contains(parent) {
+        let l = self.lock(&[parent]);
+        let now = self.now();
+        if l.get(parent)?.filter(|r| r.is_live(now)).is_none() {
             return Ok(false);
         }
-        self.set_subkeys(parent, &[])?;
+        let rec = self.with_subkeys(&l, parent, now, |list| list.clear())?;
+        let v = rec.view().version();
+        self.commit_and_wait(l, v, ChangeKind::SubKey, vec![Op::Put(rec)])?;
         Ok(true)
     }
 
@@ -95,6 +99,11 @@ impl Store {
         self.check_key(child)?;
         if let Some((v, _)) = child_value {
             self.check_value(v.len())?;
+            if parent == child {
+                return Err(Error::InvalidArgument(
+                    "a key cannot be written as its own child".into(),
+                ));
+            }
         }
         let l = self.lock(&[parent, child]);
         let now = self.now();
@@ -197,6 +206,11 @@ impl Store {
         self.check_key(to)?;
         if let Some(p) = parent {
             self.check_key(p)?;
+            if p == from || p == to {
+                return Err(Error::InvalidArgument(
+                    "the parent of a rename cannot be its source or target".into(),
+                ));
+            }
         }
         if from == to {
             return if self.contains(from) {

@@ -408,6 +408,21 @@ fn subkeys_and_rename(h: &Harness) {
         s.rename(b"old", b"x", None, None),
         Err(Error::NotFound)
     ));
+    // A parent that is also the source or target, or a key written as its own child, is refused
+    // (it would silently lose the moved value or the child write).
+    assert!(matches!(
+        s.rename(b"new", b"other", Some(b"new"), None),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        s.rename(b"new", b"other", Some(b"other"), None),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        s.add_subkey(b"self", b"self", Some((b"v", &W))),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert_eq!(val(&s, b"new").unwrap(), b"payload");
     assert!(s.clear_subkeys(b"root").unwrap());
     assert_eq!(s.subkeys(b"root").unwrap().unwrap(), Vec::<Vec<u8>>::new());
     assert!(!s.clear_subkeys(b"nothing").unwrap());

@@ -1,0 +1,329 @@
+//! `k2hdkc bench ADDR`: a memcached text-protocol load generator.
+//!
+//! Preloads `--keys` keys, then runs `--connections` connections for `--duration`, each sending
+//! batches of `--pipeline` requests (sets and gets by `--ratio SET:GET`, uniform random keys) and
+//! reading every reply. Prints ops/s and per-request latency percentiles (a request's latency is
+//! its batch's round trip), with a progress line each second; `--json` for scripts.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Arguments of `k2hdkc bench`.
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Server address (memcached protocol).
+    pub addr: SocketAddr,
+    /// Concurrent connections.
+    #[arg(long, short = 'c', default_value_t = 1)]
+    pub connections: usize,
+    /// Requests sent per batch on each connection.
+    #[arg(long, short = 'p', default_value_t = 1)]
+    pub pipeline: usize,
+    /// SET:GET ratio, e.g. 1:10.
+    #[arg(long, default_value = "1:10")]
+    pub ratio: String,
+    /// Distinct keys (preloaded).
+    #[arg(long, default_value_t = 100_000)]
+    pub keys: u64,
+    /// Key size in bytes (at least 8).
+    #[arg(long, default_value_t = 16)]
+    pub key_size: usize,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 100)]
+    pub value_size: usize,
+    /// How long to run, in seconds.
+    #[arg(long, short = 'd', default_value_t = 10)]
+    pub duration: u64,
+    /// Skip the preload.
+    #[arg(long)]
+    pub no_preload: bool,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_ratio(s: &str) -> anyhow::Result<(u32, u32)> {
+    let (a, b) = s
+        .split_once(':')
+        .context("ratio must look like SET:GET, e.g. 1:10")?;
+    let (a, b): (u32, u32) = (a.parse()?, b.parse()?);
+    if a + b == 0 {
+        bail!("ratio {s} sends nothing");
+    }
+    Ok((a, b))
+}
+
+fn key(i: u64, size: usize) -> Vec<u8> {
+    let mut k = format!("{i:0>width$}", width = size.max(8)).into_bytes();
+    k.truncate(size.max(8));
+    k
+}
+
+/// Read exactly one reply to a set (a line) or a get (END, or VALUE .. data .. END).
+async fn read_reply(
+    s: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    pos: &mut usize,
+    get: bool,
+) -> anyhow::Result<bool> {
+    loop {
+        if let Some((n, hit)) = parse_reply(&buf[*pos..], get)? {
+            *pos += n;
+            return Ok(hit);
+        }
+        if *pos > 0 {
+            buf.drain(..*pos);
+            *pos = 0;
+        }
+        let mut chunk = [0u8; 65536];
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            bail!("server closed the connection");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn line(b: &[u8]) -> Option<usize> {
+    b.windows(2).position(|w| w == b"\r\n").map(|p| p + 2)
+}
+
+/// Some((bytes consumed, hit)) when a whole reply is buffered.
+fn parse_reply(b: &[u8], get: bool) -> anyhow::Result<Option<(usize, bool)>> {
+    let Some(l) = line(b) else { return Ok(None) };
+    if !get {
+        if &b[..l] != b"STORED\r\n" {
+            bail!(
+                "unexpected reply to set: {:?}",
+                String::from_utf8_lossy(&b[..l])
+            );
+        }
+        return Ok(Some((l, true)));
+    }
+    if &b[..l] == b"END\r\n" {
+        return Ok(Some((l, false)));
+    }
+    let head = std::str::from_utf8(&b[..l - 2])?;
+    let len: usize = head
+        .split(' ')
+        .nth(3)
+        .and_then(|n| n.parse().ok())
+        .context("bad VALUE line")?;
+    let end = l + len + 2;
+    if b.len() < end + 5 {
+        return Ok(None);
+    }
+    if &b[end..end + 5] != b"END\r\n" {
+        bail!("reply to get does not end in END");
+    }
+    Ok(Some((end + 5, true)))
+}
+
+struct Totals {
+    ops: AtomicU64,
+    hits: AtomicU64,
+    gets: AtomicU64,
+}
+
+async fn preload(a: &BenchArgs) -> anyhow::Result<()> {
+    let mut s = TcpStream::connect(a.addr)
+        .await
+        .with_context(|| format!("connect {}", a.addr))?;
+    let value = vec![b'v'; a.value_size];
+    let mut buf = Vec::new();
+    let mut pos = 0;
+    let mut i = 0;
+    while i < a.keys {
+        let mut req = Vec::new();
+        let n = (a.keys - i).min(256);
+        for j in 0..n {
+            req.extend_from_slice(b"set ");
+            req.extend_from_slice(&key(i + j, a.key_size));
+            req.extend_from_slice(format!(" 0 0 {}\r\n", value.len()).as_bytes());
+            req.extend_from_slice(&value);
+            req.extend_from_slice(b"\r\n");
+        }
+        s.write_all(&req).await?;
+        for _ in 0..n {
+            read_reply(&mut s, &mut buf, &mut pos, false).await?;
+        }
+        i += n;
+    }
+    Ok(())
+}
+
+async fn worker(
+    a: Arc<BenchArgs>,
+    seed: u64,
+    until: Instant,
+    t: Arc<Totals>,
+) -> anyhow::Result<Vec<u32>> {
+    let (sets, gets) = parse_ratio(&a.ratio)?;
+    let mut s = TcpStream::connect(a.addr).await?;
+    s.set_nodelay(true)?;
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let value = vec![b'x'; a.value_size];
+    let mut buf = Vec::with_capacity(1 << 16);
+    let mut pos = 0;
+    let mut lat = Vec::with_capacity(1 << 16);
+    let mut req = Vec::with_capacity(a.pipeline * (a.key_size + a.value_size + 32));
+    let mut kinds = Vec::with_capacity(a.pipeline);
+    while Instant::now() < until {
+        req.clear();
+        kinds.clear();
+        for _ in 0..a.pipeline {
+            let k = key(rng.u64(0..a.keys.max(1)), a.key_size);
+            let is_get = rng.u32(0..sets + gets) >= sets;
+            if is_get {
+                req.extend_from_slice(b"get ");
+                req.extend_from_slice(&k);
+                req.extend_from_slice(b"\r\n");
+            } else {
+                req.extend_from_slice(b"set ");
+                req.extend_from_slice(&k);
+                req.extend_from_slice(format!(" 0 0 {}\r\n", value.len()).as_bytes());
+                req.extend_from_slice(&value);
+                req.extend_from_slice(b"\r\n");
+            }
+            kinds.push(is_get);
+        }
+        let start = Instant::now();
+        s.write_all(&req).await?;
+        let mut hits = 0;
+        for &g in &kinds {
+            if read_reply(&mut s, &mut buf, &mut pos, g).await? && g {
+                hits += 1;
+            }
+        }
+        let us = start.elapsed().as_micros().min(u32::MAX as u128) as u32;
+        for _ in 0..a.pipeline {
+            lat.push(us);
+        }
+        t.ops.fetch_add(a.pipeline as u64, Ordering::Relaxed);
+        t.hits.fetch_add(hits, Ordering::Relaxed);
+        t.gets.fetch_add(
+            kinds.iter().filter(|g| **g).count() as u64,
+            Ordering::Relaxed,
+        );
+    }
+    Ok(lat)
+}
+
+fn pct(sorted: &[u32], p: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Run the benchmark.
+pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
+    parse_ratio(&a.ratio)?;
+    if a.connections == 0 || a.pipeline == 0 || a.keys == 0 || a.duration == 0 {
+        bail!("--connections, --pipeline, --keys and --duration must be positive");
+    }
+    if !a.no_preload {
+        eprintln!(
+            "preloading {} keys of {} bytes with {}-byte values ...",
+            a.keys, a.key_size, a.value_size
+        );
+        preload(&a).await?;
+    }
+    let a = Arc::new(a);
+    let t = Arc::new(Totals {
+        ops: AtomicU64::new(0),
+        hits: AtomicU64::new(0),
+        gets: AtomicU64::new(0),
+    });
+    let start = Instant::now();
+    let until = start + Duration::from_secs(a.duration);
+    let tasks: Vec<_> = (0..a.connections)
+        .map(|i| tokio::spawn(worker(a.clone(), 0x5eed + i as u64, until, t.clone())))
+        .collect();
+    let mut last = 0;
+    while Instant::now() < until {
+        tokio::time::sleep(
+            Duration::from_secs(1).min(until.saturating_duration_since(Instant::now())),
+        )
+        .await;
+        let ops = t.ops.load(Ordering::Relaxed);
+        let el = start.elapsed().as_secs_f64().min(a.duration as f64);
+        let done = (el / a.duration as f64 * 30.0) as usize;
+        if !a.json {
+            eprint!(
+                "\r[{}{}] {:>4.0}s/{}s {:>10} ops/s",
+                "=".repeat(done),
+                " ".repeat(30 - done.min(30)),
+                el,
+                a.duration,
+                ops - last
+            );
+        }
+        last = ops;
+    }
+    let mut lat = Vec::new();
+    for task in tasks {
+        lat.extend(task.await??);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    let ops = t.ops.load(Ordering::Relaxed);
+    let gets = t.gets.load(Ordering::Relaxed);
+    let report = serde_json::json!({
+        "addr": a.addr.to_string(),
+        "connections": a.connections,
+        "pipeline": a.pipeline,
+        "ratio": a.ratio,
+        "keys": a.keys,
+        "value_size": a.value_size,
+        "seconds": secs,
+        "ops": ops,
+        "ops_per_sec": ops as f64 / secs,
+        "get_hit_ratio": if gets > 0 { t.hits.load(Ordering::Relaxed) as f64 / gets as f64 } else { 0.0 },
+        "latency_us": { "p50": pct(&lat, 0.50), "p99": pct(&lat, 0.99), "p999": pct(&lat, 0.999), "max": lat.last().copied().unwrap_or(0) },
+    });
+    if a.json {
+        println!("{report}");
+    } else {
+        eprintln!();
+        println!(
+            "{} ops in {:.1}s: {:.0} ops/s; latency p50 {} us, p99 {} us, p99.9 {} us; get hit ratio {:.3}",
+            ops,
+            secs,
+            ops as f64 / secs,
+            report["latency_us"]["p50"],
+            report["latency_us"]["p99"],
+            report["latency_us"]["p999"],
+            report["get_hit_ratio"].as_f64().unwrap_or(0.0)
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_parse_and_ratios_validate() {
+        assert_eq!(parse_reply(b"STORED\r\n", false).unwrap(), Some((8, true)));
+        assert_eq!(parse_reply(b"END\r\n", true).unwrap(), Some((5, false)));
+        assert_eq!(
+            parse_reply(b"VALUE k 0 2\r\nab\r\nEND\r\n", true).unwrap(),
+            Some((22, true))
+        );
+        assert_eq!(parse_reply(b"VALUE k 0 2\r\nab\r\nEN", true).unwrap(), None);
+        assert!(parse_reply(b"ERROR\r\n", false).is_err());
+        assert_eq!(parse_ratio("1:10").unwrap(), (1, 10));
+        assert!(parse_ratio("0:0").is_err());
+        assert!(parse_ratio("x").is_err());
+        assert_eq!(key(42, 16).len(), 16);
+    }
+}
