@@ -15,3 +15,11 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+
+# Optional peers for conformance tests (skipped with a message when absent): Debian's memcached
+# and memccapable. Installed only when we are root and apt works; failures here are not fatal.
+if [ "$(id -u)" -eq 0 ] && ! command -v memccapable >/dev/null 2>&1; then
+    echo "setup: installing memcached libmemcached-tools (conformance peers)" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq memcached libmemcached-tools >/dev/null; } \
+        || echo "setup: could not install memcached/libmemcached-tools; their tests will be skipped" >&2
+fi
