@@ -70,6 +70,69 @@ pub fn store_error(e: &StoreError) -> ProtoError {
     }
 }
 
+/// Result of an incr/decr shared by the binary and meta protocols.
+pub(crate) enum Arith {
+    /// The new value and cas.
+    Done(u64, u64),
+    /// No such key (and none created).
+    NotFound,
+    /// A compare-cas was given and differs.
+    CasMismatch,
+}
+
+/// incr/decr with an optional compare-cas and an optional (initial value, expiry) with which a
+/// missing key is created, as the binary `incr` and meta `ma N` do.
+pub(crate) fn arith(
+    store: &k2hdkc_storage::Store,
+    key: &[u8],
+    delta: u64,
+    decr: bool,
+    compare_cas: Option<u64>,
+    create: Option<(u64, Expire)>,
+) -> Result<Arith, StoreError> {
+    if let Some(c) = compare_cas {
+        match store.attrs(key)? {
+            None => return Ok(Arith::NotFound),
+            Some(a) if a.cas != c => return Ok(Arith::CasMismatch),
+            _ => {}
+        }
+    }
+    if let Some((n, cas)) = store.incr_decimal(key, delta, decr)? {
+        return Ok(Arith::Done(n, cas));
+    }
+    let Some((initial, expire)) = create else {
+        return Ok(Arith::NotFound);
+    };
+    let opts = WriteOpts {
+        flags: Some(0),
+        expire,
+        ..Default::default()
+    };
+    match store.set(key, initial.to_string().as_bytes(), SetMode::Add, &opts)? {
+        SetOutcome::Stored { cas } => Ok(Arith::Done(initial, cas)),
+        // Someone created it meanwhile: apply the delta to theirs.
+        _ => Ok(store
+            .incr_decimal(key, delta, decr)?
+            .map_or(Arith::NotFound, |(n, c)| Arith::Done(n, c))),
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Drop up to `*swallow` bytes from the front of `buf`; returns whether some remain to drop.
+fn drain_swallow(buf: &mut Vec<u8>, swallow: &mut usize) -> bool {
+    let k = (*swallow).min(buf.len());
+    buf.drain(..k);
+    *swallow -= k;
+    *swallow > 0
+}
+
 /// Serve one client connection until it closes, errs, or the server stops.
 pub async fn serve(
     mut sock: TcpStream,
@@ -108,39 +171,38 @@ pub async fn serve(
             return Ok(());
         }
         m.bytes_read.fetch_add(n as u64, Relaxed);
-        if swallow > 0 {
-            // Still discarding the data block of a refused request.
-            let k = swallow.min(buf.len());
-            buf.drain(..k);
-            swallow -= k;
-            if swallow > 0 || buf.is_empty() {
-                continue;
-            }
-        }
-        let mode = *mode.get_or_insert(match buf.first() {
-            Some(&b) if binary::is_binary(b) => Mode::Binary,
-            _ => Mode::Text,
-        });
         let start = Instant::now();
-        let batch = if shared.blocking_writes {
-            tokio::task::block_in_place(|| process(&shared, mode, &limits, &buf, &mut out))
-        } else {
-            process(&shared, mode, &limits, &buf, &mut out)
-        };
-        buf.drain(..batch.consumed);
-        swallow = batch.swallow;
-        if swallow > 0 {
-            let k = swallow.min(buf.len());
-            buf.drain(..k);
-            swallow -= k;
+        let mut requests = 0;
+        let mut close = false;
+        // Swallowing a refused data block can uncover more requests: go on until none is left.
+        loop {
+            if swallow > 0 && (drain_swallow(&mut buf, &mut swallow) || buf.is_empty()) {
+                break;
+            }
+            let mode = *mode.get_or_insert(match buf.first() {
+                Some(&b) if binary::is_binary(b) => Mode::Binary,
+                _ => Mode::Text,
+            });
+            let batch = if shared.blocking_writes {
+                tokio::task::block_in_place(|| process(&shared, mode, &limits, &buf, &mut out))
+            } else {
+                process(&shared, mode, &limits, &buf, &mut out)
+            };
+            buf.drain(..batch.consumed);
+            requests += batch.requests;
+            swallow = batch.swallow;
+            close = batch.close;
+            if close || swallow == 0 {
+                break;
+            }
         }
         if !out.is_empty() {
             sock.write_all(&out).await?;
             m.bytes_written.fetch_add(out.len() as u64, Relaxed);
             out.clear();
         }
-        m.observe(start, batch.requests);
-        if batch.close {
+        m.observe(start, requests);
+        if close {
             let _ = sock.shutdown().await;
             return Ok(());
         }
@@ -183,9 +245,7 @@ fn process(shared: &Shared, mode: Mode, limits: &Limits, buf: &[u8], out: &mut V
                     }
                     b.close = close;
                     if swallow > 0 {
-                        let here = swallow.min(buf.len() - b.consumed);
-                        b.consumed += here;
-                        b.swallow = swallow - here;
+                        b.swallow = swallow;
                         break;
                     }
                 }
@@ -210,11 +270,8 @@ fn process(shared: &Shared, mode: Mode, limits: &Limits, buf: &[u8], out: &mut V
                     b.requests += 1;
                     binary::write_error(out, opcode, status, opaque);
                     b.close = close;
-                    let swallow = swallow as usize;
                     if swallow > 0 {
-                        let here = swallow.min(buf.len() - b.consumed);
-                        b.consumed += here;
-                        b.swallow = swallow - here;
+                        b.swallow = swallow as usize;
                         break;
                     }
                 }
@@ -380,10 +437,7 @@ fn get_one(shared: &Shared, key: &[u8], cas: bool, touch: Option<Expire>, out: &
 
 /// `flush_all [delay]`: now, or at a later time (relative up to 30 days, else absolute).
 pub fn flush_after(shared: &Shared, delay: i64) {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let now = unix_now();
     let secs = match delay {
         d if d <= 0 => 0,
         d if d <= REL_EXPTIME_MAX => d,
@@ -408,10 +462,7 @@ pub fn flush_after(shared: &Shared, delay: i64) {
 pub fn general_stats(shared: &Shared) -> Vec<(&'static str, String)> {
     let m = &shared.metrics;
     let st = shared.store.stats();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = unix_now();
     let hits = m.get_hits.load(Relaxed);
     let misses = m.get_misses.load(Relaxed);
     vec![
@@ -619,45 +670,18 @@ fn exec_binary(shared: &Shared, req: &BinRequest<'_>, out: &mut Vec<u8>) -> bool
                 binary::write_error(out, code, Status::Einval, opaque);
                 return false;
             };
-            if req.cas() != 0 {
-                match store.attrs(key) {
-                    Ok(Some(a)) if a.cas != req.cas() => {
-                        binary::write_error(out, code, Status::KeyExists, opaque);
-                        return false;
-                    }
-                    Ok(None) => {
-                        binary::write_error(out, code, Status::KeyNotFound, opaque);
-                        return false;
-                    }
-                    _ => {}
-                }
-            }
             let decr = op.base() == Opcode::Decrement;
-            let mut r = store.incr_decimal(key, delta, decr);
-            if let Ok(None) = r {
-                if exptime == u32::MAX {
-                    binary::write_error(out, code, Status::KeyNotFound, opaque);
-                    return false;
-                }
-                let opts = WriteOpts {
-                    flags: Some(0),
-                    expire: expire_of(exptime as i64),
-                    ..Default::default()
-                };
-                r = match store.set(key, initial.to_string().as_bytes(), SetMode::Add, &opts) {
-                    Ok(SetOutcome::Stored { cas }) => Ok(Some((initial, cas))),
-                    // Someone created it meanwhile: apply the delta to theirs.
-                    Ok(_) => store.incr_decimal(key, delta, decr),
-                    Err(e) => Err(e),
-                };
-            }
-            match r {
-                Ok(Some((v, cas))) => {
+            // exptime 0xffffffff: do not create a missing counter.
+            let create = (exptime != u32::MAX).then(|| (initial, expire_of(exptime as i64)));
+            let compare = (req.cas() != 0).then(|| req.cas());
+            match arith(store, key, delta, decr, compare, create) {
+                Ok(Arith::Done(v, cas)) => {
                     if !quiet {
                         binary::write_arith(out, code, opaque, cas, v);
                     }
                 }
-                Ok(None) => binary::write_error(out, code, Status::KeyNotFound, opaque),
+                Ok(Arith::NotFound) => binary::write_error(out, code, Status::KeyNotFound, opaque),
+                Ok(Arith::CasMismatch) => binary::write_error(out, code, Status::KeyExists, opaque),
                 Err(e) => fail(out, &e),
             }
         }

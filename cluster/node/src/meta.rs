@@ -11,15 +11,17 @@ use k2hdkc_proto::memcached::meta::{
 };
 use k2hdkc_storage::{DeleteOutcome, Expire, SetMode, SetOutcome, Value, WriteOpts};
 
-use crate::memcached::{expire_of, store_error};
+use crate::memcached::{Arith, arith, expire_of, store_error, unix_now};
 use crate::metrics::Cmd;
 use crate::server::Shared;
 
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+/// Seconds left before `expire` (unix seconds), -1 for never: the meta `t` flag.
+fn remaining_ttl(expire: u32) -> i64 {
+    if expire == 0 {
+        -1
+    } else {
+        (expire as i64 - unix_now()).max(0)
+    }
 }
 
 fn info_of(v: &Value) -> ItemInfo {
@@ -27,11 +29,7 @@ fn info_of(v: &Value) -> ItemInfo {
         cas: v.cas,
         client_flags: v.flags,
         size: v.data.len(),
-        ttl: if v.expire == 0 {
-            -1
-        } else {
-            (v.expire as i64 - now_secs()).max(0)
-        },
+        ttl: remaining_ttl(v.expire),
         ..Default::default()
     }
 }
@@ -64,7 +62,7 @@ pub fn exec(shared: &Shared, req: MetaRequest<'_>, out: &mut Vec<u8>) -> bool {
                         exp: if v.expire == 0 {
                             -1
                         } else {
-                            now_secs() - v.expire as i64
+                            unix_now() - v.expire as i64
                         },
                         cas: v.cas,
                         class: 1,
@@ -186,43 +184,15 @@ pub fn exec(shared: &Shared, req: MetaRequest<'_>, out: &mut Vec<u8>) -> bool {
         }
         MetaCmd::Arithmetic(mode) => {
             m.cmd(Cmd::Arith);
-            if let Some(c) = f.compare_cas {
-                match store.attrs(key) {
-                    Ok(Some(a)) if a.cas != c => {
-                        respond(out, &req, MetaStatus::Ex, None, None);
-                        return false;
-                    }
-                    Ok(None) => {
-                        respond(out, &req, MetaStatus::Nf, None, None);
-                        return false;
-                    }
-                    _ => {}
-                }
-            }
             let decr = mode == ArithMode::Decr;
-            let mut r = store.incr_decimal(key, req.delta(), decr);
-            if let (Ok(None), Some(n)) = (&r, f.vivify_ttl) {
-                let o = WriteOpts {
-                    flags: Some(0),
-                    expire: expire_of(n),
-                    ..Default::default()
-                };
-                let init = req.initial();
-                r = match store.set(key, init.to_string().as_bytes(), SetMode::Add, &o) {
-                    Ok(SetOutcome::Stored { cas }) => Ok(Some((init, cas))),
-                    Ok(_) => store.incr_decimal(key, req.delta(), decr),
-                    Err(e) => Err(e),
-                };
-            }
-            match r {
-                Ok(Some((n, cas))) => {
-                    let ttl = store.attrs(key).ok().flatten().map_or(-1, |a| {
-                        if a.expire == 0 {
-                            -1
-                        } else {
-                            (a.expire as i64 - now_secs()).max(0)
-                        }
-                    });
+            let create = f.vivify_ttl.map(|n| (req.initial(), expire_of(n)));
+            match arith(store, key, req.delta(), decr, f.compare_cas, create) {
+                Ok(Arith::Done(n, cas)) => {
+                    let ttl = store
+                        .attrs(key)
+                        .ok()
+                        .flatten()
+                        .map_or(-1, |a| remaining_ttl(a.expire));
                     let info = ItemInfo {
                         cas,
                         ttl,
@@ -241,7 +211,8 @@ pub fn exec(shared: &Shared, req: MetaRequest<'_>, out: &mut Vec<u8>) -> bool {
                         respond(out, &req, MetaStatus::Hd, Some(&info), None);
                     }
                 }
-                Ok(None) => respond(out, &req, MetaStatus::Nf, None, None),
+                Ok(Arith::NotFound) => respond(out, &req, MetaStatus::Nf, None, None),
+                Ok(Arith::CasMismatch) => respond(out, &req, MetaStatus::Ex, None, None),
                 Err(e) => store_error(&e).write(out),
             }
         }

@@ -198,17 +198,6 @@ impl<'a> Locked<'a> {
         }
     }
 
-    fn guard_mut(&mut self, key: &[u8]) -> Result<(u64, &mut Shard)> {
-        let h = self.state.hash(key);
-        let i = self.state.shard_of(h);
-        match self.guards.binary_search_by_key(&i, |(j, _)| *j) {
-            Ok(p) => Ok((h, &mut self.guards[p].1)),
-            Err(_) => Err(Error::InvalidArgument(
-                "internal: key outside the locked set".into(),
-            )),
-        }
-    }
-
     /// The record at `key`, if any (tombstones included).
     pub fn get(&self, key: &[u8]) -> Result<Option<RecordRef<'_>>> {
         let (h, s) = self.guard(key)?;
@@ -244,11 +233,5 @@ impl<'a> Locked<'a> {
     /// Visit every locked shard (used with [`State::lock_all`]).
     pub fn shards_mut(&mut self) -> impl Iterator<Item = &mut Shard> {
         self.guards.iter_mut().map(|(_, g)| &mut **g)
-    }
-
-    /// Ensure `key`'s shard is locked; used to assert lock coverage in debug builds.
-    #[allow(dead_code)]
-    pub fn covers(&mut self, key: &[u8]) -> bool {
-        self.guard_mut(key).is_ok()
     }
 }

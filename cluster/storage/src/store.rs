@@ -624,7 +624,7 @@ impl Store {
         self.inner.engine.commit(t)
     }
 
-    fn tombstone(&self, old: RecordRef<'_>, version: Version, now: u32) -> Record {
+    pub(crate) fn tombstone(&self, old: RecordRef<'_>, version: Version, now: u32) -> Record {
         let meta = Meta {
             kind: Kind::Tombstone,
             encrypted: false,
@@ -637,7 +637,7 @@ impl Store {
     }
 
     /// Ext of the record that replaces `old` (sub-keys kept; history extended if enabled).
-    fn next_ext(&self, old: Option<RecordRef<'_>>) -> Option<Ext> {
+    pub(crate) fn next_ext(&self, old: Option<RecordRef<'_>>) -> Option<Ext> {
         let old = old?;
         if !old.has_ext() && (self.inner.history == 0 || old.kind() != Kind::Value) {
             return None;
@@ -1421,14 +1421,6 @@ impl Store {
 
     pub(crate) fn new_version(&self) -> Version {
         self.inner.hlc.now()
-    }
-
-    pub(crate) fn build_tombstone(&self, old: RecordRef<'_>, version: Version, now: u32) -> Record {
-        self.tombstone(old, version, now)
-    }
-
-    pub(crate) fn ext_for(&self, old: Option<RecordRef<'_>>) -> Option<Ext> {
-        self.next_ext(old)
     }
 
     pub(crate) fn queue_item_live(it: &QueueItem, now: u32) -> bool {

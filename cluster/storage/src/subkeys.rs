@@ -121,7 +121,7 @@ impl Store {
                 expire: self.expire_at(opts.expire, old.map(|o| o.expire()), now),
                 created: old.map_or(now, |o| o.created()),
             };
-            let ext = self.ext_for(old);
+            let ext = self.next_ext(old);
             ops.push(Op::Put(Record::build(child, &stored, &meta, ext.as_ref())));
         }
         let parent_rec = self.with_subkeys(&l, parent, now, |list| {
@@ -153,7 +153,7 @@ impl Store {
         let v = parent_rec.view().version();
         let mut ops = vec![Op::Put(parent_rec)];
         if delete_child && let Some(c) = l.get(child)?.filter(|r| r.is_live(now)) {
-            ops.push(Op::Put(self.build_tombstone(c, v, now)));
+            ops.push(Op::Put(self.tombstone(c, v, now)));
         }
         if !listed && ops.len() == 1 {
             return Ok(false);
@@ -180,7 +180,7 @@ impl Store {
                 for c in r.ext().subkeys.iter().rev() {
                     stack.push(c.to_vec());
                 }
-                ops.push(Op::Put(self.build_tombstone(r, version, now)));
+                ops.push(Op::Put(self.tombstone(r, version, now)));
             }
         }
         let n = ops.len();
@@ -239,7 +239,7 @@ impl Store {
         let ext = old.has_ext().then(|| old.ext());
         let mut ops = vec![
             Op::Put(Record::build(to, &value, &meta, ext.as_ref())),
-            Op::Put(self.build_tombstone(old, version, now)),
+            Op::Put(self.tombstone(old, version, now)),
         ];
         if let Some(p) = parent {
             if l.get(p)?.filter(|r| r.is_live(now)).is_none() {
