@@ -7,6 +7,7 @@ pub mod config;
 pub mod memcached;
 pub mod meta;
 pub mod metrics;
+pub mod native;
 pub mod server;
 
 pub use config::{ConfigError, ServerConfig, StorageMode};

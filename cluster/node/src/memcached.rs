@@ -32,15 +32,20 @@ const REL_EXPTIME_MAX: i64 = 60 * 60 * 24 * 30;
 enum Mode {
     Text,
     Binary,
+    Native,
 }
 
 /// What to do after a batch.
 #[derive(Debug, Default)]
-struct Batch {
-    consumed: usize,
-    swallow: usize,
-    close: bool,
-    requests: u64,
+pub(crate) struct Batch {
+    /// Bytes of the buffer used up.
+    pub consumed: usize,
+    /// Bytes still to drop as they arrive (a refused data block or frame).
+    pub swallow: usize,
+    /// Close the connection after sending the replies.
+    pub close: bool,
+    /// Requests served (for the latency histogram).
+    pub requests: u64,
 }
 
 /// Convert a memcached exptime.
@@ -133,11 +138,13 @@ fn drain_swallow(buf: &mut Vec<u8>, swallow: &mut usize) -> bool {
     *swallow > 0
 }
 
-/// Serve one client connection until it closes, errs, or the server stops.
+/// Serve one client connection until it closes, errs, or the server stops: the native
+/// protocol when `native`, else memcached text/meta or binary by the first byte.
 pub async fn serve(
     mut sock: TcpStream,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
+    native: bool,
 ) -> io::Result<()> {
     let lim = &shared.config.limits;
     let limits = Limits {
@@ -148,7 +155,7 @@ pub async fn serve(
     let idle = (lim.idle_timeout_secs > 0).then(|| Duration::from_secs(lim.idle_timeout_secs));
     let mut buf: Vec<u8> = Vec::with_capacity(16 << 10);
     let mut out: Vec<u8> = Vec::with_capacity(16 << 10);
-    let mut mode = None;
+    let mut mode = native.then_some(Mode::Native);
     let mut swallow = 0usize;
     let m = &shared.metrics;
     loop {
@@ -206,7 +213,9 @@ pub async fn serve(
             let _ = sock.shutdown().await;
             return Ok(());
         }
-        if buf.len() > shared.config.limits.max_request_bytes + 4096 {
+        if buf.len() > shared.config.limits.max_request_bytes + 4096
+            && (mode != Some(Mode::Native) || buf.len() > crate::native::max_body(&shared) + 4096)
+        {
             // The parsers bound lines and data; this is a last line of defence.
             return Ok(());
         }
@@ -218,6 +227,9 @@ pub async fn serve(
 
 /// Execute every complete request in `buf`.
 fn process(shared: &Shared, mode: Mode, limits: &Limits, buf: &[u8], out: &mut Vec<u8>) -> Batch {
+    if mode == Mode::Native {
+        return crate::native::process(shared, buf, out);
+    }
     let mut b = Batch::default();
     let m = &shared.metrics;
     while b.consumed < buf.len() && !b.close {
@@ -250,6 +262,8 @@ fn process(shared: &Shared, mode: Mode, limits: &Limits, buf: &[u8], out: &mut V
                     }
                 }
             },
+            // Served by the early return above.
+            Mode::Native => break,
             Mode::Binary => match binary::parse(rest, limits.max_value + 512) {
                 BinParsed::Incomplete => break,
                 BinParsed::Done { req, consumed } => {

@@ -21,17 +21,29 @@ pub enum Cmd {
     Touch,
     /// flush_all.
     Flush,
+    /// Sub-key list operations and rename (native).
+    Subkey,
+    /// Queue operations (native).
+    Queue,
+    /// CAS counter operations (native).
+    Counter,
+    /// Key scans (native).
+    Scan,
     /// Everything else.
     Other,
 }
 
-const CMDS: [(&str, Cmd); 7] = [
+const CMDS: [(&str, Cmd); 11] = [
     ("get", Cmd::Get),
     ("set", Cmd::Set),
     ("delete", Cmd::Delete),
     ("arith", Cmd::Arith),
     ("touch", Cmd::Touch),
     ("flush", Cmd::Flush),
+    ("subkey", Cmd::Subkey),
+    ("queue", Cmd::Queue),
+    ("counter", Cmd::Counter),
+    ("scan", Cmd::Scan),
     ("other", Cmd::Other),
 ];
 
@@ -44,7 +56,7 @@ const BUCKETS_US: [u64; 12] = [
 #[derive(Debug)]
 pub struct Metrics {
     started: Instant,
-    cmds: [AtomicU64; 7],
+    cmds: [AtomicU64; 11],
     /// Get hits.
     pub get_hits: AtomicU64,
     /// Get misses.

@@ -241,8 +241,10 @@ async fn accept_loop(
         tokio::spawn(async move {
             let _ = sock.set_nodelay(true);
             let r = match proto {
-                Proto::Memcached => crate::memcached::serve(sock, shared.clone(), stop).await,
-                Proto::Native => crate::memcached::serve(sock, shared.clone(), stop).await,
+                Proto::Memcached => {
+                    crate::memcached::serve(sock, shared.clone(), stop, false).await
+                }
+                Proto::Native => crate::memcached::serve(sock, shared.clone(), stop, true).await,
             };
             if let Err(e) = r {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");

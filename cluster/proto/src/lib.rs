@@ -2,3 +2,4 @@
 //! versioned native protocol. Parsers here never panic on hostile input (issue 3).
 
 pub mod memcached;
+pub mod native;

@@ -1,0 +1,172 @@
+//! One multiplexed connection: any number of callers send frames through a writer task that
+//! batches them into one write; a reader task hands replies back in order.
+//!
+//! Invariants: a waiter is queued before its frame can reach the socket, so replies (which the
+//! server sends in request order) always find their waiter at the front of the queue; reading
+//! and writing are separate tasks, so a deep pipeline can never deadlock with a server that is
+//! blocked writing replies; when either task ends, every queued waiter gets an error and the
+//! connection is marked dead so the pool replaces it.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use k2hdkc_proto::native::{self as wire, FrameParse, HEADER_LEN, MAGIC_RESPONSE, Reply};
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::ClientError;
+
+type Waiter = (u32, oneshot::Sender<Result<Reply, ClientError>>);
+
+/// Frames to send and their waiters, in order.
+pub(crate) struct Batch {
+    pub bytes: Vec<u8>,
+    pub waiters: Vec<Waiter>,
+}
+
+struct Shared {
+    pending: Mutex<VecDeque<Waiter>>,
+    dead: AtomicBool,
+}
+
+impl Shared {
+    fn fail_all(&self, e: &ClientError) {
+        self.dead.store(true, Ordering::SeqCst);
+        let waiters: Vec<_> = self.pending.lock().drain(..).collect();
+        for (_, tx) in waiters {
+            let _ = tx.send(Err(e.clone()));
+        }
+    }
+}
+
+/// A live connection.
+pub(crate) struct Conn {
+    tx: mpsc::UnboundedSender<Batch>,
+    shared: Arc<Shared>,
+}
+
+impl Conn {
+    pub async fn connect(addr: SocketAddr, max_reply: usize) -> Result<Conn, ClientError> {
+        let sock = TcpStream::connect(addr)
+            .await
+            .map_err(|e| ClientError::Connect {
+                addr,
+                message: e.to_string(),
+            })?;
+        let _ = sock.set_nodelay(true);
+        let (rd, wr) = sock.into_split();
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(VecDeque::new()),
+            dead: AtomicBool::new(false),
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(writer(wr, rx, shared.clone()));
+        tokio::spawn(reader(rd, shared.clone(), max_reply));
+        Ok(Conn { tx, shared })
+    }
+
+    pub fn is_dead(&self) -> bool {
+        self.shared.dead.load(Ordering::SeqCst)
+    }
+
+    pub fn send(&self, batch: Batch) -> Result<(), ClientError> {
+        if self.is_dead() {
+            return Err(ClientError::Closed);
+        }
+        self.tx.send(batch).map_err(|_| ClientError::Closed)
+    }
+}
+
+async fn writer(
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Batch>,
+    shared: Arc<Shared>,
+) {
+    let mut out = Vec::with_capacity(16 << 10);
+    while let Some(first) = rx.recv().await {
+        {
+            let mut p = shared.pending.lock();
+            p.extend(first.waiters);
+            out.extend_from_slice(&first.bytes);
+            // Whatever else is queued goes in the same write.
+            while out.len() < (1 << 20) {
+                let Ok(b) = rx.try_recv() else { break };
+                p.extend(b.waiters);
+                out.extend_from_slice(&b.bytes);
+            }
+        }
+        if shared.dead.load(Ordering::SeqCst) {
+            break;
+        }
+        if let Err(e) = wr.write_all(&out).await {
+            shared.fail_all(&ClientError::Io(e.to_string()));
+            return;
+        }
+        out.clear();
+        if out.capacity() > 1 << 20 {
+            out.shrink_to(16 << 10);
+        }
+    }
+    // Every handle is gone (or the reader died): let the server see the end.
+    let _ = wr.shutdown().await;
+    shared.fail_all(&ClientError::Closed);
+}
+
+async fn reader(mut rd: tokio::net::tcp::OwnedReadHalf, shared: Arc<Shared>, max_reply: usize) {
+    let mut buf: Vec<u8> = Vec::with_capacity(16 << 10);
+    let err = loop {
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(16 << 10);
+        }
+        match rd.read_buf(&mut buf).await {
+            Ok(0) => break ClientError::Closed,
+            Ok(_) => {}
+            Err(e) => break ClientError::Io(e.to_string()),
+        }
+        let mut used = 0;
+        let failed = loop {
+            match wire::parse_frame(&buf[used..], MAGIC_RESPONSE, max_reply) {
+                FrameParse::Incomplete => break None,
+                FrameParse::Frame { header, body } => {
+                    used += HEADER_LEN + body.len();
+                    let Some((id, tx)) = shared.pending.lock().pop_front() else {
+                        break Some(ClientError::Protocol(format!(
+                            "reply {} without a request",
+                            header.id
+                        )));
+                    };
+                    if id != header.id && header.id != 0 {
+                        let _ = tx.send(Err(ClientError::Protocol("reply out of order".into())));
+                        break Some(ClientError::Protocol(format!(
+                            "reply for request {} where {id} was expected",
+                            header.id
+                        )));
+                    }
+                    let r = Reply::decode(&header, body)
+                        .map_err(|e| ClientError::Protocol(format!("bad reply: {e}")));
+                    let _ = tx.send(r);
+                }
+                FrameParse::TooLarge { header, .. } => {
+                    break Some(ClientError::Protocol(format!(
+                        "reply of {} bytes is over the limit of {max_reply}",
+                        header.body_len
+                    )));
+                }
+                FrameParse::BadMagic(b) => {
+                    break Some(ClientError::Protocol(format!(
+                        "bad magic byte 0x{b:02x} in a reply: is this a k2hdkc native port?"
+                    )));
+                }
+            }
+        };
+        buf.drain(..used);
+        if let Some(e) = failed {
+            break e;
+        }
+    };
+    shared.fail_all(&err);
+}
