@@ -2,3 +2,4 @@
 
 mod memcapable;
 mod server_crash;
+mod tools;

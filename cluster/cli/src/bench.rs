@@ -1,9 +1,11 @@
-//! `k2hdkc bench ADDR`: a memcached text-protocol load generator.
+//! `k2hdkc bench ADDR`: a load generator for the memcached text protocol and the native
+//! protocol.
 //!
-//! Preloads `--keys` keys, then runs `--connections` connections for `--duration`, each sending
-//! batches of `--pipeline` requests (sets and gets by `--ratio SET:GET`, uniform random keys) and
-//! reading every reply. Prints ops/s and per-request latency percentiles (a request's latency is
-//! its batch's round trip), with a progress line each second; `--json` for scripts.
+//! Preloads `--keys` keys, then runs `--connections` connections on `--threads` threads for
+//! `--duration` seconds (or until `--requests` requests are done), each sending batches of
+//! `--pipeline` requests (sets and gets by `--ratio SET:GET`, uniform random keys) and reading
+//! every reply. Prints ops/s and per-request latency percentiles (a request's latency is its
+//! batch's round trip), with a live progress bar; `--json` for scripts.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,15 +13,31 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use clap::Args;
+use clap::{Args, ValueEnum};
+use k2hdkc_proto::native::{self as wire, FrameParse, MAGIC_RESPONSE, Op, Status};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// Wire protocol of a benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Protocol {
+    /// memcached text protocol.
+    Memcached,
+    /// k2hdkc native protocol.
+    Native,
+}
 
 /// Arguments of `k2hdkc bench`.
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Server address (memcached protocol).
+    /// Server address (of the chosen protocol's listener).
     pub addr: SocketAddr,
+    /// Protocol to speak.
+    #[arg(long, value_enum, default_value_t = Protocol::Memcached)]
+    pub protocol: Protocol,
+    /// Client threads.
+    #[arg(long, short = 't', default_value_t = 1)]
+    pub threads: usize,
     /// Concurrent connections.
     #[arg(long, short = 'c', default_value_t = 1)]
     pub connections: usize,
@@ -41,6 +59,9 @@ pub struct BenchArgs {
     /// How long to run, in seconds.
     #[arg(long, short = 'd', default_value_t = 10)]
     pub duration: u64,
+    /// Stop after this many requests instead of after --duration.
+    #[arg(long, short = 'n')]
+    pub requests: Option<u64>,
     /// Skip the preload.
     #[arg(long)]
     pub no_preload: bool,
@@ -72,9 +93,14 @@ async fn read_reply(
     buf: &mut Vec<u8>,
     pos: &mut usize,
     get: bool,
+    proto: Protocol,
 ) -> anyhow::Result<bool> {
     loop {
-        if let Some((n, hit)) = parse_reply(&buf[*pos..], get)? {
+        let parsed = match proto {
+            Protocol::Memcached => parse_reply(&buf[*pos..], get)?,
+            Protocol::Native => parse_native(&buf[*pos..])?,
+        };
+        if let Some((n, hit)) = parsed {
             *pos += n;
             return Ok(hit);
         }
@@ -126,7 +152,54 @@ fn parse_reply(b: &[u8], get: bool) -> anyhow::Result<Option<(usize, bool)>> {
     Ok(Some((end + 5, true)))
 }
 
+/// Some((bytes consumed, hit)) when a whole native reply is buffered.
+fn parse_native(b: &[u8]) -> anyhow::Result<Option<(usize, bool)>> {
+    match wire::parse_frame(b, MAGIC_RESPONSE, 1 << 27) {
+        FrameParse::Incomplete => Ok(None),
+        FrameParse::Frame { header, body } => {
+            let n = wire::HEADER_LEN + body.len();
+            match Status::from_u8(header.code) {
+                Some(Status::Ok) => Ok(Some((n, true))),
+                Some(Status::NotFound) => Ok(Some((n, false))),
+                other => {
+                    let r = wire::Reply::decode(&header, body).unwrap_or_default();
+                    bail!("server refused a request: {other:?} {:?}", r.message)
+                }
+            }
+        }
+        other => bail!("bad reply frame: {other:?}"),
+    }
+}
+
+/// Append one request to `req`.
+fn push_request(req: &mut Vec<u8>, proto: Protocol, key: &[u8], set: Option<&[u8]>, id: u32) {
+    match (proto, set) {
+        (Protocol::Memcached, None) => {
+            req.extend_from_slice(b"get ");
+            req.extend_from_slice(key);
+            req.extend_from_slice(b"\r\n");
+        }
+        (Protocol::Memcached, Some(v)) => {
+            req.extend_from_slice(b"set ");
+            req.extend_from_slice(key);
+            req.extend_from_slice(format!(" 0 0 {}\r\n", v.len()).as_bytes());
+            req.extend_from_slice(v);
+            req.extend_from_slice(b"\r\n");
+        }
+        (Protocol::Native, v) => {
+            let args = wire::Args {
+                key: Some(key),
+                value: v,
+                ..Default::default()
+            };
+            let op = if v.is_some() { Op::Set } else { Op::Get };
+            wire::write_request(req, op, 0, id, &args);
+        }
+    }
+}
+
 struct Totals {
+    issued: AtomicU64,
     ops: AtomicU64,
     hits: AtomicU64,
     gets: AtomicU64,
@@ -144,15 +217,17 @@ async fn preload(a: &BenchArgs) -> anyhow::Result<()> {
         let mut req = Vec::new();
         let n = (a.keys - i).min(256);
         for j in 0..n {
-            req.extend_from_slice(b"set ");
-            req.extend_from_slice(&key(i + j, a.key_size));
-            req.extend_from_slice(format!(" 0 0 {}\r\n", value.len()).as_bytes());
-            req.extend_from_slice(&value);
-            req.extend_from_slice(b"\r\n");
+            push_request(
+                &mut req,
+                a.protocol,
+                &key(i + j, a.key_size),
+                Some(&value),
+                j as u32,
+            );
         }
         s.write_all(&req).await?;
         for _ in 0..n {
-            read_reply(&mut s, &mut buf, &mut pos, false).await?;
+            read_reply(&mut s, &mut buf, &mut pos, false, a.protocol).await?;
         }
         i += n;
     }
@@ -175,30 +250,40 @@ async fn worker(
     let mut lat = Vec::with_capacity(1 << 16);
     let mut req = Vec::with_capacity(a.pipeline * (a.key_size + a.value_size + 32));
     let mut kinds = Vec::with_capacity(a.pipeline);
-    while Instant::now() < until {
+    let mut id = 0u32;
+    loop {
+        match a.requests {
+            Some(n) => {
+                if t.issued.fetch_add(a.pipeline as u64, Ordering::Relaxed) >= n {
+                    break;
+                }
+            }
+            None => {
+                if Instant::now() >= until {
+                    break;
+                }
+            }
+        }
         req.clear();
         kinds.clear();
         for _ in 0..a.pipeline {
             let k = key(rng.u64(0..a.keys.max(1)), a.key_size);
             let is_get = rng.u32(0..sets + gets) >= sets;
-            if is_get {
-                req.extend_from_slice(b"get ");
-                req.extend_from_slice(&k);
-                req.extend_from_slice(b"\r\n");
-            } else {
-                req.extend_from_slice(b"set ");
-                req.extend_from_slice(&k);
-                req.extend_from_slice(format!(" 0 0 {}\r\n", value.len()).as_bytes());
-                req.extend_from_slice(&value);
-                req.extend_from_slice(b"\r\n");
-            }
+            id = id.wrapping_add(1);
+            push_request(
+                &mut req,
+                a.protocol,
+                &k,
+                (!is_get).then_some(&value[..]),
+                id,
+            );
             kinds.push(is_get);
         }
         let start = Instant::now();
         s.write_all(&req).await?;
         let mut hits = 0;
         for &g in &kinds {
-            if read_reply(&mut s, &mut buf, &mut pos, g).await? && g {
+            if read_reply(&mut s, &mut buf, &mut pos, g, a.protocol).await? && g {
                 hits += 1;
             }
         }
@@ -226,8 +311,11 @@ fn pct(sorted: &[u32], p: f64) -> u32 {
 /// Run the benchmark.
 pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     parse_ratio(&a.ratio)?;
-    if a.connections == 0 || a.pipeline == 0 || a.keys == 0 || a.duration == 0 {
-        bail!("--connections, --pipeline, --keys and --duration must be positive");
+    if a.connections == 0 || a.pipeline == 0 || a.keys == 0 || a.duration == 0 || a.threads == 0 {
+        bail!("--connections, --threads, --pipeline, --keys and --duration must be positive");
+    }
+    if a.requests == Some(0) {
+        bail!("--requests must be positive");
     }
     if !a.no_preload {
         eprintln!(
@@ -238,6 +326,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     }
     let a = Arc::new(a);
     let t = Arc::new(Totals {
+        issued: AtomicU64::new(0),
         ops: AtomicU64::new(0),
         hits: AtomicU64::new(0),
         gets: AtomicU64::new(0),
@@ -248,21 +337,27 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         .map(|i| tokio::spawn(worker(a.clone(), 0x5eed + i as u64, until, t.clone())))
         .collect();
     let mut last = 0;
-    while Instant::now() < until {
-        tokio::time::sleep(
-            Duration::from_secs(1).min(until.saturating_duration_since(Instant::now())),
-        )
-        .await;
+    let finished = || tasks.iter().all(|t| t.is_finished());
+    while !finished() {
+        let tick = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < tick && !finished() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let ops = t.ops.load(Ordering::Relaxed);
-        let el = start.elapsed().as_secs_f64().min(a.duration as f64);
-        let done = (el / a.duration as f64 * 30.0) as usize;
+        let el = start.elapsed().as_secs_f64();
+        let frac = match a.requests {
+            Some(n) => ops as f64 / n as f64,
+            None => el / a.duration as f64,
+        }
+        .clamp(0.0, 1.0);
+        let done = (frac * 30.0) as usize;
         if !a.json {
             eprint!(
-                "\r[{}{}] {:>4.0}s/{}s {:>10} ops/s",
+                "\r[{}{}] {:>5.1}% {:>6.1}s {:>10} ops/s",
                 "=".repeat(done),
                 " ".repeat(30 - done.min(30)),
+                frac * 100.0,
                 el,
-                a.duration,
                 ops - last
             );
         }
@@ -278,6 +373,8 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let gets = t.gets.load(Ordering::Relaxed);
     let report = serde_json::json!({
         "addr": a.addr.to_string(),
+        "protocol": format!("{:?}", a.protocol).to_lowercase(),
+        "threads": a.threads,
         "connections": a.connections,
         "pipeline": a.pipeline,
         "ratio": a.ratio,
@@ -325,5 +422,18 @@ mod tests {
         assert!(parse_ratio("0:0").is_err());
         assert!(parse_ratio("x").is_err());
         assert_eq!(key(42, 16).len(), 16);
+        let mut req = Vec::new();
+        push_request(&mut req, Protocol::Native, b"k", Some(b"v"), 1);
+        assert!(matches!(
+            wire::parse_frame(&req, wire::MAGIC_REQUEST, 100),
+            FrameParse::Frame { .. }
+        ));
+        let mut rep = Vec::new();
+        wire::write_error(&mut rep, Status::NotFound, 1, "x");
+        assert_eq!(parse_native(&rep).unwrap(), Some((rep.len(), false)));
+        let mut rep = Vec::new();
+        wire::write_error(&mut rep, Status::TooLarge, 1, "x");
+        assert!(parse_native(&rep).is_err());
+        assert_eq!(parse_native(&rep[..5]).unwrap(), None);
     }
 }

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use k2hdkc_node::{ServerConfig, StorageMode};
 
 mod bench;
+mod shell;
 
 #[derive(Parser)]
 #[command(
@@ -24,8 +25,10 @@ struct Cli {
 enum Cmd {
     /// Run a server node (memcached and native protocols).
     Server(ServerArgs),
-    /// Load generator for the memcached protocol: ops/s and latency percentiles.
+    /// Load generator (memcached or native protocol): ops/s and latency percentiles.
     Bench(bench::BenchArgs),
+    /// Interactive or scripted shell over the native protocol (like k2hdkclinetool).
+    Shell(shell::ShellArgs),
 }
 
 /// Flags override the config file.
@@ -135,9 +138,18 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Bench(a) => {
             let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(a.threads.max(1))
                 .enable_all()
                 .build()?;
             rt.block_on(bench::run(a))?;
+        }
+        Cmd::Shell(a) => {
+            init_tracing("human", "warn");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let code = rt.block_on(shell::run(a))?;
+            std::process::exit(code);
         }
     }
     Ok(())

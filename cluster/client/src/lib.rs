@@ -144,7 +144,7 @@ pub struct Item {
 /// All attributes of a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attrs {
-    /// Kind of data ("value", "queue", "counter64", ...).
+    /// Kind of data ("value", "8-bit counter" .. "64-bit counter").
     pub kind: String,
     /// Client flags.
     pub flags: u32,

@@ -1,0 +1,225 @@
+//! The `k2hdkc shell` and `k2hdkc bench` tools against a real `k2hdkc server` process, and the
+//! server's JSON log format.
+
+use std::net::SocketAddr;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use system_tests::{Proc, bin, free_addr, wait_listening};
+
+struct Server {
+    proc: Proc,
+    native: SocketAddr,
+    memcached: SocketAddr,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn server(extra: &[&str]) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let (native, memcached) = (free_addr(), free_addr());
+    let mut args: Vec<String> = vec![
+        "server".into(),
+        "--storage".into(),
+        "memory".into(),
+        "--native-listen".into(),
+        native.to_string(),
+        "--memcached-listen".into(),
+        memcached.to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let proc = Proc::start(&bin("k2hdkc"), &args, Some(&log));
+    assert!(
+        wait_listening(native, Duration::from_secs(20)),
+        "server did not start"
+    );
+    assert!(wait_listening(memcached, Duration::from_secs(5)));
+    Server {
+        proc,
+        native,
+        memcached,
+        log,
+        _dir: dir,
+    }
+}
+
+fn k2hdkc(args: &[&str], stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    let mut cmd = Command::new("timeout");
+    cmd.arg("120").arg(bin("k2hdkc")).args(args);
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .stdin(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(s) = stdin {
+        input.write_all(s.as_bytes()).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn json_lines(o: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect()
+}
+
+#[test]
+fn shell_runs_every_kind_of_command() {
+    let mut s = server(&[]);
+    let addr = s.native.to_string();
+    let script = "\
+# a script file: comments and blank lines are skipped
+
+set greeting \"hello world\" flags=7 expire=600
+print greeting
+printattr greeting
+append greeting !
+directprint greeting 5 6
+directset greeting WORLD 6
+setsub parent parent/a 1
+setsub parent parent/b 2
+print parent all
+rename parent/b parent/c parent=parent
+subkeys parent
+rmsub parent parent/c rmsub
+queue jobs push fifo first
+queue jobs push fifo second
+queue jobs len
+queue jobs pop
+keyqueue kq push lifo item-key item-value
+keyqueue kq pop
+cas32 init hits 10
+cas32 add hits 5
+cas32 set hits 15 100
+cas increment hits
+cas32 get hits
+set n 41
+incr n
+fill bulk/ v 500
+scan bulk/ limit=3
+rm parent all
+print parent
+";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("script.k2h");
+    std::fs::write(&file, script).unwrap();
+    let o = k2hdkc(
+        &["shell", &addr, "--json", "--run", file.to_str().unwrap()],
+        None,
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "shell failed: {stderr}");
+    let r = json_lines(&o);
+    let by_cmd = |c: &str| {
+        r.iter()
+            .find(|j| j["command"] == c)
+            .unwrap_or_else(|| panic!("no result for {c}: {r:?}"))["result"]
+            .clone()
+    };
+    assert!(r.iter().all(|j| j["ok"] == true), "{r:?}");
+    assert_eq!(by_cmd("print greeting")["value"], "hello world");
+    assert_eq!(by_cmd("print greeting")["flags"], 7);
+    assert_eq!(by_cmd("printattr greeting")["kind"], "value");
+    assert_eq!(by_cmd("directprint greeting 5 6"), "world");
+    assert_eq!(
+        by_cmd("print parent all")["subkeys"],
+        serde_json::json!(["parent/a", "parent/b"])
+    );
+    assert_eq!(
+        by_cmd("subkeys parent"),
+        serde_json::json!(["parent/a", "parent/c"])
+    );
+    assert_eq!(by_cmd("queue jobs len"), 2);
+    assert_eq!(by_cmd("queue jobs pop")["value"], "first");
+    assert_eq!(by_cmd("keyqueue kq pop")["key"], "item-key");
+    assert_eq!(by_cmd("cas32 add hits 5"), 15);
+    assert_eq!(by_cmd("cas increment hits"), 101);
+    assert_eq!(by_cmd("cas32 get hits"), 101);
+    assert_eq!(by_cmd("incr n"), 42);
+    assert_eq!(by_cmd("fill bulk/ v 500")["count"], 500);
+    assert_eq!(
+        by_cmd("scan bulk/ limit=3"),
+        serde_json::json!(["bulk/0", "bulk/1", "bulk/10"])
+    );
+    assert_eq!(by_cmd("rm parent all")["count"], 2);
+    assert_eq!(by_cmd("print parent"), serde_json::Value::Null);
+
+    // -c commands, readable output, and a failing command makes the exit status 1.
+    let o = k2hdkc(
+        &[
+            "shell",
+            &addr,
+            "-c",
+            "print greeting",
+            "-c",
+            "cas8 set hits 1 2",
+        ],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("greeting => hello WORLD!"), "{out}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("error:"));
+
+    // Commands on stdin; a bad command is a structured error.
+    let o = k2hdkc(&["shell", &addr, "--json"], Some("nonsense\nstatus\n"));
+    let r = json_lines(&o);
+    assert_eq!(r[0]["ok"], false);
+    assert!(r[0]["error"].as_str().unwrap().contains("unknown command"));
+    assert_eq!(r[1]["result"]["protocol"], 1);
+    assert!(s.proc.terminate(Duration::from_secs(10)));
+}
+
+#[test]
+fn bench_speaks_both_protocols_and_logs_are_json() {
+    let mut s = server(&["--log-format", "json"]);
+    for (proto, addr) in [("native", s.native), ("memcached", s.memcached)] {
+        let o = k2hdkc(
+            &[
+                "bench",
+                &addr.to_string(),
+                "--protocol",
+                proto,
+                "-c",
+                "2",
+                "-p",
+                "8",
+                "-n",
+                "4000",
+                "--keys",
+                "500",
+                "--json",
+            ],
+            None,
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let j = &json_lines(&o)[0];
+        assert_eq!(j["protocol"], proto);
+        let ops = j["ops"].as_u64().unwrap();
+        assert!((4000..=4016).contains(&ops), "{j}");
+        assert_eq!(j["get_hit_ratio"], 1.0, "{j}");
+        assert!(
+            j["latency_us"]["p99"].as_u64().unwrap() >= j["latency_us"]["p50"].as_u64().unwrap()
+        );
+    }
+    // A bench against a closed port fails with a message, not a hang.
+    let o = k2hdkc(
+        &["bench", &free_addr().to_string(), "-n", "10", "--keys", "1"],
+        None,
+    );
+    assert!(!o.status.success());
+    assert!(s.proc.terminate(Duration::from_secs(10)));
+    let log = std::fs::read_to_string(&s.log).unwrap();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 3, "too few log lines: {log}");
+    for l in &lines {
+        let j: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("log line is not JSON: {l}: {e}"));
+        assert!(j["level"].is_string() && j["timestamp"].is_string(), "{l}");
+    }
+    assert!(log.contains("SIGTERM"), "{log}");
+}
