@@ -1,5 +1,7 @@
 //! System tests across processes, with real binaries on 127.0.0.1.
 
+mod differential;
 mod memcapable;
+mod python_clients;
 mod server_crash;
 mod tools;

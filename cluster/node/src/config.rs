@@ -147,7 +147,7 @@ impl Default for LimitsConfig {
             max_connections: 4096,
             idle_timeout_secs: 0,
             max_request_bytes: 2 << 20,
-            max_keys_per_get: 1024,
+            max_keys_per_get: 16384,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! connection) and the native front-end over the storage engine, an admin HTTP listener, limits
 //! and clean shutdown. Cluster membership arrives with issue 4.
 
+pub mod access;
 pub mod admin;
 pub mod config;
 pub mod memcached;

@@ -122,6 +122,11 @@ pub(crate) fn arith(
     }
 }
 
+/// Unix seconds at which a value was written.
+pub(crate) fn secs_of(v: k2hdkc_storage::Version) -> u32 {
+    u32::try_from(v.millis() / 1000).unwrap_or(u32::MAX)
+}
+
 /// Seconds since the Unix epoch.
 pub(crate) fn unix_now() -> i64 {
     SystemTime::now()
@@ -237,6 +242,29 @@ fn process(shared: &Shared, mode: Mode, limits: &Limits, buf: &[u8], out: &mut V
         match mode {
             Mode::Text => match text::parse(rest, limits) {
                 Parsed::Incomplete => break,
+                Parsed::Done {
+                    req:
+                        TextRequest::TooLarge {
+                            evict,
+                            noreply,
+                            swallow,
+                        },
+                    consumed,
+                } => {
+                    m.cmd(Cmd::Set);
+                    b.consumed += consumed;
+                    b.requests += 1;
+                    // memcached unlinks the old item of a plain set that failed, so a reader
+                    // never sees the value the client meant to replace.
+                    if let Some(key) = evict {
+                        let _ = shared.store.delete(&key, None);
+                    }
+                    if !noreply {
+                        ProtoError::TOO_LARGE.write(out);
+                    }
+                    b.swallow = swallow;
+                    break;
+                }
                 Parsed::Done { req, consumed } => {
                     b.consumed += consumed;
                     b.requests += 1;
@@ -280,6 +308,11 @@ fn process(shared: &Shared, mode: Mode, limits: &Limits, buf: &[u8], out: &mut V
                     close,
                 } => {
                     m.protocol_errors.fetch_add(1, Relaxed);
+                    if status == Status::TooLarge
+                        && let Some(key) = binary::oversized_set_key(rest)
+                    {
+                        let _ = shared.store.delete(key, None);
+                    }
                     b.consumed += consumed;
                     b.requests += 1;
                     binary::write_error(out, opcode, status, opaque);
@@ -348,8 +381,9 @@ fn exec_text(shared: &Shared, req: TextRequest<'_>, out: &mut Vec<u8>) -> bool {
                 StoreCmd::Append => SetMode::Append,
                 StoreCmd::Prepend => SetMode::Prepend,
             };
+            let concat = matches!(mode, SetMode::Append | SetMode::Prepend);
             let opts = WriteOpts {
-                flags: (!matches!(mode, SetMode::Append | SetMode::Prepend)).then_some(flags),
+                flags: (!concat).then_some(flags),
                 expire: expire_of(exptime),
                 cas: (cmd == StoreCmd::Cas).then_some(cas),
                 ..Default::default()
@@ -359,6 +393,8 @@ fn exec_text(shared: &Shared, req: TextRequest<'_>, out: &mut Vec<u8>) -> bool {
                 Ok(SetOutcome::NotStored) => reply(out, noreply, text::NOT_STORED),
                 Ok(SetOutcome::Exists) => reply(out, noreply, text::EXISTS),
                 Ok(SetOutcome::NotFound) => reply(out, noreply, text::NOT_FOUND),
+                // memcached cannot allocate the joined item and stores nothing.
+                Err(StoreError::TooLarge { .. }) if concat => reply(out, noreply, text::NOT_STORED),
                 Err(e) => err_reply(out, noreply, &e),
             }
         }
@@ -396,7 +432,11 @@ fn exec_text(shared: &Shared, req: TextRequest<'_>, out: &mut Vec<u8>) -> bool {
         } => {
             m.cmd(Cmd::Touch);
             match store.touch(key, expire_of(exptime), false, None) {
-                Ok(Some(_)) => reply(out, noreply, text::TOUCHED),
+                Ok(Some(v)) => {
+                    let now = store.now_secs();
+                    shared.access.fetched(key, v.cas, now, secs_of(v.version));
+                    reply(out, noreply, text::TOUCHED)
+                }
                 Ok(None) => reply(out, noreply, text::NOT_FOUND),
                 Err(e) => err_reply(out, noreply, &e),
             }
@@ -421,6 +461,8 @@ fn exec_text(shared: &Shared, req: TextRequest<'_>, out: &mut Vec<u8>) -> bool {
         TextRequest::Quit => return true,
         TextRequest::Shutdown { .. } => out.extend_from_slice(b"ERROR: shutdown not enabled\r\n"),
         TextRequest::Meta(req) => return crate::meta::exec(shared, req, out),
+        // Answered by `process`, which also swallows the data block.
+        TextRequest::TooLarge { .. } => ProtoError::TOO_LARGE.write(out),
     }
     false
 }
@@ -428,18 +470,18 @@ fn exec_text(shared: &Shared, req: TextRequest<'_>, out: &mut Vec<u8>) -> bool {
 /// One key of a get/gets/gat/gats.
 fn get_one(shared: &Shared, key: &[u8], cas: bool, touch: Option<Expire>, out: &mut Vec<u8>) {
     let m = &shared.metrics;
+    let now = shared.store.now_secs();
     let r = match touch {
         None => shared.store.get_with(key, None, |v| {
-            text::write_value(
-                out,
-                key,
-                v.meta.flags,
-                v.data,
-                cas.then_some(v.meta.version.ts),
-            );
+            let ts = v.meta.version;
+            shared.access.fetched(key, ts.ts, now, secs_of(ts));
+            text::write_value(out, key, v.meta.flags, v.data, cas.then_some(ts.ts));
         }),
         Some(e) => shared.store.touch(key, e, true, None).map(|v| {
-            v.map(|v| text::write_value(out, key, v.flags, &v.data, cas.then_some(v.cas)))
+            v.map(|v| {
+                shared.access.fetched(key, v.cas, now, secs_of(v.version));
+                text::write_value(out, key, v.flags, &v.data, cas.then_some(v.cas))
+            })
         }),
     };
     match r {
@@ -582,8 +624,12 @@ fn exec_binary(shared: &Shared, req: &BinRequest<'_>, out: &mut Vec<u8>) -> bool
                 Cmd::Get
             });
             let k = op.returns_key().then_some(key);
+            let now = store.now_secs();
             let r = match touch {
                 None => store.get_with(key, None, |v| {
+                    shared
+                        .access
+                        .fetched(key, v.meta.version.ts, now, secs_of(v.meta.version));
                     binary::write_get_hit(
                         out,
                         code,
@@ -598,6 +644,7 @@ fn exec_binary(shared: &Shared, req: &BinRequest<'_>, out: &mut Vec<u8>) -> bool
                     .touch(key, e, op.base() != Opcode::Touch, None)
                     .map(|v| {
                         v.map(|v| {
+                            shared.access.fetched(key, v.cas, now, secs_of(v.version));
                             if op.base() == Opcode::Touch {
                                 binary::write_response(
                                     out,
@@ -648,8 +695,19 @@ fn exec_binary(shared: &Shared, req: &BinRequest<'_>, out: &mut Vec<u8>) -> bool
                 cas: (req.cas() != 0).then_some(req.cas()),
                 ..Default::default()
             };
+            let max = shared.config.storage.max_value_bytes;
+            if k2hdkc_proto::memcached::item_too_large(key.len(), req.value.len(), max) {
+                if mode == SetMode::Set {
+                    let _ = store.delete(key, None);
+                }
+                binary::write_error(out, code, Status::TooLarge, opaque);
+                return false;
+            }
             match store.set(key, req.value, mode, &opts) {
                 Ok(SetOutcome::Stored { cas }) => ok(out, cas),
+                Err(StoreError::TooLarge { .. }) if concat => {
+                    binary::write_error(out, code, Status::NotStored, opaque)
+                }
                 Ok(SetOutcome::NotStored) => {
                     let st = match mode {
                         SetMode::Add => Status::KeyExists,

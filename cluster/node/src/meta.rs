@@ -1,17 +1,21 @@
 //! The memcached meta commands (mg, ms, md, ma, mn, me) over the store.
 //!
-//! Not supported (answered as if absent): recache tokens and stale items (`R`, `I` mark nothing
-//! stale; `md I` deletes), last-access and fetched tracking (`l` reports 0, `h` reports 0),
-//! explicit new cas values (`E`). Everything else follows memcached's meta protocol.
+//! Follows memcached 1.6.18, the reference of the differential test: stale values and recache
+//! tokens (`md I`, `ms I`, `mg N` / `R`, answered `X` / `W` / `Z`) and fetch hints (`h`, `l`)
+//! are kept by [`crate::access`]. Like 1.6.18, `E` (explicit cas) and `md x` are refused as
+//! invalid flags: here a cas unique is the value's hybrid-logical-clock version, which a client
+//! cannot choose without breaking last-writer-wins between replicas.
 
 use std::sync::atomic::Ordering::Relaxed;
 
 use k2hdkc_proto::memcached::meta::{
     self, ArithMode, DebugInfo, ItemInfo, MetaCmd, MetaRequest, MetaStatus, SetMode as MetaSetMode,
 };
-use k2hdkc_storage::{DeleteOutcome, Expire, SetMode, SetOutcome, Value, WriteOpts};
+use k2hdkc_storage::{
+    DeleteOutcome, Error as StoreError, Expire, SetMode, SetOutcome, Value, WriteOpts,
+};
 
-use crate::memcached::{Arith, arith, expire_of, store_error, unix_now};
+use crate::memcached::{Arith, arith, expire_of, secs_of, store_error, unix_now};
 use crate::metrics::Cmd;
 use crate::server::Shared;
 
@@ -58,7 +62,12 @@ pub fn exec(shared: &Shared, req: MetaRequest<'_>, out: &mut Vec<u8>) -> bool {
             m.cmd(Cmd::Other);
             match store.get(key, None) {
                 Ok(Some(v)) => {
+                    let seen = shared
+                        .access
+                        .peek(key, v.cas, store.now_secs(), secs_of(v.version));
                     let info = DebugInfo {
+                        last_access: seen.idle_secs,
+                        fetched: seen.before,
                         exp: if v.expire == 0 {
                             -1
                         } else {
@@ -67,7 +76,6 @@ pub fn exec(shared: &Shared, req: MetaRequest<'_>, out: &mut Vec<u8>) -> bool {
                         cas: v.cas,
                         class: 1,
                         size: v.data.len() + key.len(),
-                        ..Default::default()
                     };
                     meta::write_debug(out, &req, &info);
                 }
@@ -76,6 +84,7 @@ pub fn exec(shared: &Shared, req: MetaRequest<'_>, out: &mut Vec<u8>) -> bool {
         }
         MetaCmd::Get => {
             m.cmd(Cmd::Get);
+            let now = store.now_secs();
             let r = match f.ttl {
                 Some(t) => store.touch(key, expire_of(t), true, None),
                 None => store.get(key, None),
@@ -83,7 +92,16 @@ pub fn exec(shared: &Shared, req: MetaRequest<'_>, out: &mut Vec<u8>) -> bool {
             match r {
                 Ok(Some(v)) => {
                     m.get_hits.fetch_add(1, Relaxed);
-                    let info = info_of(&v);
+                    let mut info = info_of(&v);
+                    let written = secs_of(v.version);
+                    let seen = if f.no_bump {
+                        shared.access.peek(key, v.cas, now, written)
+                    } else {
+                        shared.access.fetched(key, v.cas, now, written)
+                    };
+                    info.fetched = seen.before;
+                    info.last_access = seen.idle_secs;
+                    win_flags(shared, &req, &v, &mut info);
                     if f.return_value {
                         respond(out, &req, MetaStatus::Va, Some(&info), Some(&v.data));
                     } else {
@@ -92,7 +110,8 @@ pub fn exec(shared: &Shared, req: MetaRequest<'_>, out: &mut Vec<u8>) -> bool {
                 }
                 Ok(None) | Err(_) => {
                     m.get_misses.fetch_add(1, Relaxed);
-                    // Vivify on miss: create an empty placeholder so one client recaches.
+                    // Vivify on miss: create an empty placeholder; this client wins the token
+                    // to fill it and later readers see `Z` until it is written.
                     if let Some(n) = f.vivify_ttl {
                         let opts = WriteOpts {
                             flags: Some(0),
@@ -102,6 +121,7 @@ pub fn exec(shared: &Shared, req: MetaRequest<'_>, out: &mut Vec<u8>) -> bool {
                         if let Ok(SetOutcome::Stored { cas }) =
                             store.set(key, b"", SetMode::Add, &opts)
                         {
+                            shared.access.update(key, cas, |mk| mk.token_sent = true);
                             let info = ItemInfo {
                                 cas,
                                 won: true,
@@ -131,6 +151,11 @@ pub fn exec(shared: &Shared, req: MetaRequest<'_>, out: &mut Vec<u8>) -> bool {
                 MetaSetMode::Prepend => SetMode::Prepend,
             };
             let concat = matches!(mode, SetMode::Append | SetMode::Prepend);
+            // `I` with an older cas: the write goes in, but as a stale value (a late writer
+            // must not leave data that looks current).
+            let stale_write = f.invalidate
+                && f.compare_cas
+                    .is_some_and(|c| store.attrs(key).ok().flatten().is_some_and(|a| c < a.cas));
             let opts = WriteOpts {
                 flags: if concat {
                     None
@@ -142,7 +167,7 @@ pub fn exec(shared: &Shared, req: MetaRequest<'_>, out: &mut Vec<u8>) -> bool {
                     (false, Some(t)) => expire_of(t),
                     (false, None) => Expire::Default,
                 },
-                cas: f.compare_cas,
+                cas: if stale_write { None } else { f.compare_cas },
                 ..Default::default()
             };
             let r = store.set(key, req.data, mode, &opts);
@@ -158,18 +183,35 @@ pub fn exec(shared: &Shared, req: MetaRequest<'_>, out: &mut Vec<u8>) -> bool {
                 }
                 (r, _) => r,
             };
+            // Failures still answer `c` (as c0), like memcached.
+            let none = ItemInfo::default();
             match r {
                 Ok(SetOutcome::Stored { cas }) => {
+                    if stale_write {
+                        shared.access.update(key, cas, |mk| mk.stale = true);
+                    }
                     let info = ItemInfo {
                         cas,
-                        size: req.data.len(),
                         ..Default::default()
                     };
                     respond(out, &req, MetaStatus::Hd, Some(&info), None);
                 }
-                Ok(SetOutcome::NotStored) => respond(out, &req, MetaStatus::Ns, None, None),
-                Ok(SetOutcome::Exists) => respond(out, &req, MetaStatus::Ex, None, None),
-                Ok(SetOutcome::NotFound) => respond(out, &req, MetaStatus::Nf, None, None),
+                Ok(SetOutcome::NotStored) => respond(out, &req, MetaStatus::Ns, Some(&none), None),
+                Ok(SetOutcome::Exists) => respond(out, &req, MetaStatus::Ex, Some(&none), None),
+                Ok(SetOutcome::NotFound) => respond(out, &req, MetaStatus::Nf, Some(&none), None),
+                // memcached cannot allocate the joined item and stores nothing.
+                Err(StoreError::TooLarge { .. }) if concat => {
+                    respond(out, &req, MetaStatus::Ns, Some(&none), None)
+                }
+                Err(e) => store_error(&e).write(out),
+            }
+        }
+        MetaCmd::Delete if f.invalidate => {
+            m.cmd(Cmd::Delete);
+            match invalidate(shared, key, f.compare_cas, f.ttl) {
+                Ok(DeleteOutcome::Deleted) => respond(out, &req, MetaStatus::Hd, None, None),
+                Ok(DeleteOutcome::NotFound) => respond(out, &req, MetaStatus::Nf, None, None),
+                Ok(DeleteOutcome::Exists) => respond(out, &req, MetaStatus::Ex, None, None),
                 Err(e) => store_error(&e).write(out),
             }
         }
@@ -188,11 +230,12 @@ pub fn exec(shared: &Shared, req: MetaRequest<'_>, out: &mut Vec<u8>) -> bool {
             let create = f.vivify_ttl.map(|n| (req.initial(), expire_of(n)));
             match arith(store, key, req.delta(), decr, f.compare_cas, create) {
                 Ok(Arith::Done(n, cas)) => {
-                    let ttl = store
-                        .attrs(key)
-                        .ok()
-                        .flatten()
-                        .map_or(-1, |a| remaining_ttl(a.expire));
+                    // `T` updates the TTL of the counter (a touch keeps the cas).
+                    let attrs = match f.ttl {
+                        Some(t) => store.touch(key, expire_of(t), false, None).ok().flatten(),
+                        None => store.get(key, None).ok().flatten(),
+                    };
+                    let ttl = attrs.map_or(-1, |a| remaining_ttl(a.expire));
                     let info = ItemInfo {
                         cas,
                         ttl,
@@ -216,6 +259,66 @@ pub fn exec(shared: &Shared, req: MetaRequest<'_>, out: &mut Vec<u8>) -> bool {
                 Err(e) => store_error(&e).write(out),
             }
         }
+        // Turned into `TextRequest::TooLarge` by the parser.
+        MetaCmd::SetTooLarge { .. } => {
+            k2hdkc_proto::memcached::ProtoError::TOO_LARGE.write(out);
+        }
     }
     false
+}
+
+/// The recache flags of an mg hit: `X` for a stale value; `W` for the first reader of a stale
+/// value, or of one whose TTL fell below the request's `R`; `Z` once that token was handed out.
+fn win_flags(shared: &Shared, req: &MetaRequest<'_>, v: &Value, info: &mut ItemInfo) {
+    let mark = shared.access.mark(&req.key, v.cas);
+    let recache = req
+        .flags
+        .recache_ttl
+        .is_some_and(|r| v.expire != 0 && info.ttl < r);
+    info.stale = mark.stale;
+    if mark.token_sent {
+        info.win_sent = true;
+    } else if mark.stale || recache {
+        // The update decides under its lock, so two racing readers cannot both win.
+        let before = shared
+            .access
+            .update(&req.key, v.cas, |mk| mk.token_sent = true);
+        if before.token_sent {
+            info.win_sent = true;
+        } else {
+            info.won = true;
+        }
+    }
+}
+
+/// `md I`: keep the value but give it a new cas and mark it stale (optionally with a new TTL),
+/// so the next reader wins the token to recache it while others still get the old value.
+fn invalidate(
+    shared: &Shared,
+    key: &[u8],
+    compare_cas: Option<u64>,
+    ttl: Option<i64>,
+) -> Result<DeleteOutcome, StoreError> {
+    let store = &shared.store;
+    let Some(v) = store.get(key, None)? else {
+        return Ok(DeleteOutcome::NotFound);
+    };
+    if compare_cas.is_some_and(|c| c != v.cas) {
+        return Ok(DeleteOutcome::Exists);
+    }
+    let opts = WriteOpts {
+        flags: Some(v.flags),
+        expire: ttl.map_or(Expire::Keep, expire_of),
+        cas: Some(v.cas),
+        ..Default::default()
+    };
+    match store.set(key, &v.data, SetMode::Set, &opts)? {
+        SetOutcome::Stored { cas } => {
+            shared.access.update(key, cas, |mk| mk.stale = true);
+            Ok(DeleteOutcome::Deleted)
+        }
+        // Changed meanwhile: the newer value is not ours to invalidate.
+        SetOutcome::Exists | SetOutcome::NotStored => Ok(DeleteOutcome::Exists),
+        SetOutcome::NotFound => Ok(DeleteOutcome::NotFound),
+    }
 }

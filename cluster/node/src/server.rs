@@ -46,6 +46,8 @@ pub struct Shared {
     pub config: ServerConfig,
     /// Whether mutating calls may block on fsync (file mode with fsync=always).
     pub blocking_writes: bool,
+    /// Fetch hints and stale / recache marks of the meta protocol.
+    pub access: crate::access::Access,
     shutting_down: AtomicBool,
     /// Addresses actually bound (port 0 resolved), by listener name.
     bound: std::sync::Mutex<Vec<(&'static str, SocketAddr)>>,
@@ -90,6 +92,7 @@ impl Server {
             metrics: Metrics::default(),
             config: config.clone(),
             blocking_writes,
+            access: Default::default(),
             shutting_down: AtomicBool::new(false),
             bound: Default::default(),
         });

@@ -489,6 +489,11 @@ impl Store {
         self.inner.hlc.clock().now_secs()
     }
 
+    /// The store's clock, in unix seconds (what expiry times are compared with).
+    pub fn now_secs(&self) -> u32 {
+        self.now()
+    }
+
     pub(crate) fn check_key(&self, key: &[u8]) -> Result<()> {
         if key.is_empty() {
             return Err(Error::InvalidArgument("empty key".into()));
@@ -834,30 +839,25 @@ impl Store {
         } else {
             None
         };
-        let version = self.inner.hlc.now();
+        // The change is sequenced under a fresh version, but the record keeps the version of
+        // its value: a touch is not a write, so the cas unique stays (as in memcached) and a
+        // replica holding the same value does not see it as newer data.
+        let change = self.inner.hlc.now();
         let mut meta = old.meta();
-        meta.version = version;
         meta.expire = self.expire_at(expire, Some(old.expire()), now);
         let ext = old.has_ext().then(|| old.ext());
         let rec = Record::build(key, old.value(), &meta, ext.as_ref());
-        self.commit_and_wait(l, version, ChangeKind::Attr, vec![Op::Put(rec)])?;
-        Ok(Some(value.map_or_else(
-            || Value {
-                data: Vec::new(),
-                flags: meta.flags,
-                cas: version.ts,
-                version,
-                expire: meta.expire,
-                created: meta.created,
-                kind: meta.kind,
-                encrypted: meta.encrypted,
-            },
-            |mut v| {
-                v.cas = version.ts;
-                v.version = version;
-                v
-            },
-        )))
+        self.commit_and_wait(l, change, ChangeKind::Attr, vec![Op::Put(rec)])?;
+        Ok(Some(value.unwrap_or(Value {
+            data: Vec::new(),
+            flags: meta.flags,
+            cas: meta.version.ts,
+            version: meta.version,
+            expire: meta.expire,
+            created: meta.created,
+            kind: meta.kind,
+            encrypted: meta.encrypted,
+        })))
     }
 
     /// Read `len` bytes (to the end when `None`) at `offset` of a live value.
@@ -1003,21 +1003,20 @@ impl Store {
             });
         }
         let cur = self.open_value(key, old.value(), old.encrypted(), None)?;
-        let text = std::str::from_utf8(&cur)
-            .map_err(|_| Error::NotNumeric)?
-            .trim_end_matches([' ', '\r', '\n']);
-        if text.is_empty() || text.len() > 20 || !text.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(Error::NotNumeric);
-        }
-        let n: u64 = text.parse().map_err(|_| Error::NotNumeric)?;
+        let n = parse_counter_text(&cur).ok_or(Error::NotNumeric)?;
         let new = if decr {
             n.saturating_sub(delta)
         } else {
             n.wrapping_add(delta)
         };
+        let mut text = new.to_string().into_bytes();
+        // A shorter number keeps the value's length, padded with spaces (memcached rewrites
+        // the item in place), so clients that read fixed-width counters see what they expect.
+        if text.len() < cur.len() {
+            text.resize(cur.len(), b' ');
+        }
         let keep = old.encrypted().then(|| old.value());
-        let (stored, encrypted) =
-            self.seal_value(key, new.to_string().into_bytes(), None, None, keep)?;
+        let (stored, encrypted) = self.seal_value(key, text, None, None, keep)?;
         let version = self.inner.hlc.now();
         let mut meta = old.meta();
         meta.version = version;
@@ -1435,5 +1434,59 @@ impl Drop for Inner {
         if let Err(e) = self.engine.close() {
             tracing::error!(error = %e, "closing the engine failed");
         }
+    }
+}
+
+/// The number at the start of a decimal counter value, read the way memcached reads it
+/// (`strtoull` then a check of what follows): optional leading white space and sign, digits,
+/// then the end of the value or white space. `None` when that is not a number or it overflows.
+fn parse_counter_text(v: &[u8]) -> Option<u64> {
+    let is_space = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c);
+    let start = v.iter().position(|&b| !is_space(b))?;
+    let (negative, i) = match v[start] {
+        b'-' => (true, start + 1),
+        b'+' => (false, start + 1),
+        _ => (false, start),
+    };
+    let digits = v[i..].iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &b in &v[i..i + digits] {
+        n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+    }
+    if v.get(i + digits).is_some_and(|&b| !is_space(b)) {
+        return None;
+    }
+    if negative {
+        // strtoull negates; memcached refuses a result that looks negative as a signed number.
+        let neg = n.wrapping_neg();
+        return (neg as i64 >= 0).then_some(neg);
+    }
+    Some(n)
+}
+
+#[cfg(test)]
+mod counter_text_tests {
+    use super::parse_counter_text as p;
+
+    #[test]
+    fn reads_numbers_like_memcached() {
+        assert_eq!(p(b"12"), Some(12));
+        assert_eq!(p(b" 12"), Some(12));
+        assert_eq!(p(b"\t12"), Some(12));
+        assert_eq!(p(b"+12"), Some(12));
+        assert_eq!(p(b"12 ab"), Some(12));
+        assert_eq!(p(b"000000000000000000007"), Some(7));
+        assert_eq!(p(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(p(b"-0"), Some(0));
+        assert_eq!(p(b"18446744073709551616"), None);
+        assert_eq!(p(b"12a"), None);
+        assert_eq!(p(b"-12"), None);
+        assert_eq!(p(b""), None);
+        assert_eq!(p(b"  "), None);
+        assert_eq!(p(b"+"), None);
+        assert_eq!(p(b"abc"), None);
     }
 }

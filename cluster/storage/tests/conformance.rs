@@ -286,10 +286,14 @@ fn ttl_tombstones_and_purge(h: &Harness) {
     set(&s, b"forever", b"v");
     h.advance_secs(9);
     assert!(s.contains(b"t"));
-    // touch moves the expiry.
-    s.touch(b"t", Expire::After(5), false, None)
+    // touch moves the expiry and keeps the cas unique (it is not a write of the value).
+    let cas = s.get(b"t", None).unwrap().unwrap().cas;
+    let touched = s
+        .touch(b"t", Expire::After(5), false, None)
         .unwrap()
         .unwrap();
+    assert_eq!(touched.cas, cas);
+    assert_eq!(s.get(b"t", None).unwrap().unwrap().cas, cas);
     h.advance_secs(3);
     assert!(s.contains(b"t"));
     let v = s
@@ -596,7 +600,12 @@ fn memcached_incr_decr(h: &Harness) {
         1,
         "incr wraps at 2^64"
     );
-    assert_eq!(val(&s, b"n").unwrap(), b"1");
+    // A shorter result keeps the value's width, padded with spaces (as memcached does).
+    assert_eq!(val(&s, b"n").unwrap(), b"1                   ");
+    assert_eq!(s.incr_decimal(b"n", 9, false).unwrap().unwrap().0, 10);
+    set(&s, b"n", b" +7 x");
+    assert_eq!(s.incr_decimal(b"n", 1, false).unwrap().unwrap().0, 8);
+    assert_eq!(val(&s, b"n").unwrap(), b"8    ");
     set(&s, b"text", b"12a");
     assert!(matches!(
         s.incr_decimal(b"text", 1, false),

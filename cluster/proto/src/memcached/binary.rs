@@ -561,7 +561,9 @@ pub enum BinParsed<'a> {
 /// 3. `key_len <= 250`, else `Einval` ("Invalid arguments"), close;
 /// 4. known opcode, else `UnknownCommand` with the whole body swallowed, connection kept;
 /// 5. per-opcode extras/key/value shape (see below), else `Einval`, close;
-/// 6. `body_len <= max_body`, else `TooLarge`, body swallowed, connection kept.
+/// 6. `body_len <= max_body`, else `TooLarge`, body swallowed, connection kept (for Set and
+///    SetQ only once the extras and key are buffered, so that the caller can read the key
+///    with [`oversized_set_key`] and remove the old item).
 ///
 /// Per-opcode shape (E = extras length, K = key length, V = value length):
 ///
@@ -582,9 +584,8 @@ pub enum BinParsed<'a> {
 /// Stat and Touch/Gat* requests and then mis-parses the leftover value bytes as the next
 /// packet; here a value there is `Einval` + close, as the protocol spec says "MUST NOT have
 /// value". Also, memcached waits for the extras and key before answering checks 2-6; this
-/// parser answers from the header alone. memcached 1.6 does not implement Verbosity in the
-/// binary protocol (it answers "Unknown command"); this parser validates it per the spec and
-/// leaves the choice to the caller.
+/// parser answers from the header alone. A Verbosity of the wrong shape is `UnknownCommand`
+/// with its body swallowed and the connection kept, as memcached answers it.
 pub fn parse(buf: &[u8], max_body: usize) -> BinParsed<'_> {
     let Some(&first) = buf.first() else {
         return BinParsed::Incomplete;
@@ -608,10 +609,19 @@ pub fn parse(buf: &[u8], max_body: usize) -> BinParsed<'_> {
         return invalid(&header, Status::UnknownCommand, header.body_len, false);
     };
     if !shape_ok(opcode, &header) {
+        // memcached answers a malformed Verbosity as an unknown command and reads on.
+        if opcode == Opcode::Verbosity {
+            return invalid(&header, Status::UnknownCommand, header.body_len, false);
+        }
         return invalid(&header, Status::Einval, 0, true);
     }
     let body_len = usize::try_from(header.body_len).unwrap_or(usize::MAX);
     if body_len > max_body {
+        // The caller of an oversized Set removes the old item (as memcached does), so it
+        // gets the extras and key first: at most 24 + 8 + 250 bytes.
+        if opcode.base() == Opcode::Set && buf.len() < HEADER_LEN + extras_len + key_len {
+            return BinParsed::Incomplete;
+        }
         return invalid(&header, Status::TooLarge, header.body_len, false);
     }
     let Some(total) = HEADER_LEN.checked_add(body_len) else {
@@ -641,6 +651,19 @@ pub fn parse(buf: &[u8], max_body: usize) -> BinParsed<'_> {
         },
         consumed: total,
     }
+}
+
+/// The key of an oversized Set/SetQ that [`parse`] refused with `TooLarge`: `buf` is the buffer
+/// that was given to [`parse`].
+pub fn oversized_set_key(buf: &[u8]) -> Option<&[u8]> {
+    let h = Header::decode(buf)?;
+    let op = Opcode::from_u8(h.opcode)?;
+    if op.base() != Opcode::Set {
+        return None;
+    }
+    let start = HEADER_LEN + usize::from(h.extras_len);
+    buf.get(start..start + usize::from(h.key_len))
+        .filter(|k| !k.is_empty())
 }
 
 fn invalid<'a>(header: &Header, status: Status, swallow: u32, close: bool) -> BinParsed<'a> {
@@ -1239,6 +1262,19 @@ mod tests {
                                 Some(buf.len()),
                                 "{op:?} e={ext} k={key} v={val}: {got:?}"
                             );
+                        } else if op == Opcode::Verbosity {
+                            assert_eq!(
+                                got,
+                                BinParsed::Invalid {
+                                    opaque: 0x55,
+                                    opcode: op.as_u8(),
+                                    status: Status::UnknownCommand,
+                                    consumed: HEADER_LEN,
+                                    swallow: (ext + key + val) as u32,
+                                    close: false,
+                                },
+                                "{op:?} e={ext} k={key} v={val}"
+                            );
                         } else {
                             assert_eq!(
                                 got,
@@ -1375,7 +1411,14 @@ mod tests {
         for op in [Opcode::Set, Opcode::AddQ, Opcode::Append, Opcode::SaslAuth] {
             let (e, _, _) = sample(op);
             for body in [1025u32, 1 << 20, u32::MAX] {
-                let buf = raw_header(op.as_u8(), 3, e.len() as u8, body, 77);
+                let mut buf = raw_header(op.as_u8(), 3, e.len() as u8, body, 77);
+                if op.base() == Opcode::Set {
+                    // An oversized Set waits for its key (the caller removes the old item).
+                    assert_eq!(parse(&buf, 1024), BinParsed::Incomplete);
+                    buf.extend_from_slice(&e);
+                    buf.extend_from_slice(b"key");
+                    assert_eq!(oversized_set_key(&buf), Some(&b"key"[..]));
+                }
                 assert_eq!(
                     parse(&buf, 1024),
                     BinParsed::Invalid {

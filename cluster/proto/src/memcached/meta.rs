@@ -79,6 +79,14 @@ pub enum MetaCmd {
     Debug,
     /// `mn`: no-op, answered with [`MN`]; used to terminate a pipeline of quiet commands.
     Noop,
+    /// An `ms` whose item would be too large; [`text::parse`](super::text::parse) turns it into
+    /// [`TextRequest::TooLarge`](super::text::TextRequest::TooLarge), which says what to do.
+    SetTooLarge {
+        /// The ms was in set mode: the old item is removed.
+        evict: bool,
+        /// Bytes to discard after the command line.
+        swallow: usize,
+    },
 }
 
 /// `ms` mode (`M` flag). With a `C` (compare CAS) flag, memcached turns `Set` and `Replace` into
@@ -186,8 +194,6 @@ pub struct MetaFlags<'a> {
     pub no_bump: bool,
     /// `v`: return the value (mg, ma).
     pub return_value: bool,
-    /// `x`: md replaces the value with an empty one instead of removing the item.
-    pub remove_value: bool,
     /// `I`: md marks the item stale (bumping its CAS) instead of deleting it; ms with `C`
     /// accepts an older CAS but marks the item stale.
     pub invalidate: bool,
@@ -204,8 +210,6 @@ pub struct MetaFlags<'a> {
     pub client_flags: Option<u32>,
     /// `C<cas>`: compare CAS (ms, md, ma).
     pub compare_cas: Option<u64>,
-    /// `E<cas>`: use this as the new CAS value (mg vivify, ms, md, ma).
-    pub new_cas: Option<u64>,
     /// `M<mode>`: the raw mode character; validated into [`MetaCmd`] for ms and ma.
     pub mode: Option<u8>,
     /// `D<delta>`: ma delta (default 1, see [`MetaRequest::delta`]).
@@ -416,8 +420,19 @@ fn parse_set<'a>(
     if !flags.base64_key && !valid_key(key_raw) {
         return reject(ProtoError::BAD_FORMAT);
     }
-    if len > limits.max_value {
-        return reject(ProtoError::TOO_LARGE);
+    if super::item_too_large(key.len(), len, limits.max_value) {
+        return Parsed::Done {
+            req: MetaRequest {
+                cmd: MetaCmd::SetTooLarge {
+                    evict: mode == SetMode::Set,
+                    swallow,
+                },
+                key,
+                data: &[],
+                flags,
+            },
+            consumed: line_len,
+        };
     }
     match take_data(buf, line_len, len) {
         Data::Incomplete => Parsed::Incomplete,
@@ -538,10 +553,6 @@ fn preparse<'a>(
                 Some(v) => flags.compare_cas = Some(v),
                 None => failure.set(Some(MSG_BAD_TOKEN)),
             },
-            b'E' => match parse_u64(arg) {
-                Some(v) => flags.new_cas = Some(v),
-                None => failure.set(Some(MSG_BAD_TOKEN)),
-            },
             b'J' => match parse_u64(arg) {
                 Some(v) => flags.initial = Some(v),
                 None => failure.set(Some(MSG_INITIAL)),
@@ -567,7 +578,6 @@ fn preparse<'a>(
             b't' => flags.return_ttl = true,
             b'u' => flags.no_bump = true,
             b'v' => flags.return_value = true,
-            b'x' => flags.remove_value = true,
             b'I' => flags.invalidate = true,
             _ => return Err(MSG_INVALID),
         }
@@ -631,9 +641,10 @@ pub struct DebugInfo {
 fn returns_info(cmd: MetaCmd, flag: u8) -> bool {
     match cmd {
         MetaCmd::Get => matches!(flag, b'c' | b'f' | b'h' | b'l' | b's' | b't'),
-        MetaCmd::Set(_) => matches!(flag, b'c' | b's'),
+        // memcached accepts but ignores the other return flags on ms.
+        MetaCmd::Set(_) => flag == b'c',
         MetaCmd::Arithmetic(_) => matches!(flag, b'c' | b't'),
-        MetaCmd::Delete | MetaCmd::Debug | MetaCmd::Noop => false,
+        MetaCmd::Delete | MetaCmd::Debug | MetaCmd::Noop | MetaCmd::SetTooLarge { .. } => false,
     }
 }
 
@@ -769,17 +780,17 @@ fn base64_value(c: u8) -> Option<u8> {
 /// multiple of 4 with at most two trailing `=`. Returns `None` for anything else (stray `=`,
 /// whitespace, other alphabets, a dangling single symbol).
 pub fn base64_decode(input: &[u8]) -> Option<Vec<u8>> {
-    let body = if input.len().is_multiple_of(4) {
-        let pad = input
-            .iter()
-            .rev()
-            .take(2)
-            .take_while(|&&c| c == b'=')
-            .count();
-        input.get(..input.len().saturating_sub(pad))?
-    } else {
-        input
-    };
+    // memcached decodes padded base64 only ("error decoding key" otherwise).
+    if !input.len().is_multiple_of(4) {
+        return None;
+    }
+    let pad = input
+        .iter()
+        .rev()
+        .take(2)
+        .take_while(|&&c| c == b'=')
+        .count();
+    let body = input.get(..input.len().saturating_sub(pad))?;
     if body.len() % 4 == 1 {
         return None;
     }
@@ -849,6 +860,15 @@ mod tests {
                 assert!(!noreply && !close, "{:?}", String::from_utf8_lossy(buf));
                 (err, consumed, swallow)
             }
+            // An oversized ms is answered (and swallowed) by the caller.
+            Parsed::Done {
+                req:
+                    MetaRequest {
+                        cmd: MetaCmd::SetTooLarge { swallow, .. },
+                        ..
+                    },
+                consumed,
+            } => (ProtoError::TOO_LARGE, consumed, swallow),
             other => panic!(
                 "expected Error for {:?}, got {other:?}",
                 String::from_utf8_lossy(buf)
@@ -883,15 +903,14 @@ mod tests {
         assert!(f.return_size && f.return_value && f.return_ttl && f.return_cas);
         assert!(f.return_client_flags && f.return_key && f.quiet && f.return_hit);
         assert!(f.return_last_access && f.no_bump);
-        assert!(!f.base64_key && !f.invalidate && !f.remove_value);
+        assert!(!f.base64_key && !f.invalidate);
         assert_eq!(f.opaque, Some(&b"9"[..]));
         assert_eq!(f.order(), b"svtcfkOqhlu");
 
-        let r = req(b"mg foo T30 N-1 R5 E99 O\n");
+        let r = req(b"mg foo T30 N-1 R5 O\n");
         assert_eq!(r.flags.ttl, Some(30));
         assert_eq!(r.flags.vivify_ttl, Some(-1));
         assert_eq!(r.flags.recache_ttl, Some(5));
-        assert_eq!(r.flags.new_cas, Some(99));
         assert_eq!(r.flags.opaque, Some(&b""[..]));
         assert_eq!(req(b"mg foo\r\n").flags, MetaFlags::default());
         // Flags that mean nothing to mg are accepted, as in memcached; trailing bytes after a
@@ -947,10 +966,7 @@ mod tests {
             line_error(b"mg foo M\r\n"),
             client("incorrect length for M token")
         );
-        assert_eq!(
-            line_error(b"mg foo E18446744073709551616\r\n"),
-            client("bad token in command line format")
-        );
+        assert_eq!(line_error(b"mg foo E1\r\n"), client("invalid flag"));
         // md and ma report every flag problem the same way.
         for line in [
             &b"md foo v v\r\n"[..],
@@ -986,7 +1002,7 @@ mod tests {
         assert_eq!(line_error(many), client("options flags are too long"));
         let many = b"md foo c f h k l O1 q s t u v P L x I T1 N1 R1\r\n";
         assert_eq!(line_error(many), client("options flags too long"));
-        let max = b"mg foo c f h k l O1 q s t u v P L x I T1 N1\r\n";
+        let max = b"mg foo c f h k l O1 q s t u v P L C1 I T1 N1\r\n";
         assert_eq!(req(max).flags.order().len(), 17);
 
         let opaque = [&b"mg foo O"[..], &[b'x'; 32], b"\r\n"].concat();
@@ -1016,17 +1032,16 @@ mod tests {
 
     #[test]
     fn meta_set() {
-        let r = req(b"ms foo 2 T10 F5 MA c k O1 I C7 E8 N30\r\nhi\r\n");
+        let r = req(b"ms foo 2 T10 F5 MA c k O1 I C7 N30\r\nhi\r\n");
         assert_eq!(r.cmd, MetaCmd::Set(SetMode::Append));
         assert_eq!(&*r.key, b"foo");
         assert_eq!(r.data, b"hi");
         assert_eq!(r.flags.ttl, Some(10));
         assert_eq!(r.flags.client_flags, Some(5));
         assert_eq!(r.flags.compare_cas, Some(7));
-        assert_eq!(r.flags.new_cas, Some(8));
         assert_eq!(r.flags.vivify_ttl, Some(30));
         assert!(r.flags.invalidate && r.flags.return_cas && r.flags.return_key);
-        assert_eq!(r.flags.order(), b"TFMckOICEN");
+        assert_eq!(r.flags.order(), b"TFMckOICN");
         for (mode, expected) in [
             (&b""[..], SetMode::Set),
             (&b" MS"[..], SetMode::Set),
@@ -1128,9 +1143,9 @@ mod tests {
             assert_eq!(req(line).cmd, MetaCmd::Arithmetic(mode));
         }
 
-        let r = req(b"md foo I T30 q x C5 k\r\n");
+        let r = req(b"md foo I T30 q C5 k\r\n");
         assert_eq!(r.cmd, MetaCmd::Delete);
-        assert!(r.flags.invalidate && r.flags.quiet && r.flags.remove_value && r.flags.return_key);
+        assert!(r.flags.invalidate && r.flags.quiet && r.flags.return_key);
         assert_eq!((r.flags.ttl, r.flags.compare_cas), (Some(30), Some(5)));
 
         assert_eq!(req(b"mn\r\n").cmd, MetaCmd::Noop);
@@ -1229,7 +1244,8 @@ mod tests {
         };
         write_response(&mut out, &r, MetaStatus::Hd, Some(&info), None);
         write_response(&mut out, &r, MetaStatus::Ns, None, None);
-        assert_eq!(out, b"HD c77 kfoo O1 s2\r\nNS kfoo O1\r\n");
+        // ms answers only c of the item flags.
+        assert_eq!(out, b"HD c77 kfoo O1\r\nNS kfoo O1\r\n");
 
         let mut out = Vec::new();
         let r = req(b"ma foo v t c N0 J5\r\n");
@@ -1298,8 +1314,9 @@ mod tests {
             base64_encode(decoded, &mut out);
             assert_eq!(out, encoded);
         }
-        assert_eq!(base64_decode(b"Zg").as_deref(), Some(&b"f"[..]));
-        assert_eq!(base64_decode(b"Zm8").as_deref(), Some(&b"fo"[..]));
+        // Unpadded input is refused, as memcached refuses it.
+        assert_eq!(base64_decode(b"Zg"), None);
+        assert_eq!(base64_decode(b"Zm8"), None);
         assert_eq!(
             base64_decode(b"+/+/").as_deref(),
             Some(&b"\xfb\xff\xbf"[..])

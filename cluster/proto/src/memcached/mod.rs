@@ -69,6 +69,19 @@ pub struct Limits {
     pub max_keys_per_get: usize,
 }
 
+/// Bytes memcached adds to a value to make an item (header, cas, the key's NUL and the data
+/// block's `\r\n`, on 64-bit builds): its `-I` limit applies to the item, so the largest value
+/// a key of `n` bytes may hold is `max_value - n - ITEM_OVERHEAD`.
+pub const ITEM_OVERHEAD: usize = 59;
+
+/// Whether an item of this key and value length exceeds `max_item` (see [`ITEM_OVERHEAD`]).
+pub fn item_too_large(key_len: usize, value_len: usize, max_item: usize) -> bool {
+    value_len
+        .saturating_add(key_len)
+        .saturating_add(ITEM_OVERHEAD)
+        > max_item
+}
+
 impl Limits {
     /// memcached's limits: 2048-byte lines, 1 MiB values, and 4096 keys per retrieval.
     pub const DEFAULT: Limits = Limits {

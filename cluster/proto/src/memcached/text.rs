@@ -41,6 +41,7 @@ use super::{
     Data, Limits, Line, MAX_DECLARED_LEN, Parsed, ProtoError, Tokens, line_limit, next_line,
     parse_i64, parse_u32, parse_u64, push_u64, split_tokens, take_data, valid_key,
 };
+use std::borrow::Cow;
 
 /// The six storage commands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -167,6 +168,19 @@ pub enum TextRequest<'a> {
     },
     /// A meta command; see [`meta`].
     Meta(MetaRequest<'a>),
+    /// A storage command (text `set` .. `cas`, or meta `ms`) whose item would exceed
+    /// [`Limits::max_value`]: answer [`ProtoError::TOO_LARGE`](super::ProtoError::TOO_LARGE)
+    /// unless `noreply`, drop `evict` when it is set (memcached unlinks the old item of a
+    /// failed plain `set`, so no stale value outlives it), then discard `swallow` bytes of the
+    /// stream after this request (the data block and its `\r\n`).
+    TooLarge {
+        /// The key to remove: the key of a `set` (or `ms` in set mode), `None` otherwise.
+        evict: Option<Cow<'a, [u8]>>,
+        /// Do not answer (text `noreply`).
+        noreply: bool,
+        /// Bytes to discard after the command line.
+        swallow: usize,
+    },
 }
 
 impl TextRequest<'_> {
@@ -202,7 +216,14 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parsed<TextRequest<'a>> {
         return Parsed::fail(ProtoError::Error, line_len, false);
     };
     if cmd.len() == 2 && cmd.first() == Some(&b'm') {
-        return meta::parse_tokens(&toks, buf, line_len, limits).map(TextRequest::Meta);
+        return meta::parse_tokens(&toks, buf, line_len, limits).map(|m| match m.cmd {
+            meta::MetaCmd::SetTooLarge { evict, swallow } => TextRequest::TooLarge {
+                evict: evict.then_some(m.key),
+                noreply: false,
+                swallow,
+            },
+            _ => TextRequest::Meta(m),
+        });
     }
     match cmd {
         b"get" | b"bget" => parse_retrieval(&toks, line, line_len, limits, false, false),
@@ -328,13 +349,14 @@ fn parse_store<'a>(
     else {
         return bad();
     };
-    if len > limits.max_value {
-        return Parsed::Error {
-            err: ProtoError::TOO_LARGE,
+    if super::item_too_large(key.len(), len, limits.max_value) {
+        return Parsed::Done {
+            req: TextRequest::TooLarge {
+                evict: (cmd == StoreCmd::Set).then_some(Cow::Borrowed(key)),
+                noreply,
+                swallow: len.saturating_add(2),
+            },
             consumed: line_len,
-            swallow: len.saturating_add(2),
-            noreply,
-            close: false,
         };
     }
     match take_data(buf, line_len, len) {
@@ -599,6 +621,14 @@ mod tests {
                 noreply,
                 close,
             } => (err, consumed, swallow, noreply, close),
+            // An oversized storage command is answered (and swallowed) by the caller.
+            Parsed::Done {
+                req:
+                    TextRequest::TooLarge {
+                        noreply, swallow, ..
+                    },
+                consumed,
+            } => (ProtoError::TOO_LARGE, consumed, swallow, noreply, false),
             other => panic!(
                 "expected Error for {:?}, got {other:?}",
                 String::from_utf8_lossy(buf)
@@ -903,12 +933,7 @@ mod tests {
         // A driver that honours `swallow` stays in sync.
         let mut stream = b"set k 0 0 20\r\n".to_vec();
         stream.extend_from_slice(b"01234567890123456789\r\nget k\r\n");
-        let Parsed::Error {
-            consumed, swallow, ..
-        } = parse(&stream, &small)
-        else {
-            panic!("expected an error");
-        };
+        let (_, consumed, swallow, _, _) = error_with(&stream, &small);
         let rest = &stream[consumed + swallow..];
         assert_eq!(
             parse(rest, &small),
