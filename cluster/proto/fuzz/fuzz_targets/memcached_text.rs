@@ -24,9 +24,14 @@ fuzz_target!(|data: &[u8]| {
                 }
                 break;
             }
-            Parsed::Done { consumed, .. } => {
+            Parsed::Done { req, consumed } => {
                 assert!(consumed >= 1 && consumed <= rest.len());
+                let swallow = match req {
+                    text::TextRequest::TooLarge { swallow, .. } => swallow,
+                    _ => 0,
+                };
                 rest = &rest[consumed..];
+                rest = &rest[swallow.min(rest.len())..];
             }
             Parsed::Error { consumed, swallow, close, .. } => {
                 assert!(consumed >= 1 && consumed <= rest.len());
