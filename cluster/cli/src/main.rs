@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use k2hdkc_node::{ServerConfig, StorageMode};
 
 mod bench;
+mod cluster_cmds;
 mod shell;
 
 #[derive(Parser)]
@@ -29,6 +30,18 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// Interactive or scripted shell over the native protocol (like k2hdkclinetool).
     Shell(shell::ShellArgs),
+    /// A gateway (K2HDKC slave node): memcached and native clients, routed to the owners.
+    Gateway(ServerArgs),
+    /// Cluster control: status, attach, detach, remove, set-replicas (like kumoctl).
+    Ctl(cluster_cmds::CtlArgs),
+    /// A node's counters (like kumostat).
+    Stat(cluster_cmds::StatArgs),
+    /// Live per-node load (like kumotop).
+    Top(cluster_cmds::TopArgs),
+    /// Which nodes own a key (like kumohash).
+    Hash(cluster_cmds::HashArgs),
+    /// Start every daemon of a cluster on this host, for trying it out.
+    DevCluster(cluster_cmds::DevClusterArgs),
 }
 
 /// Flags override the config file.
@@ -49,9 +62,25 @@ struct ServerArgs {
     /// memcached listener, e.g. 127.0.0.1:11211.
     #[arg(long)]
     memcached_listen: Option<SocketAddr>,
-    /// Native protocol listener, e.g. 127.0.0.1:8020.
-    #[arg(long)]
+    /// Native protocol listener, e.g. 127.0.0.1:8020 (`--listen` in a cluster: peers use it).
+    #[arg(long, visible_alias = "listen")]
     native_listen: Option<SocketAddr>,
+    /// This node's unique name in the cluster.
+    #[arg(long)]
+    name: Option<String>,
+    /// Native address of a cluster node to join through (repeatable, or comma-separated); a
+    /// node that names itself starts the cluster.
+    #[arg(long, value_delimiter = ',')]
+    join: Vec<String>,
+    /// Cluster name (nodes of other clusters are refused).
+    #[arg(long)]
+    cluster: Option<String>,
+    /// Failure domain of this node.
+    #[arg(long)]
+    zone: Option<String>,
+    /// Relative capacity (weight) of this node.
+    #[arg(long)]
+    capacity: Option<u32>,
     /// Admin HTTP listener (/health, /status, /metrics), e.g. 127.0.0.1:8021.
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
@@ -69,8 +98,20 @@ struct ServerArgs {
     check_config: bool,
 }
 
+fn small_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
 impl ServerArgs {
     fn config(&self) -> anyhow::Result<ServerConfig> {
+        let c = self.config_unvalidated()?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    fn config_unvalidated(&self) -> anyhow::Result<ServerConfig> {
         let mut c = match &self.config {
             Some(p) => ServerConfig::from_file(p)?,
             None => ServerConfig::default(),
@@ -103,7 +144,21 @@ impl ServerArgs {
         if let Some(v) = &self.log_format {
             c.log.format = v.clone();
         }
-        c.validate()?;
+        if let Some(v) = &self.name {
+            c.cluster.name = Some(v.clone());
+        }
+        if !self.join.is_empty() {
+            c.cluster.join = self.join.clone();
+        }
+        if let Some(v) = &self.cluster {
+            c.cluster.cluster = v.clone();
+        }
+        if let Some(v) = &self.zone {
+            c.cluster.zone = v.clone();
+        }
+        if let Some(v) = self.capacity {
+            c.cluster.capacity = v;
+        }
         Ok(c)
     }
 }
@@ -135,6 +190,33 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             rt.block_on(k2hdkc_node::run(config))?;
+        }
+        Cmd::Gateway(a) => {
+            let mut config = a.config_unvalidated().context("configuration")?;
+            config.cluster.gateway = true;
+            config.storage.mode = StorageMode::Memory;
+            if config.listen.native.is_none() {
+                // Peers never call a gateway; it needs a native address only as its identity.
+                config.listen.native = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+            }
+            config.validate().context("configuration")?;
+            if a.check_config {
+                println!("configuration ok");
+                return Ok(());
+            }
+            init_tracing(&config.log.format, &config.log.level);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(k2hdkc_node::run(config))?;
+        }
+        Cmd::Ctl(a) => small_runtime()?.block_on(cluster_cmds::ctl(a))?,
+        Cmd::Stat(a) => small_runtime()?.block_on(cluster_cmds::stat(a))?,
+        Cmd::Top(a) => small_runtime()?.block_on(cluster_cmds::top(a))?,
+        Cmd::Hash(a) => small_runtime()?.block_on(cluster_cmds::hash(a))?,
+        Cmd::DevCluster(a) => {
+            init_tracing("human", "warn");
+            small_runtime()?.block_on(cluster_cmds::dev_cluster(a))?
         }
         Cmd::Bench(a) => {
             let rt = tokio::runtime::Builder::new_multi_thread()

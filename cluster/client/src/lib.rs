@@ -328,17 +328,23 @@ fn item_of(mut r: Reply) -> Result<Item, ClientError> {
 impl Client {
     /// Connect the first pooled connection (the rest connect on first use).
     pub async fn connect(cfg: ClientConfig) -> Result<Client, ClientError> {
+        let c = Client::lazy(cfg);
+        c.conn().await?;
+        Ok(c)
+    }
+
+    /// A client that connects on first use (and reconnects after a failure): for peers that
+    /// may be down when the client is made.
+    pub fn lazy(cfg: ClientConfig) -> Client {
         let n = cfg.connections.max(1);
-        let c = Client {
+        Client {
             inner: Arc::new(Inner {
                 slots: (0..n).map(|_| tokio::sync::Mutex::new(None)).collect(),
                 cfg,
                 next_slot: AtomicUsize::new(0),
                 next_id: AtomicU32::new(1),
             }),
-        };
-        c.conn().await?;
-        Ok(c)
+        }
     }
 
     /// The server address.

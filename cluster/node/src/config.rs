@@ -171,6 +171,57 @@ impl Default for LogConfig {
     }
 }
 
+/// `[cluster]`: membership. A node with no `join` addresses (and not a gateway) runs alone.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// This node's unique name (`--name`); defaults to its native address.
+    pub name: Option<String>,
+    /// Cluster name; nodes of another cluster are refused.
+    pub cluster: String,
+    /// Native addresses of nodes to join through (`--join`); a node may list itself, which
+    /// starts a new cluster when nobody else answers.
+    pub join: Vec<String>,
+    /// Serve as a gateway (K2HDKC slave): route every request to its owners, hold no data.
+    pub gateway: bool,
+    /// Failure domain of this node (replicas go to distinct zones).
+    pub zone: String,
+    /// Relative capacity (weight) of this node.
+    pub capacity: u32,
+    /// Interval of heartbeats to every peer, in milliseconds.
+    pub heartbeat_ms: u64,
+    /// A peer is down after this long without an answer, in milliseconds.
+    pub failure_timeout_ms: u64,
+    /// Longest wait for replicas or a forwarded request, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// Complete data movements automatically once every transfer is done (CHMPX AUTOMERGE).
+    pub auto_complete: bool,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            name: None,
+            cluster: "k2hdkc".into(),
+            join: Vec::new(),
+            gateway: false,
+            zone: "default".into(),
+            capacity: 100,
+            heartbeat_ms: 500,
+            failure_timeout_ms: 3000,
+            request_timeout_ms: 5000,
+            auto_complete: true,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Whether this node takes part in a cluster.
+    pub fn enabled(&self) -> bool {
+        self.gateway || !self.join.is_empty()
+    }
+}
+
 /// The whole server configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -183,6 +234,8 @@ pub struct ServerConfig {
     pub limits: LimitsConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Cluster membership.
+    pub cluster: ClusterConfig,
 }
 
 impl ServerConfig {
@@ -234,7 +287,54 @@ impl ServerConfig {
             h.validate()
                 .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         }
+        let c = &self.cluster;
+        if c.enabled() {
+            if self.listen.native.is_none() {
+                return bad("a cluster node needs listen.native (--listen / --native-listen)");
+            }
+            if c.join.is_empty() {
+                return bad("a gateway needs cluster.join (--join) to find the cluster");
+            }
+            for a in &c.join {
+                if !a.contains(':') {
+                    return bad("cluster.join entries are host:port native addresses");
+                }
+            }
+            if c.name.as_ref().is_some_and(|n| {
+                n.is_empty() || n.len() > 128 || n.chars().any(|ch| ch.is_whitespace())
+            }) {
+                return bad("cluster.name is 1-128 characters without spaces");
+            }
+            if c.cluster.is_empty() || c.zone.is_empty() {
+                return bad("cluster.cluster and cluster.zone must not be empty");
+            }
+            if c.heartbeat_ms == 0 || c.failure_timeout_ms < 2 * c.heartbeat_ms {
+                return bad("cluster.failure_timeout_ms must be at least twice heartbeat_ms");
+            }
+            if c.request_timeout_ms < 100 {
+                return bad("cluster.request_timeout_ms must be at least 100");
+            }
+        }
         Ok(())
+    }
+
+    /// This node's name in a cluster: `cluster.name`, else its native address.
+    pub fn node_name(&self) -> String {
+        self.cluster.name.clone().unwrap_or_else(|| {
+            self.listen
+                .native
+                .map_or_else(|| "k2hdkc".into(), |a| a.to_string())
+        })
+    }
+
+    /// The origin id stamped on versions: `storage.node_id`, or in a cluster a non-zero hash
+    /// of the node name (last-writer-wins breaks ties between nodes by it).
+    pub fn node_id(&self) -> u32 {
+        if self.storage.node_id != 0 || !self.cluster.enabled() {
+            return self.storage.node_id;
+        }
+        let h = k2hdkc_layout::key_hash(self.node_name().as_bytes());
+        (h as u32).max(1)
     }
 
     /// The storage configuration for [`k2hdkc_storage::Store::open`].
@@ -264,7 +364,7 @@ impl ServerConfig {
         let has_key = !s.pass_phrases.is_empty() || !key_material.is_empty();
         Ok(StoreConfig {
             engine,
-            node_id: s.node_id,
+            node_id: self.node_id(),
             max_value_len: s.max_value_bytes,
             default_ttl_secs: s.default_ttl_secs,
             tombstone_grace_secs: s.tombstone_grace_secs,

@@ -4,11 +4,13 @@
 
 pub mod access;
 pub mod admin;
+pub mod cluster;
 pub mod config;
 pub mod memcached;
 pub mod meta;
 pub mod metrics;
 pub mod native;
+pub(crate) mod routing;
 pub mod server;
 
 pub use config::{ConfigError, ServerConfig, StorageMode};

@@ -29,14 +29,14 @@ pub const VERSION: &str = concat!("1.6.45-k2hdkc-", env!("CARGO_PKG_VERSION"));
 const REL_EXPTIME_MAX: i64 = 60 * 60 * 24 * 30;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
+pub(crate) enum Mode {
     Text,
     Binary,
     Native,
 }
 
 /// What to do after a batch.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Batch {
     /// Bytes of the buffer used up.
     pub consumed: usize,
@@ -46,6 +46,8 @@ pub(crate) struct Batch {
     pub close: bool,
     /// Requests served (for the latency histogram).
     pub requests: u64,
+    /// Replies that need other nodes (cluster mode only).
+    pub deferred: Vec<crate::routing::Deferred>,
 }
 
 /// Convert a memcached exptime.
@@ -143,6 +145,15 @@ fn drain_swallow(buf: &mut Vec<u8>, swallow: &mut usize) -> bool {
     *swallow > 0
 }
 
+/// The memcached parser limits of this server.
+pub(crate) fn limits_of(shared: &Shared) -> Limits {
+    Limits {
+        max_line: 2048,
+        max_value: shared.config.storage.max_value_bytes,
+        max_keys_per_get: shared.config.limits.max_keys_per_get,
+    }
+}
+
 /// Serve one client connection until it closes, errs, or the server stops: the native
 /// protocol when `native`, else memcached text/meta or binary by the first byte.
 pub async fn serve(
@@ -152,16 +163,13 @@ pub async fn serve(
     native: bool,
 ) -> io::Result<()> {
     let lim = &shared.config.limits;
-    let limits = Limits {
-        max_line: 2048,
-        max_value: shared.config.storage.max_value_bytes,
-        max_keys_per_get: lim.max_keys_per_get,
-    };
+    let limits = limits_of(&shared);
     let idle = (lim.idle_timeout_secs > 0).then(|| Duration::from_secs(lim.idle_timeout_secs));
     let mut buf: Vec<u8> = Vec::with_capacity(16 << 10);
     let mut out: Vec<u8> = Vec::with_capacity(16 << 10);
     let mut mode = native.then_some(Mode::Native);
     let mut swallow = 0usize;
+    let mut deferred = Vec::new();
     let m = &shared.metrics;
     loop {
         if buf.capacity() - buf.len() < 4096 {
@@ -195,11 +203,14 @@ pub async fn serve(
                 Some(&b) if binary::is_binary(b) => Mode::Binary,
                 _ => Mode::Text,
             });
-            let batch = if shared.blocking_writes {
-                tokio::task::block_in_place(|| process(&shared, mode, &limits, &buf, &mut out))
+            let mut batch = if shared.blocking_writes {
+                tokio::task::block_in_place(|| {
+                    process(&shared, mode, &limits, &buf, &mut out, false)
+                })
             } else {
-                process(&shared, mode, &limits, &buf, &mut out)
+                process(&shared, mode, &limits, &buf, &mut out, false)
             };
+            deferred.append(&mut batch.deferred);
             buf.drain(..batch.consumed);
             requests += batch.requests;
             swallow = batch.swallow;
@@ -207,6 +218,10 @@ pub async fn serve(
             if close || swallow == 0 {
                 break;
             }
+        }
+        if !deferred.is_empty() {
+            let pending = std::mem::take(&mut deferred);
+            out = crate::routing::resolve(&shared, std::mem::take(&mut out), pending).await;
         }
         if !out.is_empty() {
             sock.write_all(&out).await?;
@@ -230,11 +245,21 @@ pub async fn serve(
     }
 }
 
-/// Execute every complete request in `buf`.
-fn process(shared: &Shared, mode: Mode, limits: &Limits, buf: &[u8], out: &mut Vec<u8>) -> Batch {
+/// Execute every complete request in `buf`. In a cluster, requests for keys owned elsewhere
+/// are forwarded (see [`crate::routing`]) unless `local_only` (this node is running a request
+/// forwarded to it).
+pub(crate) fn process(
+    shared: &Shared,
+    mode: Mode,
+    limits: &Limits,
+    buf: &[u8],
+    out: &mut Vec<u8>,
+    local_only: bool,
+) -> Batch {
     if mode == Mode::Native {
-        return crate::native::process(shared, buf, out);
+        return crate::native::process(shared, buf, out, local_only);
     }
+    let cluster = shared.cluster.clone();
     let mut b = Batch::default();
     let m = &shared.metrics;
     while b.consumed < buf.len() && !b.close {
@@ -255,9 +280,18 @@ fn process(shared: &Shared, mode: Mode, limits: &Limits, buf: &[u8], out: &mut V
                     b.consumed += consumed;
                     b.requests += 1;
                     // memcached unlinks the old item of a plain set that failed, so a reader
-                    // never sees the value the client meant to replace.
+                    // never sees the value the client meant to replace. (In a cluster only
+                    // where this node is the key's primary.)
                     if let Some(key) = evict {
-                        let _ = shared.store.delete(&key, None);
+                        let here = match &cluster {
+                            Some(c) if !local_only => {
+                                matches!(c.route(&key), crate::cluster::Route::Local)
+                            }
+                            _ => true,
+                        };
+                        if here {
+                            let _ = shared.store.delete(&key, None);
+                        }
                     }
                     if !noreply {
                         ProtoError::TOO_LARGE.write(out);
@@ -268,7 +302,13 @@ fn process(shared: &Shared, mode: Mode, limits: &Limits, buf: &[u8], out: &mut V
                 Parsed::Done { req, consumed } => {
                     b.consumed += consumed;
                     b.requests += 1;
-                    b.close = exec_text(shared, req, out);
+                    b.close = match &cluster {
+                        None => exec_text(shared, req, out),
+                        Some(c) => {
+                            let raw = &rest[..consumed];
+                            routed_text(shared, c, req, raw, out, &mut b.deferred, local_only)
+                        }
+                    };
                 }
                 Parsed::Error {
                     err,
@@ -297,7 +337,13 @@ fn process(shared: &Shared, mode: Mode, limits: &Limits, buf: &[u8], out: &mut V
                 BinParsed::Done { req, consumed } => {
                     b.consumed += consumed;
                     b.requests += 1;
-                    b.close = exec_binary(shared, &req, out);
+                    b.close = match &cluster {
+                        None => exec_binary(shared, &req, out),
+                        Some(c) => {
+                            let raw = &rest[..consumed];
+                            routed_binary(shared, c, &req, raw, out, &mut b.deferred, local_only)
+                        }
+                    };
                 }
                 BinParsed::Invalid {
                     opaque,
@@ -802,6 +848,240 @@ fn exec_binary(shared: &Shared, req: &BinRequest<'_>, out: &mut Vec<u8>) -> bool
     false
 }
 
+// ---- cluster routing ------------------------------------------------------------------------
+
+use crate::cluster::{Cluster, Route};
+use crate::routing::{Deferred, MODE_BINARY, MODE_TEXT, error_reply};
+
+/// After a local request: if it changed the store, its reply waits for the write quorum.
+#[allow(clippy::too_many_arguments)]
+fn track_write(
+    shared: &Shared,
+    before: u64,
+    at: usize,
+    out: &[u8],
+    key: &[u8],
+    mode: u8,
+    raw: &[u8],
+    deferred: &mut Vec<Deferred>,
+) {
+    let after = shared.store.last_seq();
+    if after > before {
+        deferred.push(Deferred::Quorum {
+            at,
+            len: out.len() - at,
+            seq: after,
+            partitions: vec![k2hdkc_layout::partition_of(key)],
+            error: error_reply(mode, raw, "replication quorum not reached"),
+        });
+    }
+}
+
+/// The key a text or meta request is about, if it has exactly one.
+fn text_key<'a>(req: &'a TextRequest<'_>) -> Option<&'a [u8]> {
+    match req {
+        TextRequest::Store { key, .. }
+        | TextRequest::Delete { key, .. }
+        | TextRequest::Incr { key, .. }
+        | TextRequest::Decr { key, .. }
+        | TextRequest::Touch { key, .. } => Some(key),
+        TextRequest::Meta(m) if !m.key.is_empty() => Some(&m.key),
+        _ => None,
+    }
+}
+
+/// Run a text or meta request in a cluster: here, forwarded to its key's primary, or (for
+/// multi-key retrievals) key by key.
+fn routed_text(
+    shared: &Shared,
+    c: &Arc<Cluster>,
+    req: TextRequest<'_>,
+    raw: &[u8],
+    out: &mut Vec<u8>,
+    deferred: &mut Vec<Deferred>,
+    local_only: bool,
+) -> bool {
+    let route = |key: &[u8]| {
+        if local_only {
+            Route::Local
+        } else {
+            c.route(key)
+        }
+    };
+    match &req {
+        TextRequest::Get { keys, cas } | TextRequest::Gat { keys, cas, .. } => {
+            let touch = match &req {
+                TextRequest::Gat { exptime, .. } => Some(*exptime),
+                _ => None,
+            };
+            shared.metrics.cmd(if touch.is_some() {
+                Cmd::Touch
+            } else {
+                Cmd::Get
+            });
+            for key in keys {
+                match route(key) {
+                    Route::Local => {
+                        let before = shared.store.last_seq();
+                        let at = out.len();
+                        get_one(shared, key, *cas, touch.map(expire_of), out);
+                        if touch.is_some() {
+                            track_write(shared, before, at, out, key, MODE_TEXT, raw, deferred);
+                        }
+                    }
+                    Route::Remote(peer) => {
+                        let cmd = match (touch, *cas) {
+                            (None, false) => "get".to_string(),
+                            (None, true) => "gets".to_string(),
+                            (Some(t), false) => format!("gat {t}"),
+                            (Some(t), true) => format!("gats {t}"),
+                        };
+                        let mut bytes = cmd.into_bytes();
+                        bytes.push(b' ');
+                        bytes.extend_from_slice(key);
+                        bytes.extend_from_slice(b"\r\n");
+                        // A piece that fails reads as a miss: an error line would break the
+                        // framing of the whole retrieval.
+                        deferred.push(Deferred::Forward {
+                            at: out.len(),
+                            peer,
+                            partition: k2hdkc_layout::partition_of(key),
+                            mode: MODE_TEXT,
+                            bytes,
+                            strip_end: true,
+                            error: Vec::new(),
+                        });
+                    }
+                    Route::Unavailable(_) => {
+                        shared.metrics.get_misses.fetch_add(1, Relaxed);
+                    }
+                }
+            }
+            out.extend_from_slice(text::END);
+            false
+        }
+        TextRequest::FlushAll { .. } => {
+            if !local_only && !c.gateway() {
+                deferred.push(Deferred::Broadcast {
+                    mode: MODE_TEXT,
+                    bytes: raw.to_vec(),
+                });
+            }
+            if c.gateway() {
+                deferred.push(Deferred::Broadcast {
+                    mode: MODE_TEXT,
+                    bytes: raw.to_vec(),
+                });
+                out.extend_from_slice(text::OK);
+                return false;
+            }
+            exec_text(shared, req, out)
+        }
+        _ => {
+            let Some(key) = text_key(&req).map(<[u8]>::to_vec) else {
+                return exec_text(shared, req, out);
+            };
+            match route(&key) {
+                Route::Local => {
+                    let before = shared.store.last_seq();
+                    let at = out.len();
+                    let close = exec_text(shared, req, out);
+                    track_write(shared, before, at, out, &key, MODE_TEXT, raw, deferred);
+                    close
+                }
+                Route::Remote(peer) => {
+                    deferred.push(Deferred::Forward {
+                        at: out.len(),
+                        peer,
+                        partition: k2hdkc_layout::partition_of(&key),
+                        mode: MODE_TEXT,
+                        bytes: raw.to_vec(),
+                        strip_end: false,
+                        error: if req.noreply() {
+                            Vec::new()
+                        } else {
+                            error_reply(MODE_TEXT, raw, "the owner of the key did not answer")
+                        },
+                    });
+                    false
+                }
+                Route::Unavailable(why) => {
+                    if !req.noreply() {
+                        out.extend_from_slice(&error_reply(MODE_TEXT, raw, &why));
+                    }
+                    false
+                }
+            }
+        }
+    }
+}
+
+/// Run a binary request in a cluster.
+fn routed_binary(
+    shared: &Shared,
+    c: &Arc<Cluster>,
+    req: &BinRequest<'_>,
+    raw: &[u8],
+    out: &mut Vec<u8>,
+    deferred: &mut Vec<Deferred>,
+    local_only: bool,
+) -> bool {
+    if req.key.is_empty() {
+        if req.opcode.base() == Opcode::Flush && !local_only {
+            deferred.push(Deferred::Broadcast {
+                mode: MODE_BINARY,
+                bytes: raw.to_vec(),
+            });
+            if c.gateway() {
+                if !req.is_quiet() {
+                    binary::write_response(
+                        out,
+                        req.opcode.as_u8(),
+                        Status::Success,
+                        req.opaque(),
+                        0,
+                        &[],
+                        &[],
+                        &[],
+                    );
+                }
+                return false;
+            }
+        }
+        return exec_binary(shared, req, out);
+    }
+    let route = if local_only {
+        Route::Local
+    } else {
+        c.route(req.key)
+    };
+    match route {
+        Route::Local => {
+            let before = shared.store.last_seq();
+            let at = out.len();
+            let close = exec_binary(shared, req, out);
+            track_write(shared, before, at, out, req.key, MODE_BINARY, raw, deferred);
+            close
+        }
+        Route::Remote(peer) => {
+            deferred.push(Deferred::Forward {
+                at: out.len(),
+                peer,
+                partition: k2hdkc_layout::partition_of(req.key),
+                mode: MODE_BINARY,
+                bytes: raw.to_vec(),
+                strip_end: false,
+                error: error_reply(MODE_BINARY, raw, ""),
+            });
+            false
+        }
+        Route::Unavailable(_) => {
+            out.extend_from_slice(&error_reply(MODE_BINARY, raw, ""));
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -821,3 +1101,4 @@ mod tests {
         );
     }
 }
+

@@ -29,8 +29,9 @@ pub fn max_body(shared: &Shared) -> usize {
         .max(shared.config.storage.max_value_bytes + (256 << 10))
 }
 
-/// Execute every complete frame in `buf`.
-pub(crate) fn process(shared: &Shared, buf: &[u8], out: &mut Vec<u8>) -> Batch {
+/// Execute every complete frame in `buf` (in a cluster, forwarding frames for keys owned
+/// elsewhere unless `local_only`).
+pub(crate) fn process(shared: &Shared, buf: &[u8], out: &mut Vec<u8>, local_only: bool) -> Batch {
     let mut b = Batch::default();
     let m = &shared.metrics;
     let max = max_body(shared);
@@ -38,6 +39,7 @@ pub(crate) fn process(shared: &Shared, buf: &[u8], out: &mut Vec<u8>) -> Batch {
         match wire::parse_frame(&buf[b.consumed..], MAGIC_REQUEST, max) {
             FrameParse::Incomplete => break,
             FrameParse::Frame { header, body } => {
+                let frame = &buf[b.consumed..b.consumed + HEADER_LEN + body.len()];
                 b.consumed += HEADER_LEN + body.len();
                 b.requests += 1;
                 let start = out.len();
@@ -50,6 +52,17 @@ pub(crate) fn process(shared: &Shared, buf: &[u8], out: &mut Vec<u8>) -> Batch {
                     );
                     wire::write_error(out, Status::UnsupportedVersion, header.id, &msg);
                     false
+                } else if let Some(c) = &shared.cluster {
+                    dispatch(
+                        shared,
+                        c,
+                        &header,
+                        body,
+                        frame,
+                        out,
+                        &mut b.deferred,
+                        local_only,
+                    )
                 } else {
                     exec(shared, header.code, header.id, body, out)
                 };
@@ -166,7 +179,7 @@ fn cmd_of(op: Op) -> Cmd {
         CounterInit | CounterGet | CounterCas | CounterAdd => Cmd::Counter,
         Scan => Cmd::Scan,
         FlushAll => Cmd::Flush,
-        Noop | Hello | Stats => Cmd::Other,
+        Noop | Hello | Stats | Cluster | Replicate | Forward => Cmd::Other,
     }
 }
 
@@ -423,6 +436,184 @@ fn run(shared: &Shared, op: Op, a: &Args<'_>, out: &mut Vec<u8>) -> Result<(), F
             let n = store.flush_all()?;
             wire::put_u64(out, Tag::Count, n as u64);
         }
+        Op::Cluster | Op::Replicate | Op::Forward => {
+            return Err(fail(
+                Status::Unavailable,
+                "this node is not part of a cluster (start it with --join)",
+            ));
+        }
     }
     Ok(())
+}
+
+// ---- cluster ---------------------------------------------------------------------------------
+
+use std::sync::Arc;
+
+use crate::cluster::{Cluster, Route};
+use crate::routing::{Deferred, MODE_NATIVE, error_reply};
+
+/// Keys whose partitions a request writes (for the write quorum).
+fn written_partitions(a: &Args<'_>) -> Vec<usize> {
+    let mut p: Vec<usize> = a
+        .key
+        .into_iter()
+        .chain(a.to)
+        .chain(a.parent)
+        .chain(a.children.iter().copied())
+        .map(k2hdkc_layout::partition_of)
+        .collect();
+    p.sort_unstable();
+    p.dedup();
+    p
+}
+
+/// Run one frame in a cluster: the cluster's own ops, or a data op here or at its primary.
+#[allow(clippy::too_many_arguments)]
+fn dispatch(
+    shared: &Shared,
+    c: &Arc<Cluster>,
+    header: &wire::Header,
+    body: &[u8],
+    frame: &[u8],
+    out: &mut Vec<u8>,
+    deferred: &mut Vec<Deferred>,
+    local_only: bool,
+) -> bool {
+    let id = header.id;
+    let Some(op) = Op::from_u8(header.code) else {
+        return exec(shared, header.code, id, body, out);
+    };
+    let a = match Args::decode(body) {
+        Ok(a) => a,
+        Err(_) => return exec(shared, header.code, id, body, out),
+    };
+    match op {
+        Op::Cluster => {
+            shared.metrics.cmd(Cmd::Other);
+            let request = a
+                .message
+                .and_then(|m| serde_json::from_slice::<serde_json::Value>(m).ok());
+            match request {
+                Some(request) => {
+                    deferred.push(Deferred::Control {
+                        at: out.len(),
+                        id,
+                        request,
+                    });
+                    true
+                }
+                None => {
+                    wire::write_error(out, Status::BadRequest, id, "Cluster needs a JSON Message");
+                    false
+                }
+            }
+        }
+        Op::Replicate => {
+            shared.metrics.cmd(Cmd::Set);
+            let Some(v) = a.value else {
+                wire::write_error(out, Status::BadRequest, id, "Replicate needs a Value");
+                return false;
+            };
+            match c.import(v) {
+                Ok(n) => {
+                    let s = wire::begin_response(out, Status::Ok, id);
+                    wire::put_u64(out, Tag::Count, n as u64);
+                    wire::finish_response(out, s);
+                    true
+                }
+                Err(e) => {
+                    wire::write_error(out, Status::BadRequest, id, &e);
+                    false
+                }
+            }
+        }
+        Op::Forward => {
+            let (Some(v), Some(mode)) = (a.value, a.mode) else {
+                wire::write_error(out, Status::BadRequest, id, "Forward needs Value and Mode");
+                return false;
+            };
+            let m = match mode {
+                0 => crate::memcached::Mode::Text,
+                1 => crate::memcached::Mode::Binary,
+                _ => crate::memcached::Mode::Native,
+            };
+            let limits = crate::memcached::limits_of(shared);
+            let mut inner = Vec::new();
+            let batch = crate::memcached::process(shared, m, &limits, v, &mut inner, true);
+            deferred.push(Deferred::Nested {
+                at: out.len(),
+                id,
+                inner,
+                pending: batch.deferred,
+            });
+            true
+        }
+        Op::Noop | Op::Hello | Op::Stats | Op::Scan => exec(shared, header.code, id, body, out),
+        Op::FlushAll => {
+            if !local_only {
+                deferred.push(Deferred::Broadcast {
+                    mode: MODE_NATIVE,
+                    bytes: frame.to_vec(),
+                });
+            }
+            exec(shared, header.code, id, body, out)
+        }
+        _ => {
+            let Some(key) = a.key else {
+                return exec(shared, header.code, id, body, out);
+            };
+            let route = if local_only {
+                Route::Local
+            } else {
+                c.route(key)
+            };
+            match route {
+                Route::Local => {
+                    let before = shared.store.last_seq();
+                    let at = out.len();
+                    if exec(shared, header.code, id, body, out) && header.flags & FLAG_QUIET != 0 {
+                        out.truncate(at);
+                    }
+                    let after = shared.store.last_seq();
+                    if after > before {
+                        deferred.push(Deferred::Quorum {
+                            at,
+                            len: out.len() - at,
+                            seq: after,
+                            partitions: written_partitions(&a),
+                            error: error_reply(
+                                MODE_NATIVE,
+                                frame,
+                                "replication quorum not reached",
+                            ),
+                        });
+                    }
+                    // Quiet handling is done above, before the range was recorded.
+                    false
+                }
+                Route::Remote(peer) => {
+                    deferred.push(Deferred::Forward {
+                        at: out.len(),
+                        peer,
+                        partition: k2hdkc_layout::partition_of(key),
+                        mode: MODE_NATIVE,
+                        bytes: frame.to_vec(),
+                        strip_end: false,
+                        error: error_reply(
+                            MODE_NATIVE,
+                            frame,
+                            "the owner of the key did not answer",
+                        ),
+                    });
+                    // Quiet requests that fail still answer: the forwarded reply decides.
+                    false
+                }
+                Route::Unavailable(why) => {
+                    wire::write_error(out, Status::Unavailable, id, &why);
+                    false
+                }
+            }
+        }
+    }
 }

@@ -48,6 +48,8 @@ pub struct Shared {
     pub blocking_writes: bool,
     /// Fetch hints and stale / recache marks of the meta protocol.
     pub access: crate::access::Access,
+    /// Cluster membership and routing, when the node is part of a cluster.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     shutting_down: AtomicBool,
     /// Addresses actually bound (port 0 resolved), by listener name.
     bound: std::sync::Mutex<Vec<(&'static str, SocketAddr)>>,
@@ -87,25 +89,59 @@ impl Server {
         let store = tokio::task::spawn_blocking(move || Store::open(sc))
             .await
             .expect("open task")?;
+        // Bind first: a cluster node advertises its bound native address.
+        let mem_l = match config.listen.memcached {
+            Some(a) => Some(bind(a).await?),
+            None => None,
+        };
+        let nat_l = match config.listen.native {
+            Some(a) => Some(bind(a).await?),
+            None => None,
+        };
+        let cluster = if config.cluster.enabled() {
+            let addr = nat_l
+                .as_ref()
+                .and_then(|l| l.local_addr().ok())
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            let mut cc = config.cluster.clone();
+            // A join list naming the configured address with port 0 cannot be right; the
+            // bound address is what peers will use.
+            let name = config.cluster.name.clone().unwrap_or_else(|| addr.clone());
+            cc.name = Some(name.clone());
+            let memcached = mem_l
+                .as_ref()
+                .and_then(|l| l.local_addr().ok())
+                .map(|a| a.to_string());
+            let state_dir = match config.storage.mode {
+                crate::config::StorageMode::File => {
+                    config.storage.data_dir.as_ref().map(|d| d.join("cluster"))
+                }
+                _ => None,
+            };
+            let c =
+                crate::cluster::Cluster::new(cc, name, addr, memcached, store.clone(), state_dir)
+                    .map_err(|e| ServerError::Config(ConfigError::Invalid(e)))?;
+            Some(c)
+        } else {
+            None
+        };
         let shared = Arc::new(Shared {
             store,
             metrics: Metrics::default(),
             config: config.clone(),
             blocking_writes,
             access: Default::default(),
+            cluster: cluster.clone(),
             shutting_down: AtomicBool::new(false),
             bound: Default::default(),
         });
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
-        if let Some(addr) = config.listen.memcached {
-            let l = bind(addr).await?;
-            shared
-                .bound
-                .lock()
-                .expect("lock")
-                .push(("memcached", l.local_addr().unwrap_or(addr)));
-            tracing::info!(addr = %l.local_addr().unwrap_or(addr), "memcached listener ready");
+        if let Some(l) = mem_l {
+            let addr = l.local_addr().expect("bound");
+            shared.bound.lock().expect("lock").push(("memcached", addr));
+            tracing::info!(%addr, "memcached listener ready");
             tasks.push(tokio::spawn(accept_loop(
                 l,
                 shared.clone(),
@@ -113,20 +149,22 @@ impl Server {
                 Proto::Memcached,
             )));
         }
-        if let Some(addr) = config.listen.native {
-            let l = bind(addr).await?;
-            shared
-                .bound
-                .lock()
-                .expect("lock")
-                .push(("native", l.local_addr().unwrap_or(addr)));
-            tracing::info!(addr = %l.local_addr().unwrap_or(addr), "native listener ready");
+        if let Some(l) = nat_l {
+            let addr = l.local_addr().expect("bound");
+            shared.bound.lock().expect("lock").push(("native", addr));
+            tracing::info!(%addr, "native listener ready");
             tasks.push(tokio::spawn(accept_loop(
                 l,
                 shared.clone(),
                 stop_rx.clone(),
                 Proto::Native,
             )));
+        }
+        if let Some(c) = &cluster {
+            tracing::info!(node = %c.me, addr = %c.addr, gateway = c.gateway(), "cluster mode");
+            let c1 = c.clone();
+            tokio::spawn(async move { c1.join().await });
+            tokio::spawn(c.clone().run());
         }
         if let Some(addr) = config.listen.admin {
             let l = bind(addr).await?;
@@ -173,6 +211,9 @@ impl Server {
     /// Stop accepting, give connections a moment, then flush and close the store.
     pub async fn shutdown(self) -> Result<(), ServerError> {
         self.shared.shutting_down.store(true, Ordering::SeqCst);
+        if let Some(c) = &self.shared.cluster {
+            c.shutdown();
+        }
         let _ = self.stop.send(true);
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;

@@ -133,6 +133,16 @@ code_enum! {
         Scan = 0x60,
         /// Remove every key. Reply: `Count` removed.
         FlushAll = 0x70,
+        /// Cluster control between nodes and from tools: `Message` = a JSON request with a
+        /// `method`, authenticated by the cluster secret. Reply: `Message` = JSON.
+        Cluster = 0x80,
+        /// Replication between nodes: `Value` = a batch of storage changes (format-versioned),
+        /// `Count` = the sender's feed position after the batch. Reply: `Count` = applied.
+        Replicate = 0x81,
+        /// A memcached request forwarded to the node that owns its key: `Value` = the request
+        /// bytes (one text or meta request with its data block, or one binary packet).
+        /// Reply: `Value` = the reply bytes, exactly as the owner answered.
+        Forward = 0x82,
     }
 }
 
@@ -561,6 +571,8 @@ pub struct Args<'a> {
     pub level: Option<u8>,
     /// `ItemKey`.
     pub item_key: Option<&'a [u8]>,
+    /// `Message` (cluster control JSON).
+    pub message: Option<&'a [u8]>,
 }
 
 fn once<T>(slot: &mut Option<T>, tag: Tag, v: T) -> Result<(), FieldError> {
@@ -618,6 +630,7 @@ impl<'a> Args<'a> {
                     once(&mut a.level, tag, v[0])?
                 }
                 Tag::ItemKey => once(&mut a.item_key, tag, v)?,
+                Tag::Message => once(&mut a.message, tag, v)?,
                 other => return Err(ferr(format!("field {other} is not allowed in a request"))),
             }
         }
@@ -679,6 +692,7 @@ impl<'a> Args<'a> {
             put_u32(out, Tag::Limit, v)
         }
         b(out, Tag::ItemKey, self.item_key);
+        b(out, Tag::Message, self.message);
     }
 }
 
@@ -924,7 +938,7 @@ mod tests {
         );
         assert!(Args::decode(&[1, 0]).unwrap_err().0.contains("truncated"));
         let mut body = Vec::new();
-        put(&mut body, Tag::Message, b"x");
+        put(&mut body, Tag::Kind, b"x");
         assert!(Args::decode(&body).unwrap_err().0.contains("not allowed"));
         let mut body = Vec::new();
         put_u8(&mut body, Tag::Fifo, 2);

@@ -1196,6 +1196,8 @@ impl Store {
     pub fn import_changes(&self, changes: Vec<Change>, overwrite: bool) -> Result<usize> {
         let mut applied = 0;
         for c in changes {
+            // A touch keeps the value's version; the expiry it sets must still reach replicas.
+            let attr = c.kind == ChangeKind::Attr;
             let keys: Vec<Vec<u8>> = c.ops.iter().map(|o| o.key().to_vec()).collect();
             let key_refs: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
             let l = self.inner.state.lock(&key_refs);
@@ -1208,8 +1210,12 @@ impl Store {
                         self.check_import_version(v.version())?;
                         self.inner.hlc.observe(v.version());
                         overwrite
-                            || l.get(v.key())?
-                                .is_none_or(|cur| cur.version() < v.version())
+                            || l.get(v.key())?.is_none_or(|cur| {
+                                cur.version() < v.version()
+                                    || (attr
+                                        && cur.version() == v.version()
+                                        && cur.expire() != v.expire())
+                            })
                     }
                     Op::QueuePut { queue, id, item } => {
                         self.check_import_version(item.version)?;

@@ -303,6 +303,8 @@ pub enum Status {
     UnknownCommand = 0x0081,
     /// Out of memory.
     Enomem = 0x0082,
+    /// Temporary failure (a cluster could not reach the owners of the key in time).
+    TemporaryFailure = 0x0086,
 }
 
 impl Status {
@@ -327,6 +329,7 @@ impl Status {
             0x0021 => AuthContinue,
             0x0081 => UnknownCommand,
             0x0082 => Enomem,
+            0x0086 => TemporaryFailure,
             _ => return None,
         })
     }
@@ -346,6 +349,7 @@ impl Status {
             Status::AuthError => b"Auth failure.",
             Status::UnknownCommand => b"Unknown command",
             Status::Enomem => b"Out of memory",
+            Status::TemporaryFailure => b"Temporary failure",
         }
     }
 }

@@ -1,0 +1,887 @@
+//! Cluster membership and request routing of a node.
+//!
+//! Owns: the committed [`Layout`] (agreed by [`paxos`]), the liveness of peers (heartbeats;
+//! a peer is down after `failure_timeout_ms` without an answer), the replication streams and
+//! partition transfers ([`replicate`]), and the decision where a request for a key runs.
+//!
+//! Routing: every partition has a primary, the first owner that is up (while data moves, the
+//! first live owner of the previous assignment, which still has all of it). The primary runs
+//! the request against its store, so every data-model operation keeps its single-node
+//! semantics (CAS, append, counters, queues) per key; other nodes and gateways forward the
+//! request to it. A write is answered only after `W - 1` other owners acknowledged it (the
+//! primary's own store is the first copy). A primary that just took over first pulls nothing:
+//! acknowledged writes reached `W` owners, and with `R + W > N` the reads it serves after the
+//! streams of the other owners caught up are current; `Level::All` reads check every owner.
+//!
+//! Invariants: a layout is installed only if newer than the current one and valid; the node's
+//! own liveness view never changes the layout by itself (only `ctl` or auto-complete do, via
+//! consensus), so a flapping network cannot reshuffle data.
+
+pub mod paxos;
+pub mod replicate;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use k2hdkc_client::{Client, ClientConfig};
+use k2hdkc_layout::{Action, Change, Layout, Node, NodeIdx, PARTITIONS, Ring, partition_of};
+use k2hdkc_proto::native::{Args, Op, Status};
+use k2hdkc_storage::Store;
+use serde_json::{Value as Json, json};
+
+use crate::config::ClusterConfig;
+use paxos::{Acceptor, Ballot, Promise, StateDir};
+
+/// Where a request for a key runs.
+#[derive(Clone)]
+pub enum Route {
+    /// Here.
+    Local,
+    /// On this peer.
+    Remote(Arc<Peer>),
+    /// Nowhere right now (why).
+    Unavailable(String),
+}
+
+/// Cluster counters (Prometheus and `stat`).
+#[derive(Default)]
+pub struct ClusterStats {
+    /// Requests forwarded to their primary.
+    pub forwarded: AtomicU64,
+    /// Forwarded requests that failed.
+    pub forward_errors: AtomicU64,
+    /// Writes that did not reach their write quorum in time.
+    pub quorum_failures: AtomicU64,
+    /// Changes sent to replicas.
+    pub replicated: AtomicU64,
+    /// Bytes of replication batches sent.
+    pub replicated_bytes: AtomicU64,
+    /// Changes received from peers and applied.
+    pub imported: AtomicU64,
+}
+
+/// A peer node (by native address).
+pub struct Peer {
+    /// Native address.
+    pub addr: String,
+    name: RwLock<String>,
+    /// Connection pool.
+    pub client: Client,
+    last_ok: Mutex<Option<Instant>>,
+    up: AtomicBool,
+    /// Feed position this peer acknowledged.
+    pub acked: AtomicU64,
+    /// Highest version (HLC timestamp) among acknowledged changes.
+    pub acked_version: AtomicU64,
+    /// The peer's last reported status (ping reply).
+    pub status: Mutex<Json>,
+    streaming: AtomicBool,
+}
+
+impl Peer {
+    /// Whether heartbeats say it is up.
+    pub fn up(&self) -> bool {
+        self.up.load(Relaxed)
+    }
+
+    /// Take it out of routing until a heartbeat answers again (it refused a connection).
+    pub fn suspect(&self) {
+        if self.up.swap(false, SeqCst) {
+            tracing::warn!(peer = %self.addr, "peer refused a connection; routing around it");
+        }
+    }
+
+    /// Its node name (learned from the layout or its replies).
+    pub fn name(&self) -> String {
+        self.name.read().expect("lock").clone()
+    }
+}
+
+/// A node's view of the cluster.
+pub struct Cluster {
+    /// This node's name.
+    pub me: String,
+    /// This node's advertised native address.
+    pub addr: String,
+    /// This node's memcached address, if any.
+    pub memcached: Option<String>,
+    cfg: ClusterConfig,
+    /// The node's store.
+    pub store: Store,
+    layout: RwLock<Arc<Layout>>,
+    peers: Mutex<HashMap<String, Arc<Peer>>>,
+    acceptor: tokio::sync::Mutex<Acceptor>,
+    state: StateDir,
+    stop: AtomicBool,
+    /// Notified whenever a peer acknowledges replication.
+    pub acked: tokio::sync::Notify,
+    /// Counters.
+    pub stats: ClusterStats,
+    /// Transfers of the current movement: total and done (partition x target).
+    pub transfer_total: AtomicU64,
+    /// See `transfer_total`.
+    pub transfer_done: AtomicU64,
+    /// The layout version whose transfers this node finished.
+    pub transfers_finished: AtomicU64,
+    started: Instant,
+}
+
+/// Errors of cluster control requests.
+fn err(msg: impl Into<String>) -> Json {
+    json!({"ok": false, "error": msg.into()})
+}
+
+impl Cluster {
+    /// Load the persisted state (if any) and make the cluster object; [`Cluster::start`] then
+    /// joins and runs the background tasks.
+    pub fn new(
+        cfg: ClusterConfig,
+        me: String,
+        addr: String,
+        memcached: Option<String>,
+        store: Store,
+        state_dir: Option<std::path::PathBuf>,
+    ) -> Result<Arc<Cluster>, String> {
+        let state = StateDir(state_dir);
+        let (layout, acceptor) = state.load()?;
+        let layout = layout.unwrap_or_else(|| Layout::new(&cfg.cluster));
+        if layout.cluster != cfg.cluster {
+            return Err(format!(
+                "the saved layout belongs to cluster {:?}, not {:?}",
+                layout.cluster, cfg.cluster
+            ));
+        }
+        Ok(Arc::new(Cluster {
+            me,
+            addr,
+            memcached,
+            cfg,
+            store,
+            layout: RwLock::new(Arc::new(layout)),
+            peers: Mutex::new(HashMap::new()),
+            acceptor: tokio::sync::Mutex::new(acceptor),
+            state,
+            stop: AtomicBool::new(false),
+            acked: tokio::sync::Notify::new(),
+            stats: ClusterStats::default(),
+            transfer_total: AtomicU64::new(0),
+            transfer_done: AtomicU64::new(0),
+            transfers_finished: AtomicU64::new(0),
+            started: Instant::now(),
+        }))
+    }
+
+    /// Whether this node is a gateway (holds no data).
+    pub fn gateway(&self) -> bool {
+        self.cfg.gateway
+    }
+
+    /// The committed layout.
+    pub fn layout(&self) -> Arc<Layout> {
+        self.layout.read().expect("lock").clone()
+    }
+
+    /// Whether shutdown has begun.
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Relaxed)
+    }
+
+    /// Stop the background tasks.
+    pub fn shutdown(&self) {
+        self.stop.store(true, SeqCst);
+        self.acked.notify_waiters();
+    }
+
+    /// Longest wait for a peer.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.cfg.request_timeout_ms)
+    }
+
+    /// The peer at a native address (created on first use).
+    pub fn peer(&self, addr: &str) -> Arc<Peer> {
+        let mut peers = self.peers.lock().expect("lock");
+        if let Some(p) = peers.get(addr) {
+            return p.clone();
+        }
+        let sock: SocketAddr = addr
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let mut cc = ClientConfig::new(sock);
+        cc.connections = 2;
+        cc.connect_timeout = Duration::from_millis(self.cfg.failure_timeout_ms.min(2000));
+        cc.request_timeout = self.request_timeout();
+        let p = Arc::new(Peer {
+            addr: addr.to_string(),
+            name: RwLock::new(String::new()),
+            client: Client::lazy(cc),
+            last_ok: Mutex::new(None),
+            // Optimistic until heartbeats say otherwise, so a fresh node routes at once.
+            up: AtomicBool::new(true),
+            acked: AtomicU64::new(self.store.last_seq()),
+            acked_version: AtomicU64::new(0),
+            status: Mutex::new(Json::Null),
+            streaming: AtomicBool::new(false),
+        });
+        peers.insert(addr.to_string(), p.clone());
+        p
+    }
+
+    /// Whether the node at this address is up (this node always is).
+    pub fn peer_up(&self, addr: &str) -> bool {
+        addr == self.addr
+            || self
+                .peers
+                .lock()
+                .expect("lock")
+                .get(addr)
+                .is_none_or(|p| p.up())
+    }
+
+    /// Where a request for `key` runs.
+    pub fn route(&self, key: &[u8]) -> Route {
+        let l = self.layout();
+        self.route_partition(&l, partition_of(key))
+    }
+
+    /// Where a request for partition `p` runs under layout `l`.
+    pub fn route_partition(&self, l: &Layout, p: usize) -> Route {
+        let o = l.owners_of_partition(p);
+        let list = o.previous.unwrap_or(o.current);
+        if list.is_empty() {
+            return Route::Unavailable(if l.nodes.is_empty() {
+                "this node has not joined a cluster yet".into()
+            } else {
+                "no node is in service: run `k2hdkc ctl ADDR attach`".into()
+            });
+        }
+        for &i in list {
+            let n = l.node(i);
+            if n.addr == self.addr && !self.gateway() {
+                return Route::Local;
+            }
+            let peer = self.peer(&n.addr);
+            if peer.up() {
+                return Route::Remote(peer);
+            }
+        }
+        Route::Unavailable(format!("every owner of partition {p} is down"))
+    }
+
+    /// Wait until the changes up to feed position `seq` reached the write quorum of every
+    /// partition in `partitions`. `Err` says which partition fell short.
+    pub async fn wait_quorum(&self, seq: u64, partitions: &[usize]) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + self.request_timeout();
+        loop {
+            let notified = self.acked.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let l = self.layout();
+            let w = l.effective_write_quorum();
+            let mut short = None;
+            for &p in partitions {
+                let set = l.owners_of_partition(p).write_set();
+                let mut acks = 0usize;
+                for &i in &set {
+                    let n = l.node(i);
+                    if n.addr == self.addr || self.peer(&n.addr).acked.load(SeqCst) >= seq {
+                        acks += 1;
+                    }
+                }
+                if acks < w.min(set.len().max(1)) {
+                    short = Some((p, acks, w));
+                    break;
+                }
+            }
+            let Some((p, acks, w)) = short else {
+                return Ok(());
+            };
+            if self.stopping() || tokio::time::Instant::now() >= deadline {
+                self.stats.quorum_failures.fetch_add(1, Relaxed);
+                return Err(format!(
+                    "write quorum not reached: partition {p} has {acks} of {w} copies"
+                ));
+            }
+            let _ = tokio::time::timeout_at(deadline, notified).await;
+        }
+    }
+
+    /// Run a cluster control request (the JSON of an `Op::Cluster` frame).
+    pub async fn control(self: &Arc<Self>, req: &Json) -> Json {
+        let method = req.get("method").and_then(Json::as_str).unwrap_or("");
+        match method {
+            "hello" => json!({"ok": true, "node": self.me, "cluster": self.cfg.cluster,
+                              "version": self.layout().version}),
+            "ping" => {
+                if let (Some(v), Some(addr)) = (
+                    req.get("version").and_then(Json::as_u64),
+                    req.get("addr").and_then(Json::as_str),
+                ) && v > self.layout().version
+                {
+                    let me = self.clone();
+                    let addr = addr.to_string();
+                    tokio::spawn(async move { me.fetch_layout(&addr).await });
+                }
+                self.ping_reply()
+            }
+            "layout" => {
+                json!({"ok": true, "layout": serde_json::to_value(&*self.layout()).expect("layout")})
+            }
+            "prepare" | "accept" | "commit" => self.paxos_local(req).await,
+            "change" => match req
+                .get("change")
+                .map(|c| serde_json::from_value::<Change>(c.clone()))
+            {
+                Some(Ok(c)) => match self.propose(c).await {
+                    Ok(l) => json!({"ok": true, "version": l.version,
+                                    "layout": serde_json::to_value(&*l).expect("layout")}),
+                    Err(e) => err(e),
+                },
+                Some(Err(e)) => err(format!("bad change: {e}")),
+                None => err("change needs a change"),
+            },
+            "status" => self.status().await,
+            "stats" => self.ping_reply(),
+            "" => err("missing method"),
+            other => err(format!("unknown method {other:?}")),
+        }
+    }
+
+    /// The acceptor side of [`paxos`]: `prepare`, `accept` and `commit` requests.
+    async fn paxos_local(self: &Arc<Self>, req: &Json) -> Json {
+        match req.get("method").and_then(Json::as_str).unwrap_or("") {
+            "prepare" => {
+                let (Some(v), Some(b)) = (
+                    req.get("version").and_then(Json::as_u64),
+                    req.get("ballot")
+                        .and_then(|b| serde_json::from_value::<Ballot>(b.clone()).ok()),
+                ) else {
+                    return err("prepare needs version and ballot");
+                };
+                let mut a = self.acceptor.lock().await;
+                let p = a.prepare(self.layout().version, v, &b);
+                if let Err(e) = self.state.save_acceptor(&a) {
+                    return err(format!("cannot persist the promise: {e}"));
+                }
+                json!({"ok": true, "promise": serde_json::to_value(&p).expect("promise")})
+            }
+            "accept" => {
+                let (Some(v), Some(b), Some(value)) = (
+                    req.get("version").and_then(Json::as_u64),
+                    req.get("ballot")
+                        .and_then(|b| serde_json::from_value::<Ballot>(b.clone()).ok()),
+                    req.get("layout")
+                        .and_then(|l| serde_json::from_value::<Layout>(l.clone()).ok()),
+                ) else {
+                    return err("accept needs version, ballot and layout");
+                };
+                if value.validate().is_err() || value.cluster != self.cfg.cluster {
+                    return err("refusing an invalid layout");
+                }
+                let mut a = self.acceptor.lock().await;
+                let ok = a.accept(self.layout().version, v, &b, &value);
+                if let Err(e) = self.state.save_acceptor(&a) {
+                    return err(format!("cannot persist the acceptance: {e}"));
+                }
+                json!({"ok": true, "accepted": ok})
+            }
+            "commit" => match req
+                .get("layout")
+                .map(|l| serde_json::from_value::<Layout>(l.clone()))
+            {
+                Some(Ok(l)) => match self.install(l) {
+                    Ok(_) => json!({"ok": true}),
+                    Err(e) => err(e),
+                },
+                _ => err("commit needs a layout"),
+            },
+            _ => err("not a consensus request"),
+        }
+    }
+
+    /// This node's own status, as peers and `ctl` see it.
+    pub fn ping_reply(&self) -> Json {
+        let st = self.store.stats();
+        let l = self.layout();
+        json!({
+            "ok": true,
+            "node": self.me,
+            "addr": self.addr,
+            "memcached": self.memcached,
+            "gateway": self.gateway(),
+            "version": l.version,
+            "uptime_secs": self.started.elapsed().as_secs(),
+            "items": st.records,
+            "transfers": {"total": self.transfer_total.load(SeqCst),
+                          "done": self.transfer_done.load(SeqCst),
+                          "finished_version": self.transfers_finished.load(SeqCst)},
+            "forwarded": self.stats.forwarded.load(Relaxed),
+            "quorum_failures": self.stats.quorum_failures.load(Relaxed),
+            "replicated": self.stats.replicated.load(Relaxed),
+            "imported": self.stats.imported.load(Relaxed),
+        })
+    }
+
+    /// The whole cluster as this node sees it (`ctl status`).
+    pub async fn status(self: &Arc<Self>) -> Json {
+        let l = self.layout();
+        let mut nodes = Vec::new();
+        for (i, n) in l.nodes.iter().enumerate() {
+            let (up, st) = if n.addr == self.addr {
+                (true, self.ping_reply())
+            } else {
+                let p = self.peer(&n.addr);
+                (p.up(), p.status.lock().expect("lock").clone())
+            };
+            let i = i as NodeIdx;
+            let partitions = l.assignment.iter().filter(|o| o.contains(&i)).count();
+            let primaries = l
+                .assignment
+                .iter()
+                .filter(|o| o.first() == Some(&i))
+                .count();
+            let operate = match (n.action, l.moving()) {
+                (Action::None, _) => "Nothing",
+                (_, true) => {
+                    let fin = st["transfers"]["finished_version"].as_u64().unwrap_or(0);
+                    if fin >= l.version { "Done" } else { "Doing" }
+                }
+                (_, false) => "Pending",
+            };
+            nodes.push(json!({
+                "name": n.name, "addr": n.addr, "memcached": n.memcached, "zone": n.zone,
+                "capacity": n.capacity,
+                "live": if up { "UP" } else { "DOWN" },
+                "ring": match n.ring { Ring::ServiceIn => "SERVICE IN", Ring::ServiceOut => "SERVICE OUT" },
+                "action": match n.action { Action::None => "n/a", Action::Add => "ADD", Action::Delete => "DELETE" },
+                "operate": operate,
+                "partitions": partitions, "primaries": primaries,
+                "items": st.get("items").cloned().unwrap_or(Json::Null),
+                "transfers": st.get("transfers").cloned().unwrap_or(Json::Null),
+            }));
+        }
+        json!({
+            "ok": true,
+            "cluster": l.cluster,
+            "version": l.version,
+            "replicas": l.replicas, "effective_replicas": l.effective_replicas(),
+            "write_quorum": l.write_quorum, "read_quorum": l.read_quorum,
+            "moving": l.moving(), "moving_partitions": l.moving_partitions().len(),
+            "partitions": PARTITIONS,
+            "nodes": nodes,
+            "answered_by": self.me,
+        })
+    }
+
+    /// Install a newer layout (from a commit, a peer, or this node's own proposal).
+    pub fn install(self: &Arc<Self>, l: Layout) -> Result<bool, String> {
+        l.validate().map_err(|e| e.to_string())?;
+        if l.cluster != self.cfg.cluster {
+            return Err(format!(
+                "layout of cluster {:?}, this is {:?}",
+                l.cluster, self.cfg.cluster
+            ));
+        }
+        let mut cur = self.layout.write().expect("lock");
+        if l.version <= cur.version {
+            return Ok(false);
+        }
+        self.state
+            .save_layout(&l)
+            .map_err(|e| format!("cannot persist the layout: {e}"))?;
+        tracing::info!(
+            version = l.version,
+            nodes = l.nodes.len(),
+            moving = l.moving(),
+            "layout installed"
+        );
+        for n in &l.nodes {
+            if n.addr != self.addr {
+                let p = self.peer(&n.addr);
+                *p.name.write().expect("lock") = n.name.clone();
+            }
+        }
+        *cur = Arc::new(l);
+        drop(cur);
+        self.acked.notify_waiters();
+        self.spawn_streams();
+        Ok(true)
+    }
+
+    /// Ask the node at `addr` for its layout and install it if newer.
+    pub async fn fetch_layout(self: &Arc<Self>, addr: &str) -> Result<bool, String> {
+        let r = self.call(addr, json!({"method": "layout"})).await?;
+        let l: Layout = serde_json::from_value(r["layout"].clone()).map_err(|e| e.to_string())?;
+        self.install(l)
+    }
+
+    /// Send a control request to a node.
+    pub async fn call(&self, addr: &str, req: Json) -> Result<Json, String> {
+        let peer = self.peer(addr);
+        call_client(&peer.client, &req, self.request_timeout()).await
+    }
+
+    /// Agree on `change` applied to the newest layout, retrying on conflicts.
+    pub async fn propose(self: &Arc<Self>, change: Change) -> Result<Arc<Layout>, String> {
+        for attempt in 0..12u32 {
+            let cur = self.layout();
+            let next = cur.apply(&change).map_err(|e| e.to_string())?;
+            let voters = paxos::voters(&cur);
+            let addrs: Vec<String> = if voters.is_empty() {
+                vec![self.addr.clone()]
+            } else {
+                voters
+                    .iter()
+                    .filter_map(|v| cur.nodes.iter().find(|n| &n.name == v))
+                    .map(|n| n.addr.clone())
+                    .collect()
+            };
+            let majority = addrs.len() / 2 + 1;
+            let round = self.acceptor.lock().await.max_round + 1 + u64::from(attempt);
+            let ballot = Ballot {
+                round,
+                node: self.me.clone(),
+            };
+            let v = next.version;
+            // Phase 1.
+            let prep = json!({"method": "prepare", "version": v, "ballot": ballot});
+            let replies = self.ask_all(&addrs, prep).await;
+            let mut promises: Vec<Promise> = Vec::new();
+            let mut behind = None;
+            for (addr, r) in &replies {
+                let Ok(r) = r else { continue };
+                let Ok(p) = serde_json::from_value::<Promise>(r["promise"].clone()) else {
+                    continue;
+                };
+                if p.committed > cur.version {
+                    behind = Some(addr.clone());
+                }
+                {
+                    let mut a = self.acceptor.lock().await;
+                    a.max_round = a.max_round.max(p.max_round);
+                }
+                if p.ok {
+                    promises.push(p);
+                }
+            }
+            if let Some(addr) = behind {
+                let _ = self.fetch_layout(&addr).await;
+                continue;
+            }
+            if promises.len() < majority {
+                tokio::time::sleep(Duration::from_millis(20 + 30 * u64::from(attempt))).await;
+                if attempt >= 6 && replies.iter().filter(|(_, r)| r.is_ok()).count() < majority {
+                    return Err(format!(
+                        "no majority of the {} voting nodes answers; the layout cannot change now",
+                        addrs.len()
+                    ));
+                }
+                continue;
+            }
+            let adopted = paxos::adopt(&promises);
+            let (value, ours) = match adopted {
+                Some(l) if l != next => (l, false),
+                _ => (next, true),
+            };
+            // Phase 2.
+            let acc = json!({"method": "accept", "version": v, "ballot": ballot,
+                             "layout": serde_json::to_value(&value).expect("layout")});
+            let replies = self.ask_all(&addrs, acc).await;
+            let accepted = replies
+                .iter()
+                .filter(|(_, r)| r.as_ref().is_ok_and(|r| r["accepted"] == json!(true)))
+                .count();
+            if accepted < majority {
+                tokio::time::sleep(Duration::from_millis(20 + 30 * u64::from(attempt))).await;
+                continue;
+            }
+            // Decided: install here, then tell everyone (laggards also catch up by heartbeat).
+            self.install(value.clone())?;
+            let mut everyone: Vec<String> = value.nodes.iter().map(|n| n.addr.clone()).collect();
+            everyone.extend(addrs);
+            everyone.sort();
+            everyone.dedup();
+            everyone.retain(|a| *a != self.addr);
+            let commit = json!({"method": "commit", "layout": serde_json::to_value(&value).expect("layout")});
+            let _ = self.ask_all(&everyone, commit).await;
+            if ours {
+                return Ok(self.layout());
+            }
+            // Someone else's value won this version: try ours on the next one.
+        }
+        Err("the layout kept changing under this request; try again".into())
+    }
+
+    /// Send a request to several nodes at once (this node answers itself directly).
+    async fn ask_all(
+        self: &Arc<Self>,
+        addrs: &[String],
+        req: Json,
+    ) -> Vec<(String, Result<Json, String>)> {
+        let mut set = tokio::task::JoinSet::new();
+        for a in addrs {
+            let me = self.clone();
+            let a = a.clone();
+            let req = req.clone();
+            set.spawn(async move {
+                let r = if a == me.addr {
+                    Ok(me.paxos_local(&req).await)
+                } else {
+                    me.call(&a, req).await
+                };
+                (a, r)
+            });
+        }
+        let mut out = Vec::new();
+        while let Some(r) = set.join_next().await {
+            if let Ok(r) = r {
+                out.push(r);
+            }
+        }
+        out
+    }
+
+    fn this_node(&self) -> Node {
+        let mut n = Node::joining(&self.me, &self.addr);
+        n.memcached = self.memcached.clone();
+        n.zone = self.cfg.zone.clone();
+        n.capacity = self.cfg.capacity;
+        n
+    }
+
+    /// Join through the configured addresses; a node that lists itself starts the cluster
+    /// when nobody else answers. Retries until it succeeds or the node stops.
+    pub async fn join(self: &Arc<Self>) {
+        let seeds: Vec<String> = self.cfg.join.clone();
+        let mut delay = Duration::from_millis(100);
+        while !self.stopping() {
+            for s in &seeds {
+                if *s == self.addr {
+                    continue;
+                }
+                if self.fetch_layout(s).await.is_ok() {
+                    break;
+                }
+            }
+            if self.gateway() {
+                if !self.layout().nodes.is_empty() {
+                    return;
+                }
+            } else {
+                let l = self.layout();
+                match l.nodes.iter().find(|n| n.name == self.me) {
+                    Some(n) if n.addr == self.addr && n.memcached == self.memcached => return,
+                    _ => {}
+                }
+                let change = Change::Join {
+                    node: self.this_node(),
+                };
+                let alone = l.nodes.is_empty() || paxos::voters(&l).iter().all(|v| *v == self.me);
+                let r = if alone && (seeds.contains(&self.addr) || !l.nodes.is_empty()) {
+                    self.propose(change).await
+                } else {
+                    // Ask a node of the cluster to run the proposal.
+                    let mut last = Err("no node to join through answered".to_string());
+                    for s in seeds.iter().filter(|s| **s != self.addr) {
+                        let req = json!({"method": "change", "change": serde_json::to_value(&change).expect("change")});
+                        match self.call(s, req).await {
+                            Ok(r) if r["ok"] == json!(true) => {
+                                let _ = self.fetch_layout(s).await;
+                                last = Ok(self.layout());
+                                break;
+                            }
+                            Ok(r) => {
+                                last = Err(r["error"].as_str().unwrap_or("refused").to_string())
+                            }
+                            Err(e) => last = Err(e),
+                        }
+                    }
+                    last
+                };
+                match r {
+                    Ok(l) => {
+                        tracing::info!(version = l.version, node = %self.me, "joined the cluster");
+                        return;
+                    }
+                    Err(e) if e.starts_with("nothing to change") => return,
+                    Err(e) => tracing::warn!(error = %e, "joining failed; retrying"),
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Start a replication stream to every peer of the layout that has none yet.
+    fn spawn_streams(self: &Arc<Self>) {
+        if self.gateway() {
+            return;
+        }
+        let l = self.layout();
+        for n in &l.nodes {
+            if n.addr == self.addr {
+                continue;
+            }
+            let p = self.peer(&n.addr);
+            if !p.streaming.swap(true, SeqCst) {
+                tokio::spawn(replicate::stream(self.clone(), p));
+            }
+        }
+    }
+
+    /// Heartbeats, layout catch-up, transfers and auto-complete, until the node stops.
+    pub async fn run(self: Arc<Self>) {
+        self.spawn_streams();
+        let hb = Duration::from_millis(self.cfg.heartbeat_ms);
+        let timeout = Duration::from_millis(self.cfg.failure_timeout_ms);
+        let mut transfer: Option<(u64, tokio::task::JoinHandle<Result<usize, String>>)> = None;
+        while !self.stopping() {
+            let l = self.layout();
+            // Heartbeats.
+            let mut set = tokio::task::JoinSet::new();
+            let targets: Vec<String> = l
+                .nodes
+                .iter()
+                .map(|n| n.addr.clone())
+                .filter(|a| *a != self.addr)
+                .collect();
+            for addr in targets {
+                let me = self.clone();
+                let req = json!({"method": "ping", "from": self.me, "addr": self.addr, "version": l.version});
+                set.spawn(async move {
+                    let p = me.peer(&addr);
+                    let r =
+                        tokio::time::timeout(timeout, call_client(&p.client, &req, timeout)).await;
+                    (p, r.unwrap_or_else(|_| Err("timeout".into())))
+                });
+            }
+            while let Some(Ok((p, r))) = set.join_next().await {
+                match r {
+                    Ok(r) => {
+                        *p.last_ok.lock().expect("lock") = Some(Instant::now());
+                        if !p.up.swap(true, SeqCst) {
+                            tracing::info!(peer = %p.addr, "peer is up");
+                        }
+                        if r["version"].as_u64().unwrap_or(0) > l.version {
+                            let me = self.clone();
+                            let addr = p.addr.clone();
+                            tokio::spawn(async move { me.fetch_layout(&addr).await });
+                        }
+                        *p.status.lock().expect("lock") = r;
+                    }
+                    Err(_) => {
+                        let last = *p.last_ok.lock().expect("lock");
+                        let dead = last.is_none_or(|t| t.elapsed() > timeout);
+                        if dead && p.up.swap(false, SeqCst) {
+                            tracing::warn!(peer = %p.addr, "peer is down");
+                        }
+                    }
+                }
+            }
+            // Transfers of the movement in progress.
+            if l.moving() && !self.gateway() {
+                let fin = self.transfers_finished.load(SeqCst);
+                let running = transfer
+                    .as_ref()
+                    .is_some_and(|(v, h)| *v == l.version && !h.is_finished());
+                if fin < l.version && !running {
+                    if let Some((v, h)) = transfer.take()
+                        && v == l.version
+                        && h.is_finished()
+                    {
+                        match h.await {
+                            Ok(Ok(n)) => {
+                                tracing::info!(version = v, records = n, "transfers done");
+                                self.transfers_finished.store(v, SeqCst);
+                            }
+                            Ok(Err(e)) => tracing::warn!(error = %e, "transfers interrupted"),
+                            Err(e) => tracing::warn!(error = %e, "transfer task failed"),
+                        }
+                    } else {
+                        let me = self.clone();
+                        let l2 = l.clone();
+                        transfer = Some((l.version, tokio::spawn(replicate::transfer(me, l2))));
+                    }
+                }
+                if self.cfg.auto_complete {
+                    self.maybe_complete(&l).await;
+                }
+            }
+            tokio::time::sleep(hb).await;
+        }
+    }
+
+    /// The lowest-named live voter completes a movement once every live node finished its
+    /// transfers for this version (CHMPX's automatic COMPMERGE).
+    async fn maybe_complete(self: &Arc<Self>, l: &Layout) {
+        let voters = paxos::voters(l);
+        let leader = voters
+            .iter()
+            .filter(|v| {
+                l.nodes
+                    .iter()
+                    .find(|n| &&n.name == v)
+                    .is_some_and(|n| self.peer_up(&n.addr))
+            })
+            .min();
+        if leader != Some(&self.me) {
+            return;
+        }
+        for n in &l.nodes {
+            let fin = if n.addr == self.addr {
+                self.transfers_finished.load(SeqCst)
+            } else {
+                let p = self.peer(&n.addr);
+                if !p.up() {
+                    continue;
+                }
+                let st = p.status.lock().expect("lock").clone();
+                st["transfers"]["finished_version"].as_u64().unwrap_or(0)
+            };
+            if fin < l.version {
+                return;
+            }
+        }
+        match self.propose(Change::Complete).await {
+            Ok(nl) => tracing::info!(version = nl.version, "data movement complete"),
+            Err(e) => tracing::debug!(error = %e, "completing the movement failed"),
+        }
+    }
+
+    /// Apply a replication batch from a peer.
+    pub fn import(&self, value: &[u8]) -> Result<usize, String> {
+        let changes = replicate::decode_batch(value)?;
+        let n = self
+            .store
+            .import_changes(changes, false)
+            .map_err(|e| e.to_string())?;
+        self.stats.imported.fetch_add(n as u64, Relaxed);
+        Ok(n)
+    }
+}
+
+/// Send a control request over a client and decode the JSON reply.
+pub async fn call_client(c: &Client, req: &Json, timeout: Duration) -> Result<Json, String> {
+    let body = serde_json::to_vec(req).expect("json");
+    let args = Args {
+        message: Some(&body),
+        ..Default::default()
+    };
+    let r = tokio::time::timeout(timeout, c.request(Op::Cluster, &args))
+        .await
+        .map_err(|_| "no answer in time".to_string())?
+        .map_err(|e| e.to_string())?;
+    if r.status() != Some(Status::Ok) {
+        return Err(r
+            .message
+            .unwrap_or_else(|| "cluster request refused".into()));
+    }
+    let j: Json =
+        serde_json::from_str(r.message.as_deref().unwrap_or("null")).map_err(|e| e.to_string())?;
+    if j["ok"] == json!(false) {
+        return Err(j["error"].as_str().unwrap_or("refused").to_string());
+    }
+    Ok(j)
+}

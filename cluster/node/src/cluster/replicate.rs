@@ -1,0 +1,403 @@
+//! Moving data between nodes: the replication stream to each peer, and the transfers of whole
+//! partitions when the layout moves data (attach, detach, remove).
+//!
+//! The stream: each node ships its own changes (not ones it imported) from its change feed to
+//! every peer that owns the changed keys, in feed order, in batches; the peer applies them with
+//! last-writer-wins on versions and acknowledges the feed position. A write waits until `W - 1`
+//! owners other than the node itself have acknowledged a position at or after its change (see
+//! `Cluster::wait_quorum`). A peer that is down keeps its position: when it returns, the stream
+//! resumes from there (only what changed meanwhile travels); if the feed no longer holds that
+//! position, the state newer than the last acknowledged version is sent instead.
+//!
+//! Batches carry a format version ([`BATCH_FORMAT`]); a receiver refuses other versions.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::time::Duration;
+
+use k2hdkc_layout::{Layout, NodeIdx, PARTITIONS, partition_of};
+use k2hdkc_proto::native::{Args, Op, Status};
+use k2hdkc_storage::{
+    Change, ChangeFilter, ChangeKind, Error as StoreError, Op as StateOp, Version,
+};
+
+use super::{Cluster, Peer};
+
+/// Format version of a replication batch.
+pub const BATCH_FORMAT: u8 = 1;
+/// Most changes per batch.
+const BATCH_CHANGES: usize = 1024;
+/// Most bytes per batch (a batch is one frame).
+const BATCH_BYTES: usize = 4 << 20;
+
+/// Encode changes as a replication batch.
+pub fn encode_batch(changes: &[Change]) -> Vec<u8> {
+    let mut out = vec![BATCH_FORMAT];
+    out.extend_from_slice(&(changes.len() as u32).to_be_bytes());
+    let mut one = Vec::new();
+    for c in changes {
+        one.clear();
+        c.encode(&mut one);
+        out.extend_from_slice(&(one.len() as u32).to_be_bytes());
+        out.extend_from_slice(&one);
+    }
+    out
+}
+
+/// Decode a replication batch.
+pub fn decode_batch(mut b: &[u8]) -> Result<Vec<Change>, String> {
+    let Some((&format, rest)) = b.split_first() else {
+        return Err("empty replication batch".into());
+    };
+    if format != BATCH_FORMAT {
+        return Err(format!(
+            "replication batch format {format} is not supported (this node reads {BATCH_FORMAT})"
+        ));
+    }
+    b = rest;
+    let take = |b: &mut &[u8], n: usize| -> Result<Vec<u8>, String> {
+        if b.len() < n {
+            return Err("truncated replication batch".into());
+        }
+        let (h, t) = b.split_at(n);
+        *b = t;
+        Ok(h.to_vec())
+    };
+    let n = u32::from_be_bytes(take(&mut b, 4)?.try_into().expect("4 bytes")) as usize;
+    let mut out = Vec::with_capacity(n.min(BATCH_CHANGES * 4));
+    for _ in 0..n {
+        let len = u32::from_be_bytes(take(&mut b, 4)?.try_into().expect("4 bytes")) as usize;
+        let body = take(&mut b, len)?;
+        out.push(Change::decode(&body).map_err(|e| format!("bad change in batch: {e}"))?);
+    }
+    if !b.is_empty() {
+        return Err("trailing bytes after a replication batch".into());
+    }
+    Ok(out)
+}
+
+/// The part of `c` that `peer` should receive under `layout`: ops on keys whose partition it
+/// owns (now or before a movement). Removals of purged tombstones stay local: every node
+/// purges on its own schedule.
+fn for_peer(c: &Change, layout: &Layout, peer: NodeIdx) -> Option<Change> {
+    if c.kind == ChangeKind::Import {
+        return None;
+    }
+    let ops: Vec<StateOp> = c
+        .ops
+        .iter()
+        .filter(|op| !matches!(op, StateOp::Remove(_)))
+        .filter(|op| {
+            layout
+                .owners_of_partition(partition_of(op.key()))
+                .write_set()
+                .contains(&peer)
+        })
+        .cloned()
+        .collect();
+    if ops.is_empty() {
+        return None;
+    }
+    Some(Change {
+        seq: c.seq,
+        version: c.version,
+        kind: c.kind,
+        ops,
+    })
+}
+
+/// Send one batch to a peer; returns when the peer applied it.
+async fn send(
+    cluster: &Cluster,
+    peer: &Peer,
+    changes: &[Change],
+    position: u64,
+) -> Result<(), String> {
+    let value = encode_batch(changes);
+    let args = Args {
+        value: Some(&value),
+        count: Some(position),
+        ..Default::default()
+    };
+    let r = tokio::time::timeout(
+        cluster.request_timeout(),
+        peer.client.request(Op::Replicate, &args),
+    )
+    .await
+    .map_err(|_| "replication timed out".to_string())?
+    .map_err(|e| e.to_string())?;
+    match r.status() {
+        Some(Status::Ok) => {
+            cluster
+                .stats
+                .replicated
+                .fetch_add(changes.len() as u64, Relaxed);
+            cluster
+                .stats
+                .replicated_bytes
+                .fetch_add(value.len() as u64, Relaxed);
+            Ok(())
+        }
+        _ => Err(r.message.unwrap_or_else(|| "replication refused".into())),
+    }
+}
+
+/// The replication stream to one peer; runs until the cluster stops or the peer leaves the
+/// layout.
+pub async fn stream(cluster: Arc<Cluster>, peer: Arc<Peer>) {
+    let store = cluster.store.clone();
+    let mut from = peer.acked.load(SeqCst) + 1;
+    let mut backoff = Duration::from_millis(50);
+    while !cluster.stopping() {
+        let layout = cluster.layout();
+        let Some(me_in_layout) = layout
+            .nodes
+            .iter()
+            .position(|n| n.addr == peer.addr)
+            .map(|i| i as NodeIdx)
+        else {
+            // Not (or no longer) a node of the layout: nothing to send.
+            peer.acked.store(store.last_seq(), SeqCst);
+            from = peer.acked.load(SeqCst) + 1;
+            cluster.acked.notify_waiters();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let batch = match store.feed_read(from, &ChangeFilter::default(), BATCH_CHANGES) {
+            Ok(b) => b,
+            Err(StoreError::FeedTruncated { .. }) => {
+                // The feed moved past this peer's position while it was away: send the state
+                // newer than what it acknowledged, then go on from the end of the feed.
+                let resume = store.last_seq() + 1;
+                match resync(&cluster, &peer, &layout, me_in_layout).await {
+                    Ok(()) => {
+                        peer.acked.store(resume - 1, SeqCst);
+                        from = resume;
+                        cluster.acked.notify_waiters();
+                    }
+                    Err(e) => {
+                        tracing::debug!(peer = %peer.addr, error = %e, "resync failed");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                    }
+                }
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "change feed read failed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        if batch.next_seq <= from {
+            // Nothing new: wait for the next change (the wait blocks, so off the runtime).
+            let s = store.clone();
+            let _ =
+                tokio::task::spawn_blocking(move || s.feed_wait(from, Duration::from_millis(100)))
+                    .await;
+            continue;
+        }
+        let mut out: Vec<Change> = Vec::new();
+        let mut bytes = 0usize;
+        let mut max_version = Version::ZERO;
+        for c in &batch.changes {
+            if let Some(c) = for_peer(c, &layout, me_in_layout) {
+                bytes += c.weight();
+                max_version = max_version.max(c.version);
+                out.push(c);
+                if bytes > BATCH_BYTES {
+                    break;
+                }
+            }
+        }
+        // When the byte cap cut the batch, resume after the last change taken.
+        let next = if bytes > BATCH_BYTES {
+            out.last().map_or(batch.next_seq, |c| c.seq + 1)
+        } else {
+            batch.next_seq
+        };
+        if out.is_empty() {
+            peer.acked.store(next - 1, SeqCst);
+            from = next;
+            cluster.acked.notify_waiters();
+            continue;
+        }
+        if !peer.up() {
+            // Hinted handoff: keep the position and wait for the peer to return.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        match send(&cluster, &peer, &out, next - 1).await {
+            Ok(()) => {
+                peer.acked.store(next - 1, SeqCst);
+                peer.acked_version.store(max_version.ts, SeqCst);
+                from = next;
+                backoff = Duration::from_millis(50);
+                cluster.acked.notify_waiters();
+            }
+            Err(e) => {
+                tracing::debug!(peer = %peer.addr, error = %e, "replication batch failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// Send `peer` every record and queue item of its partitions newer than what it acknowledged.
+async fn resync(
+    cluster: &Cluster,
+    peer: &Peer,
+    layout: &Layout,
+    idx: NodeIdx,
+) -> Result<(), String> {
+    let since = Version {
+        ts: peer.acked_version.load(SeqCst),
+        node: 0,
+    };
+    let store = cluster.store.clone();
+    let changes = tokio::task::spawn_blocking(move || {
+        store.changes_since_version(since, &ChangeFilter::default())
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let mine: Vec<Change> = changes
+        .iter()
+        .filter_map(|c| {
+            // Resync sends state, including what this node imported.
+            let c = Change {
+                kind: ChangeKind::Set,
+                ..c.clone()
+            };
+            for_peer(&c, layout, idx).map(|mut c| {
+                c.kind = ChangeKind::Import;
+                c
+            })
+        })
+        .collect();
+    send_all(cluster, peer, &mine).await
+}
+
+/// Send changes in batches.
+pub async fn send_all(cluster: &Cluster, peer: &Peer, changes: &[Change]) -> Result<(), String> {
+    let mut start = 0;
+    while start < changes.len() {
+        let mut end = start;
+        let mut bytes = 0;
+        while end < changes.len() && end - start < BATCH_CHANGES && bytes < BATCH_BYTES {
+            bytes += changes[end].weight();
+            end += 1;
+        }
+        send(cluster, peer, &changes[start..end], 0).await?;
+        start = end;
+    }
+    Ok(())
+}
+
+/// Transfers for the movement of layout `l` that this node is the source of: for every
+/// partition whose owners changed, the first live previous owner sends the partition's state to
+/// each new owner. Returns when all are done (or the layout changed, or the cluster stops).
+pub async fn transfer(cluster: Arc<Cluster>, l: Arc<Layout>) -> Result<usize, String> {
+    let Some(prev) = l.previous.as_ref() else {
+        return Ok(0);
+    };
+    let Some(me) = l.index_of(&cluster.me) else {
+        return Ok(0);
+    };
+    // (partition, target) pairs this node must send.
+    let mut jobs: Vec<(usize, NodeIdx)> = Vec::new();
+    for (p, before) in prev.iter().enumerate() {
+        let source = before
+            .iter()
+            .copied()
+            .find(|&o| o == me || cluster.peer_up(&l.node(o).addr));
+        if source != Some(me) {
+            continue;
+        }
+        for &t in &l.assignment[p] {
+            if !before.contains(&t) {
+                jobs.push((p, t));
+            }
+        }
+    }
+    cluster.transfer_total.store(jobs.len() as u64, SeqCst);
+    cluster.transfer_done.store(0, SeqCst);
+    if jobs.is_empty() {
+        return Ok(0);
+    }
+    let store = cluster.store.clone();
+    let state = tokio::task::spawn_blocking(move || {
+        store.changes_since_version(Version::ZERO, &ChangeFilter::default())
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    // Bucket the state by partition once.
+    let mut by_partition: Vec<Vec<Change>> = vec![Vec::new(); PARTITIONS];
+    for c in state {
+        if let Some(op) = c.ops.first() {
+            by_partition[partition_of(op.key())].push(Change {
+                kind: ChangeKind::Import,
+                ..c
+            });
+        }
+    }
+    let mut sent = 0usize;
+    let mut by_target: std::collections::BTreeMap<NodeIdx, Vec<usize>> = Default::default();
+    for (p, t) in jobs {
+        by_target.entry(t).or_default().push(p);
+    }
+    for (t, parts) in by_target {
+        let addr = l.node(t).addr.clone();
+        let peer = cluster.peer(&addr);
+        for p in parts {
+            loop {
+                if cluster.stopping() || cluster.layout().version != l.version {
+                    return Err("layout changed during the transfer".into());
+                }
+                match send_all(&cluster, &peer, &by_partition[p]).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::debug!(partition = p, target = %addr, error = %e, "transfer retry");
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                }
+            }
+            sent += by_partition[p].len();
+            cluster.transfer_done.fetch_add(1, SeqCst);
+        }
+    }
+    Ok(sent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k2hdkc_storage::{Store, StoreConfig};
+
+    #[test]
+    fn batches_round_trip_and_refuse_garbage() {
+        let s = Store::open(StoreConfig::memory()).unwrap();
+        s.set(
+            b"a",
+            b"1",
+            k2hdkc_storage::SetMode::Set,
+            &Default::default(),
+        )
+        .unwrap();
+        s.delete(b"a", None).unwrap();
+        let changes = s.changes_since_version(Version::ZERO, &ChangeFilter::default());
+        assert!(!changes.is_empty());
+        let b = encode_batch(&changes);
+        assert_eq!(decode_batch(&b).unwrap(), changes);
+        assert!(decode_batch(&[]).is_err());
+        assert!(
+            decode_batch(&[9, 0, 0, 0, 0])
+                .unwrap_err()
+                .contains("format 9")
+        );
+        assert!(decode_batch(&b[..b.len() - 1]).is_err());
+        let mut longer = b.clone();
+        longer.push(0);
+        assert!(decode_batch(&longer).is_err());
+    }
+}

@@ -1,0 +1,389 @@
+//! Replies that depend on other nodes: the glue between the protocol front-ends and
+//! [`crate::cluster`].
+//!
+//! The front-ends stay synchronous: while parsing a batch they write every local reply into
+//! the output buffer at once and leave a [`Deferred`] for each reply that needs a peer (a
+//! request forwarded to its key's primary, the replication quorum of a local write, a cluster
+//! control request). [`resolve`] then runs all of them concurrently and splices their results
+//! into the buffer at their positions, so replies keep request order and pipelining still
+//! works across nodes.
+//!
+//! Invariants: every deferred item owns a distinct position or range of the buffer; a range is
+//! either kept as it is or replaced whole by the request's error reply; nothing is written for
+//! a request twice.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use k2hdkc_proto::memcached::binary;
+use k2hdkc_proto::native::{self as wire, Args, Op, Status, Tag};
+use serde_json::Value as Json;
+
+use crate::cluster::{Cluster, Peer, Route};
+use crate::server::Shared;
+
+/// Protocol of a forwarded request.
+pub const MODE_TEXT: u8 = 0;
+/// Binary memcached.
+pub const MODE_BINARY: u8 = 1;
+/// Native.
+pub const MODE_NATIVE: u8 = 2;
+
+/// A reply that needs a peer.
+pub(crate) enum Deferred {
+    /// Keep `out[at..at + len]` (the reply of a local write) if the changes up to `seq` reach
+    /// the write quorum of `partitions`, else put `error` there.
+    Quorum {
+        at: usize,
+        len: usize,
+        seq: u64,
+        partitions: Vec<usize>,
+        error: Vec<u8>,
+    },
+    /// Insert at `at` the reply of `bytes` run by `peer` (`error` if that fails). A text
+    /// retrieval piece drops the peer's trailing `END\r\n` (`strip_end`).
+    Forward {
+        at: usize,
+        peer: Arc<Peer>,
+        partition: usize,
+        mode: u8,
+        bytes: Vec<u8>,
+        strip_end: bool,
+        error: Vec<u8>,
+    },
+    /// Insert at `at` the native reply (request id `id`) of a cluster control request.
+    Control { at: usize, id: u32, request: Json },
+    /// Insert at `at` the native reply (request id `id`) of a forwarded request this node ran:
+    /// `inner` is its reply with its own pending items.
+    Nested {
+        at: usize,
+        id: u32,
+        inner: Vec<u8>,
+        pending: Vec<Deferred>,
+    },
+    /// Send `bytes` to every other node and ignore the replies (flush_all).
+    Broadcast { mode: u8, bytes: Vec<u8> },
+}
+
+impl Deferred {
+    fn at(&self) -> usize {
+        match self {
+            Deferred::Quorum { at, .. }
+            | Deferred::Forward { at, .. }
+            | Deferred::Control { at, .. }
+            | Deferred::Nested { at, .. } => *at,
+            Deferred::Broadcast { .. } => usize::MAX,
+        }
+    }
+}
+
+/// The error reply of a request, in its protocol.
+pub(crate) fn error_reply(mode: u8, raw: &[u8], msg: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    match mode {
+        MODE_BINARY => {
+            let h = binary::Header::decode(raw);
+            let (op, opaque) = h.map_or((0, 0), |h| (h.opcode, h.opaque));
+            binary::write_error(&mut out, op, binary::Status::TemporaryFailure, opaque);
+        }
+        MODE_NATIVE => {
+            let id = wire::Header::parse(raw).map_or(0, |h| h.id);
+            wire::write_error(&mut out, Status::Unavailable, id, msg);
+        }
+        _ => {
+            out.extend_from_slice(b"SERVER_ERROR ");
+            out.extend_from_slice(msg.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out
+}
+
+/// Run `bytes` on `peer` and return its reply bytes.
+pub(crate) async fn forward(
+    cluster: &Cluster,
+    peer: &Peer,
+    mode: u8,
+    bytes: &[u8],
+) -> Result<Vec<u8>, String> {
+    cluster.stats.forwarded.fetch_add(1, Relaxed);
+    let args = Args {
+        value: Some(bytes),
+        mode: Some(mode),
+        ..Default::default()
+    };
+    let r = tokio::time::timeout(
+        cluster.request_timeout(),
+        peer.client.request(Op::Forward, &args),
+    )
+    .await
+    .map_err(|_| format!("{} did not answer in time", peer.addr))
+    .and_then(|r| r.map_err(|e| e.to_string()));
+    match r {
+        Ok(r) if r.status() == Some(Status::Ok) => {
+            Ok(r.values.into_iter().next().unwrap_or_default())
+        }
+        Ok(r) => {
+            cluster.stats.forward_errors.fetch_add(1, Relaxed);
+            Err(r.message.unwrap_or_else(|| "forwarding refused".into()))
+        }
+        Err(e) => {
+            cluster.stats.forward_errors.fetch_add(1, Relaxed);
+            Err(e)
+        }
+    }
+}
+
+/// Forward several requests to one peer in one pipeline (so they run in request order);
+/// returns each request's reply bytes (its error reply where it failed).
+async fn forward_all(
+    cluster: &Cluster,
+    peer: &Peer,
+    pieces: Vec<Piece>,
+) -> Vec<(usize, Result<Vec<u8>, Piece>)> {
+    cluster
+        .stats
+        .forwarded
+        .fetch_add(pieces.len() as u64, Relaxed);
+    let mut p = peer.client.pipeline();
+    for piece in &pieces {
+        p.push(
+            Op::Forward,
+            &Args {
+                value: Some(&piece.bytes),
+                mode: Some(piece.mode),
+                ..Default::default()
+            },
+        );
+    }
+    let replies = match tokio::time::timeout(cluster.request_timeout(), p.run()).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(k2hdkc_client::ClientError::Connect { .. })) => {
+            peer.suspect();
+            return pieces.into_iter().map(|p| (p.k, Err(p))).collect();
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %peer.addr, error = %e, "forward failed");
+            Vec::new()
+        }
+        Err(_) => {
+            tracing::debug!(peer = %peer.addr, "forward timed out");
+            Vec::new()
+        }
+    };
+    let mut replies = replies.into_iter();
+    pieces
+        .into_iter()
+        .map(|piece| {
+            let r = match replies.next() {
+                Some(Ok(r)) if r.status() == Some(Status::Ok) => {
+                    let mut v = r.values.into_iter().next().unwrap_or_default();
+                    if piece.strip_end && v.ends_with(b"END\r\n") {
+                        v.truncate(v.len() - 5);
+                    }
+                    v
+                }
+                _ => {
+                    cluster.stats.forward_errors.fetch_add(1, Relaxed);
+                    piece.error
+                }
+            };
+            (piece.k, Ok(r))
+        })
+        .collect()
+}
+
+/// One request forwarded to a peer.
+pub(crate) struct Piece {
+    k: usize,
+    partition: usize,
+    mode: u8,
+    bytes: Vec<u8>,
+    strip_end: bool,
+    error: Vec<u8>,
+}
+
+type Boxed<'a> = Pin<Box<dyn Future<Output = Vec<u8>> + Send + 'a>>;
+
+/// Run every deferred item and splice the results into `out`.
+pub(crate) fn resolve<'a>(
+    shared: &'a Arc<Shared>,
+    out: Vec<u8>,
+    mut pending: Vec<Deferred>,
+) -> Boxed<'a> {
+    Box::pin(async move {
+        let Some(cluster) = shared.cluster.clone() else {
+            return out;
+        };
+        pending.sort_by_key(Deferred::at);
+        let mut set = tokio::task::JoinSet::new();
+        let mut edits: Vec<(usize, usize, Option<Vec<u8>>)> = Vec::new();
+        let mut forwards: std::collections::BTreeMap<String, (Arc<Peer>, Vec<Piece>)> =
+            Default::default();
+        for (k, d) in pending.into_iter().enumerate() {
+            let c = cluster.clone();
+            let sh = shared.clone();
+            match d {
+                Deferred::Quorum {
+                    at,
+                    len,
+                    seq,
+                    partitions,
+                    error,
+                } => {
+                    edits.push((at, len, None));
+                    set.spawn(async move {
+                        match c.wait_quorum(seq, &partitions).await {
+                            Ok(()) => (k, None),
+                            Err(e) => {
+                                tracing::debug!(error = %e, "write quorum failed");
+                                (k, Some(error))
+                            }
+                        }
+                    });
+                }
+                Deferred::Forward {
+                    at,
+                    peer,
+                    partition,
+                    mode,
+                    bytes,
+                    strip_end,
+                    error,
+                } => {
+                    // Grouped per peer below: one pipeline keeps their order.
+                    edits.push((at, 0, None));
+                    let e = forwards
+                        .entry(peer.addr.clone())
+                        .or_insert_with(|| (peer, Vec::new()));
+                    e.1.push(Piece {
+                        k,
+                        partition,
+                        mode,
+                        bytes,
+                        strip_end,
+                        error,
+                    });
+                }
+                Deferred::Control { at, id, request } => {
+                    edits.push((at, 0, None));
+                    set.spawn(async move {
+                        let j = c.control(&request).await;
+                        let mut o = Vec::new();
+                        let s = wire::begin_response(&mut o, Status::Ok, id);
+                        wire::put(&mut o, Tag::Message, j.to_string().as_bytes());
+                        wire::finish_response(&mut o, s);
+                        (k, Some(o))
+                    });
+                }
+                Deferred::Nested {
+                    at,
+                    id,
+                    inner,
+                    pending,
+                } => {
+                    edits.push((at, 0, None));
+                    set.spawn(async move {
+                        let inner = resolve(&sh, inner, pending).await;
+                        let mut o = Vec::new();
+                        let s = wire::begin_response(&mut o, Status::Ok, id);
+                        wire::put(&mut o, Tag::Value, &inner);
+                        wire::finish_response(&mut o, s);
+                        (k, Some(o))
+                    });
+                }
+                Deferred::Broadcast { mode, bytes } => {
+                    edits.push((usize::MAX, 0, None));
+                    let l = c.layout();
+                    let addrs: Vec<String> = l
+                        .nodes
+                        .iter()
+                        .map(|n| n.addr.clone())
+                        .filter(|a| *a != c.addr)
+                        .collect();
+                    set.spawn(async move {
+                        for a in addrs {
+                            let p = c.peer(&a);
+                            if let Err(e) = forward(&c, &p, mode, &bytes).await {
+                                tracing::warn!(peer = %a, error = %e, "broadcast failed");
+                            }
+                        }
+                        (k, None)
+                    });
+                }
+            }
+        }
+        let mut piped = tokio::task::JoinSet::new();
+        for (_, (peer, pieces)) in forwards {
+            let c = cluster.clone();
+            piped.spawn(async move { forward_all(&c, &peer, pieces).await });
+        }
+        while let Some(r) = set.join_next().await {
+            if let Ok((k, r)) = r {
+                edits[k].2 = r;
+            }
+        }
+        let mut retries = Vec::new();
+        while let Some(r) = piped.join_next().await {
+            if let Ok(results) = r {
+                for (k, r) in results {
+                    match r {
+                        Ok(bytes) => edits[k].2 = Some(bytes),
+                        Err(piece) => retries.push(piece),
+                    }
+                }
+            }
+        }
+        // The peer refused the connection, so it ran none of them: route them again (the
+        // next owner, or here) once.
+        for piece in retries {
+            let k = piece.k;
+            let l = cluster.layout();
+            let r = match cluster.route_partition(&l, piece.partition) {
+                Route::Local => {
+                    let m = match piece.mode {
+                        MODE_TEXT => crate::memcached::Mode::Text,
+                        MODE_BINARY => crate::memcached::Mode::Binary,
+                        _ => crate::memcached::Mode::Native,
+                    };
+                    let limits = crate::memcached::limits_of(shared);
+                    let mut o = Vec::new();
+                    let b =
+                        crate::memcached::process(shared, m, &limits, &piece.bytes, &mut o, true);
+                    let mut o = resolve(shared, o, b.deferred).await;
+                    if piece.strip_end && o.ends_with(b"END\r\n") {
+                        o.truncate(o.len() - 5);
+                    }
+                    o
+                }
+                Route::Remote(p2) => {
+                    let err = piece.error.clone();
+                    forward_all(&cluster, &p2, vec![piece])
+                        .await
+                        .pop()
+                        .and_then(|(_, r)| r.ok())
+                        .unwrap_or(err)
+                }
+                Route::Unavailable(_) => piece.error,
+            };
+            edits[k].2 = Some(r);
+        }
+        let mut res = Vec::with_capacity(out.len() + 256);
+        let mut pos = 0;
+        for (at, len, insert) in edits {
+            if at == usize::MAX {
+                continue;
+            }
+            res.extend_from_slice(&out[pos..at]);
+            match insert {
+                Some(bytes) => res.extend_from_slice(&bytes),
+                None => res.extend_from_slice(&out[at..at + len]),
+            }
+            pos = at + len;
+        }
+        res.extend_from_slice(&out[pos..]);
+        res
+    })
+}
