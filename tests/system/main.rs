@@ -1,5 +1,6 @@
 //! System tests across processes, with real binaries on 127.0.0.1.
 
+mod cluster;
 mod differential;
 mod memcapable;
 mod python_clients;
