@@ -254,12 +254,12 @@ fn writes_survive_kill_attach_and_detach() {
                         }
                     },
                 };
-                let (key, value) = if i % 5 == 0 {
+                let (key, value) = if i.is_multiple_of(5) {
                     (format!("hot{}", i % 7), format!("v{i}"))
                 } else {
                     (format!("key{i}"), format!("value-{i}"))
                 };
-                let r = if i % 3 == 0 {
+                let r = if i.is_multiple_of(3) {
                     c.incr("counter").map(|r| (r, true))
                 } else {
                     c.set(&key, &value).map(|r| (r, false))
