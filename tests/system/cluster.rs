@@ -100,6 +100,8 @@ fn start_node(
         &memcached.to_string(),
         "--join",
         &seed.to_string(),
+        "--secret-file",
+        &dir.join("secret").to_string_lossy(),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -121,12 +123,17 @@ fn start_node(
     }
 }
 
+/// The cluster secret shared by nodes, gateway and tools in this test.
+static SECRET: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
 fn ctl(addr: SocketAddr, args: &[&str]) -> String {
     let out = Command::new(bin("k2hdkc"))
         .arg("ctl")
         .arg(addr.to_string())
         .args(args)
         .args(["--timeout", "20"])
+        .arg("--secret-file")
+        .arg(SECRET.get().expect("secret"))
         .output()
         .expect("run k2hdkc ctl");
     let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -176,6 +183,9 @@ struct Tally {
 #[test]
 fn writes_survive_kill_attach_and_detach() {
     let dir = tempfile::tempdir().expect("tempdir");
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, format!("test-secret-{}\n", fastrand::u64(..))).expect("secret");
+    SECRET.set(secret.clone()).expect("set once");
     let seed = free_addr();
     let mut nodes: Vec<Node> = Vec::new();
     nodes.push(start_node(dir.path(), "n1", seed, free_addr(), seed));
@@ -187,6 +197,18 @@ fn writes_survive_kill_attach_and_detach() {
         "three recognised nodes",
         Duration::from_secs(20),
         |s| s["nodes"].as_array().map_or(0, Vec::len) == 3,
+    );
+    // Without the cluster secret, control requests are refused.
+    let denied = Command::new(bin("k2hdkc"))
+        .args(["ctl", &seed.to_string(), "status"])
+        .env_remove("K2HDKC_SECRET_FILE")
+        .output()
+        .expect("run ctl");
+    assert!(!denied.status.success());
+    assert!(
+        String::from_utf8_lossy(&denied.stderr).contains("authentication failed"),
+        "{}",
+        String::from_utf8_lossy(&denied.stderr)
     );
     let out = ctl(
         seed,
@@ -225,6 +247,8 @@ fn writes_survive_kill_attach_and_detach() {
             gw_mc.to_string(),
             "--native-listen".into(),
             gw_native.to_string(),
+            "--secret-file".into(),
+            secret.to_string_lossy().to_string(),
         ],
         Some(&dir.path().join("gateway.log")),
     );

@@ -22,8 +22,38 @@ async fn client(addr: SocketAddr, timeout: Duration) -> anyhow::Result<Client> {
         .with_context(|| format!("cannot reach {addr}"))
 }
 
+/// The cluster credential of this command (set once from `--secret-file`).
+static TOKEN: std::sync::OnceLock<Option<Vec<u8>>> = std::sync::OnceLock::new();
+
+/// How tools prove they belong to the cluster.
+#[derive(Args, Clone)]
+pub struct AuthArgs {
+    /// File holding the cluster secret (as given to the servers' cluster.secret_file).
+    #[arg(long, env = "K2HDKC_SECRET_FILE", global = true)]
+    pub secret_file: Option<PathBuf>,
+    /// Cluster name (the credential is bound to it).
+    #[arg(long = "cluster", default_value = "k2hdkc", global = true)]
+    pub cluster_name: String,
+}
+
+impl AuthArgs {
+    fn install(&self) -> anyhow::Result<()> {
+        let cc = k2hdkc_node::config::ClusterConfig {
+            secret_file: self.secret_file.clone(),
+            cluster: self.cluster_name.clone(),
+            ..Default::default()
+        };
+        let t = cc.token().context("cluster secret")?;
+        let _ = TOKEN.set(t);
+        Ok(())
+    }
+}
+
 async fn call(c: &Client, req: Json, timeout: Duration) -> anyhow::Result<Json> {
-    call_client(c, &req, timeout).await.map_err(|e| anyhow!(e))
+    let token = TOKEN.get().and_then(|t| t.as_deref());
+    call_client(c, &req, token, timeout)
+        .await
+        .map_err(|e| anyhow!(e))
 }
 
 /// `k2hdkc ctl ADDR COMMAND`.
@@ -40,6 +70,9 @@ pub struct CtlArgs {
     /// Seconds to wait for each answer.
     #[arg(long, default_value_t = 10, global = true)]
     pub timeout: u64,
+    /// Credentials.
+    #[command(flatten)]
+    pub auth: AuthArgs,
 }
 
 /// `ctl` commands.
@@ -185,6 +218,7 @@ async fn wait_settled(c: &Client, timeout: Duration, limit: Duration) -> anyhow:
 
 /// Run `ctl`.
 pub async fn ctl(a: CtlArgs) -> anyhow::Result<()> {
+    a.auth.install()?;
     let t = Duration::from_secs(a.timeout.max(1));
     let c = client(a.addr, t).await?;
     let change = |ch: Change| json!({"method": "change", "change": ch});
@@ -263,10 +297,14 @@ pub struct StatArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// Credentials.
+    #[command(flatten)]
+    pub auth: AuthArgs,
 }
 
 /// Run `stat`.
 pub async fn stat(a: StatArgs) -> anyhow::Result<()> {
+    a.auth.install()?;
     let t = Duration::from_secs(5);
     let c = client(a.addr, t).await?;
     let stats = c.stats().await.map_err(|e| anyhow!("{e}"))?;
@@ -326,10 +364,14 @@ pub struct TopArgs {
     /// Refreshes before exiting (0 = until interrupted).
     #[arg(long, default_value_t = 0)]
     pub count: u64,
+    /// Credentials.
+    #[command(flatten)]
+    pub auth: AuthArgs,
 }
 
 /// Run `top`: per-node operations per second, items, connections.
 pub async fn top(a: TopArgs) -> anyhow::Result<()> {
+    a.auth.install()?;
     let t = Duration::from_secs(5);
     let seed = client(a.join, t).await?;
     let mut prev: std::collections::HashMap<String, (u64, u64)> = Default::default();
@@ -404,10 +446,14 @@ pub struct HashArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// Credentials.
+    #[command(flatten)]
+    pub auth: AuthArgs,
 }
 
 /// Run `hash`: the partition and owners of each key.
 pub async fn hash(a: HashArgs) -> anyhow::Result<()> {
+    a.auth.install()?;
     let t = Duration::from_secs(5);
     let c = client(a.join, t).await?;
     let r = call(&c, json!({"method": "layout"}), t).await?;

@@ -81,6 +81,9 @@ struct ServerArgs {
     /// Relative capacity (weight) of this node.
     #[arg(long)]
     capacity: Option<u32>,
+    /// File holding the cluster secret (nodes, gateways and tools must share it).
+    #[arg(long, env = "K2HDKC_SECRET_FILE")]
+    secret_file: Option<PathBuf>,
     /// Admin HTTP listener (/health, /status, /metrics), e.g. 127.0.0.1:8021.
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
@@ -158,6 +161,9 @@ impl ServerArgs {
         }
         if let Some(v) = self.capacity {
             c.cluster.capacity = v;
+        }
+        if let Some(v) = &self.secret_file {
+            c.cluster.secret_file = Some(v.clone());
         }
         Ok(c)
     }

@@ -196,6 +196,10 @@ pub struct ClusterConfig {
     pub request_timeout_ms: u64,
     /// Complete data movements automatically once every transfer is done (CHMPX AUTOMERGE).
     pub auto_complete: bool,
+    /// File holding the cluster secret: nodes, gateways and `ctl` prove they know it (an
+    /// HMAC-SHA256 token derived from it travels, never the secret); requests between nodes
+    /// without it are refused. Without a secret, cluster traffic is not authenticated.
+    pub secret_file: Option<PathBuf>,
 }
 
 impl Default for ClusterConfig {
@@ -211,6 +215,7 @@ impl Default for ClusterConfig {
             failure_timeout_ms: 3000,
             request_timeout_ms: 5000,
             auto_complete: true,
+            secret_file: None,
         }
     }
 }
@@ -220,6 +225,40 @@ impl ClusterConfig {
     pub fn enabled(&self) -> bool {
         self.gateway || !self.join.is_empty()
     }
+
+    /// The token that authenticates cluster traffic, from `secret_file` (`None` without one).
+    pub fn token(&self) -> Result<Option<Vec<u8>>, ConfigError> {
+        let Some(p) = &self.secret_file else {
+            return Ok(None);
+        };
+        let secret = std::fs::read(p).map_err(|source| ConfigError::Read {
+            path: p.clone(),
+            source,
+        })?;
+        let secret = secret.trim_ascii();
+        if secret.len() < 16 {
+            return Err(ConfigError::Invalid(format!(
+                "{}: a cluster secret needs at least 16 bytes",
+                p.display()
+            )));
+        }
+        Ok(Some(cluster_token(secret, &self.cluster)))
+    }
+}
+
+/// The credential derived from a cluster secret: hex HMAC-SHA256 over the cluster name, so the
+/// secret itself never crosses the network and differs per cluster.
+pub fn cluster_token(secret: &[u8], cluster: &str) -> Vec<u8> {
+    use openssl::{hash::MessageDigest, pkey::PKey, sign::Signer};
+    let key = PKey::hmac(secret).expect("HMAC key");
+    let mut s = Signer::new(MessageDigest::sha256(), &key).expect("HMAC signer");
+    s.update(b"k2hdkc-cluster-v1:").expect("HMAC update");
+    s.update(cluster.as_bytes()).expect("HMAC update");
+    let mac = s.sign_to_vec().expect("HMAC");
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()
+        .into_bytes()
 }
 
 /// The whole server configuration.

@@ -488,6 +488,17 @@ fn dispatch(
         Ok(a) => a,
         Err(_) => return exec(shared, header.code, id, body, out),
     };
+    if matches!(op, Op::Cluster | Op::Replicate | Op::Forward) && !c.authorized(a.pass) {
+        shared.metrics.protocol_errors.fetch_add(1, Relaxed);
+        tracing::warn!(op = %op, "refused a cluster request without the cluster credential");
+        wire::write_error(
+            out,
+            Status::BadPassPhrase,
+            id,
+            "cluster authentication failed: this cluster needs its secret (cluster.secret_file)",
+        );
+        return false;
+    }
     match op {
         Op::Cluster => {
             shared.metrics.cmd(Cmd::Other);

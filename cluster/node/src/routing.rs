@@ -112,6 +112,7 @@ pub(crate) async fn forward(
     let args = Args {
         value: Some(bytes),
         mode: Some(mode),
+        pass: cluster.token.as_deref(),
         ..Default::default()
     };
     let r = tokio::time::timeout(
@@ -154,6 +155,7 @@ async fn forward_all(
             &Args {
                 value: Some(&piece.bytes),
                 mode: Some(piece.mode),
+                pass: cluster.token.as_deref(),
                 ..Default::default()
             },
         );

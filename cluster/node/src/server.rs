@@ -119,9 +119,23 @@ impl Server {
                 }
                 _ => None,
             };
-            let c =
-                crate::cluster::Cluster::new(cc, name, addr, memcached, store.clone(), state_dir)
-                    .map_err(|e| ServerError::Config(ConfigError::Invalid(e)))?;
+            let token = config.cluster.token()?;
+            if token.is_none() {
+                tracing::warn!(
+                    "no cluster.secret_file: cluster traffic is not authenticated (fine on one \
+                     host for trying things out; set a secret on real networks)"
+                );
+            }
+            let c = crate::cluster::Cluster::new(
+                cc,
+                token,
+                name,
+                addr,
+                memcached,
+                store.clone(),
+                state_dir,
+            )
+            .map_err(|e| ServerError::Config(ConfigError::Invalid(e)))?;
             Some(c)
         } else {
             None

@@ -126,6 +126,8 @@ pub struct Cluster {
     pub transfer_done: AtomicU64,
     /// The layout version whose transfers this node finished.
     pub transfers_finished: AtomicU64,
+    /// Token that cluster requests must carry (`Pass`), when a secret is configured.
+    pub token: Option<Vec<u8>>,
     started: Instant,
 }
 
@@ -139,6 +141,7 @@ impl Cluster {
     /// joins and runs the background tasks.
     pub fn new(
         cfg: ClusterConfig,
+        token: Option<Vec<u8>>,
         me: String,
         addr: String,
         memcached: Option<String>,
@@ -170,6 +173,7 @@ impl Cluster {
             transfer_total: AtomicU64::new(0),
             transfer_done: AtomicU64::new(0),
             transfers_finished: AtomicU64::new(0),
+            token,
             started: Instant::now(),
         }))
     }
@@ -520,7 +524,22 @@ impl Cluster {
     /// Send a control request to a node.
     pub async fn call(&self, addr: &str, req: Json) -> Result<Json, String> {
         let peer = self.peer(addr);
-        call_client(&peer.client, &req, self.request_timeout()).await
+        call_client(
+            &peer.client,
+            &req,
+            self.token.as_deref(),
+            self.request_timeout(),
+        )
+        .await
+    }
+
+    /// Whether a request carries this cluster's credential (always, without a secret).
+    pub fn authorized(&self, pass: Option<&[u8]>) -> bool {
+        match (&self.token, pass) {
+            (None, _) => true,
+            (Some(t), Some(p)) => t.len() == p.len() && openssl::memcmp::eq(t, p),
+            (Some(_), None) => false,
+        }
     }
 
     /// Agree on `change` applied to the newest layout, retrying on conflicts.
@@ -752,8 +771,11 @@ impl Cluster {
                 let req = json!({"method": "ping", "from": self.me, "addr": self.addr, "version": l.version});
                 set.spawn(async move {
                     let p = me.peer(&addr);
-                    let r =
-                        tokio::time::timeout(timeout, call_client(&p.client, &req, timeout)).await;
+                    let r = tokio::time::timeout(
+                        timeout,
+                        call_client(&p.client, &req, me.token.as_deref(), timeout),
+                    )
+                    .await;
                     (p, r.unwrap_or_else(|_| Err("timeout".into())))
                 });
             }
@@ -862,11 +884,18 @@ impl Cluster {
     }
 }
 
-/// Send a control request over a client and decode the JSON reply.
-pub async fn call_client(c: &Client, req: &Json, timeout: Duration) -> Result<Json, String> {
+/// Send a control request over a client (with the cluster token, if any) and decode the JSON
+/// reply.
+pub async fn call_client(
+    c: &Client,
+    req: &Json,
+    token: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<Json, String> {
     let body = serde_json::to_vec(req).expect("json");
     let args = Args {
         message: Some(&body),
+        pass: token,
         ..Default::default()
     };
     let r = tokio::time::timeout(timeout, c.request(Op::Cluster, &args))

@@ -117,6 +117,7 @@ async fn send(
     let args = Args {
         value: Some(&value),
         count: Some(position),
+        pass: cluster.token.as_deref(),
         ..Default::default()
     };
     let r = tokio::time::timeout(
