@@ -40,7 +40,10 @@ async fn status(State(s): State<Arc<Shared>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
-    let body = s.metrics.render(&s.store.stats());
+    let mut body = s.metrics.render(&s.store.stats());
+    if let Some(c) = &s.cluster {
+        body.push_str(&c.render_metrics());
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
 

@@ -872,6 +872,7 @@ fn track_write(
             len: out.len() - at,
             seq: after,
             partitions: vec![k2hdkc_layout::partition_of(key)],
+            all: false,
             error: error_reply(mode, raw, "replication quorum not reached"),
         });
     }

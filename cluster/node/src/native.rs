@@ -587,11 +587,15 @@ fn dispatch(
                         out.truncate(at);
                     }
                     let after = shared.store.last_seq();
-                    if after > before {
+                    // Level: 1 one (answer at once; replicas follow), 3 all owners, else the
+                    // cluster's write quorum.
+                    let level = a.level.unwrap_or(0);
+                    if after > before && level != 1 {
                         deferred.push(Deferred::Quorum {
                             at,
                             len: out.len() - at,
                             seq: after,
+                            all: level == 3,
                             partitions: written_partitions(&a),
                             error: error_reply(
                                 MODE_NATIVE,

@@ -40,6 +40,7 @@ pub(crate) enum Deferred {
         len: usize,
         seq: u64,
         partitions: Vec<usize>,
+        all: bool,
         error: Vec<u8>,
     },
     /// Insert at `at` the reply of `bytes` run by `peer` (`error` if that fails). A text
@@ -233,11 +234,12 @@ pub(crate) fn resolve<'a>(
                     len,
                     seq,
                     partitions,
+                    all,
                     error,
                 } => {
                     edits.push((at, len, None));
                     set.spawn(async move {
-                        match c.wait_quorum(seq, &partitions).await {
+                        match c.wait_quorum(seq, &partitions, all).await {
                             Ok(()) => (k, None),
                             Err(e) => {
                                 tracing::debug!(error = %e, "write quorum failed");

@@ -274,9 +274,9 @@ impl Cluster {
         Route::Unavailable(format!("every owner of partition {p} is down"))
     }
 
-    /// Wait until the changes up to feed position `seq` reached the write quorum of every
-    /// partition in `partitions`. `Err` says which partition fell short.
-    pub async fn wait_quorum(&self, seq: u64, partitions: &[usize]) -> Result<(), String> {
+    /// Wait until the changes up to feed position `seq` reached the write quorum (or, with
+    /// `all`, every owner) of every partition in `partitions`. `Err` says which fell short.
+    pub async fn wait_quorum(&self, seq: u64, partitions: &[usize], all: bool) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + self.request_timeout();
         loop {
             let notified = self.acked.notified();
@@ -294,8 +294,9 @@ impl Cluster {
                         acks += 1;
                     }
                 }
-                if acks < w.min(set.len().max(1)) {
-                    short = Some((p, acks, w));
+                let need = if all { set.len().max(1) } else { w.min(set.len().max(1)) };
+                if acks < need {
+                    short = Some((p, acks, need));
                     break;
                 }
             }
@@ -426,6 +427,89 @@ impl Cluster {
             "replicated": self.stats.replicated.load(Relaxed),
             "imported": self.stats.imported.load(Relaxed),
         })
+    }
+
+    /// Prometheus text for the cluster: replication lag and handoff per peer, quorum
+    /// failures, forwarding, movement progress, layout version.
+    pub fn render_metrics(&self) -> String {
+        use std::fmt::Write as _;
+        let mut o = String::new();
+        let l = self.layout();
+        let mut metric = |name: &str, kind: &str, help: &str, v: u64| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        };
+        metric("k2hdkc_cluster_layout_version", "gauge", "Committed layout version.", l.version);
+        metric(
+            "k2hdkc_cluster_forwarded_total",
+            "counter",
+            "Requests forwarded to their primary.",
+            self.stats.forwarded.load(Relaxed),
+        );
+        metric(
+            "k2hdkc_cluster_forward_errors_total",
+            "counter",
+            "Forwarded requests that failed.",
+            self.stats.forward_errors.load(Relaxed),
+        );
+        metric(
+            "k2hdkc_cluster_quorum_failures_total",
+            "counter",
+            "Writes that missed their write quorum.",
+            self.stats.quorum_failures.load(Relaxed),
+        );
+        metric(
+            "k2hdkc_cluster_replicated_changes_total",
+            "counter",
+            "Changes sent to replicas.",
+            self.stats.replicated.load(Relaxed),
+        );
+        metric(
+            "k2hdkc_cluster_replicated_bytes_total",
+            "counter",
+            "Bytes of replication batches sent.",
+            self.stats.replicated_bytes.load(Relaxed),
+        );
+        metric(
+            "k2hdkc_cluster_imported_changes_total",
+            "counter",
+            "Changes received from peers and applied.",
+            self.stats.imported.load(Relaxed),
+        );
+        metric(
+            "k2hdkc_cluster_moving_partitions",
+            "gauge",
+            "Partitions whose data is moving.",
+            l.moving_partitions().len() as u64,
+        );
+        metric(
+            "k2hdkc_cluster_transfers_total",
+            "gauge",
+            "Partition copies this node sends in the current movement.",
+            self.transfer_total.load(SeqCst),
+        );
+        metric(
+            "k2hdkc_cluster_transfers_done",
+            "gauge",
+            "Partition copies sent so far in the current movement.",
+            self.transfer_done.load(SeqCst),
+        );
+        let last = self.store.last_seq();
+        let (mut lag, mut up) = (String::new(), String::new());
+        for n in l.nodes.iter().filter(|n| n.addr != self.addr) {
+            let p = self.peer(&n.addr);
+            let behind = last.saturating_sub(p.acked.load(SeqCst));
+            let _ = writeln!(lag, "k2hdkc_cluster_replication_lag_changes{{peer=\"{}\"}} {behind}", n.name);
+            let _ = writeln!(up, "k2hdkc_cluster_peer_up{{peer=\"{}\"}} {}", n.name, u8::from(p.up()));
+        }
+        let _ = write!(
+            o,
+            "# HELP k2hdkc_cluster_replication_lag_changes Changes of this node a peer has not \
+             acknowledged (held for it while it is down: hinted handoff).\n\
+             # TYPE k2hdkc_cluster_replication_lag_changes gauge\n{lag}\
+             # HELP k2hdkc_cluster_peer_up Whether heartbeats reach the peer.\n\
+             # TYPE k2hdkc_cluster_peer_up gauge\n{up}"
+        );
+        o
     }
 
     /// The whole cluster as this node sees it (`ctl status`).
