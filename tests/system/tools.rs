@@ -223,3 +223,119 @@ fn bench_speaks_both_protocols_and_logs_are_json() {
     }
     assert!(log.contains("SIGTERM"), "{log}");
 }
+
+/// `count` consecutive loopback ports starting at an even port, all free a moment ago.
+fn free_range(count: u16) -> u16 {
+    for _ in 0..200 {
+        let base = 20000 + 2 * fastrand::u16(0..15000);
+        let free = (0..count).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+        if free {
+            return base;
+        }
+    }
+    panic!("no free range of {count} ports");
+}
+
+/// Send memcached text and read until `until` appears (bounded).
+fn mc(addr: SocketAddr, req: &str, until: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(req.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains(until) {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn dev_cluster_hash_stat_top() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_range(8);
+    let mem = free_range(4);
+    let gw = mem + 3;
+    let log = dir.path().join("dev-cluster.log");
+    let args: Vec<String> = [
+        "dev-cluster",
+        "--nodes",
+        "3",
+        "--storage",
+        "memory",
+        "--data-dir",
+        &dir.path().join("data").to_string_lossy(),
+        "--base-port",
+        &base.to_string(),
+        "--memcached-base-port",
+        &mem.to_string(),
+        "--gateway-port",
+        &gw.to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut dev = Proc::start(&bin("k2hdkc"), &args, Some(&log));
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("cluster ready")
+    {
+        assert!(
+            dev.running(),
+            "dev-cluster exited: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dev-cluster not ready"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let gw_addr: SocketAddr = format!("127.0.0.1:{gw}").parse().unwrap();
+    assert!(wait_listening(gw_addr, Duration::from_secs(10)));
+    let r = mc(gw_addr, "set devkey 0 0 5\r\nhello\r\n", "\r\n");
+    assert_eq!(r, "STORED\r\n");
+    for i in 0..3 {
+        let a: SocketAddr = format!("127.0.0.1:{}", mem + i).parse().unwrap();
+        let r = mc(a, "get devkey\r\n", "END\r\n");
+        assert_eq!(r, "VALUE devkey 0 5\r\nhello\r\nEND\r\n", "node {i}");
+    }
+    let seed = format!("127.0.0.1:{base}");
+    let out = run(&["hash", "--join", &seed, "devkey", "--json"]);
+    let j: serde_json::Value = serde_json::from_str(out.trim()).expect("hash JSON");
+    assert_eq!(j["owners"].as_array().map(Vec::len), Some(3), "{j}");
+    let out = run(&["stat", &seed, "items"]);
+    assert!(
+        out.contains("curr_items") && out.contains("cluster_version"),
+        "{out}"
+    );
+    let out = run(&["top", "--join", &seed, "--count", "1", "--interval", "0.2"]);
+    assert_eq!(out.matches("UP").count(), 3, "{out}");
+    let out = run(&["ctl", &seed, "status"]);
+    assert_eq!(out.matches("SERVICE IN").count(), 3, "{out}");
+    // SIGTERM stops dev-cluster and every daemon it started.
+    assert!(
+        dev.terminate(Duration::from_secs(20)),
+        "dev-cluster did not stop"
+    );
+    let stopped = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        std::net::TcpStream::connect(format!("127.0.0.1:{base}")).is_err()
+            && std::net::TcpStream::connect(gw_addr).is_err()
+    });
+    assert!(stopped, "nodes still listening after dev-cluster stopped");
+}
+
+fn run(args: &[&str]) -> String {
+    let out = Command::new(bin("k2hdkc")).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "k2hdkc {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

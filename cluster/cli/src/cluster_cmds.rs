@@ -627,8 +627,12 @@ pub async fn dev_cluster(a: DevClusterArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    eprintln!("cluster ready; Ctrl-C stops every node");
-    tokio::signal::ctrl_c().await?;
+    eprintln!("cluster ready; Ctrl-C (or SIGTERM) stops every node");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
     if let Some(mut g) = gw {
         let _ = g.kill();
         let _ = g.wait();

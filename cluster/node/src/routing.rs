@@ -220,6 +220,33 @@ pub(crate) fn resolve<'a>(
         let Some(cluster) = shared.cluster.clone() else {
             return out;
         };
+        if pending
+            .iter()
+            .any(|d| matches!(d, Deferred::Quorum { .. } | Deferred::Nested { .. }))
+        {
+            cluster.written.notify_waiters();
+        }
+        // The common case of one local write: wait inline, without a task.
+        if pending.len() == 1 && matches!(pending[0], Deferred::Quorum { .. }) {
+            let Some(Deferred::Quorum {
+                at,
+                len,
+                seq,
+                partitions,
+                all,
+                error,
+            }) = pending.pop()
+            else {
+                unreachable!("checked above")
+            };
+            if cluster.wait_quorum(seq, &partitions, all).await.is_ok() {
+                return out;
+            }
+            let mut res = out[..at].to_vec();
+            res.extend_from_slice(&error);
+            res.extend_from_slice(&out[at + len..]);
+            return res;
+        }
         pending.sort_by_key(Deferred::at);
         let mut set = tokio::task::JoinSet::new();
         let mut edits: Vec<(usize, usize, Option<Vec<u8>>)> = Vec::new();

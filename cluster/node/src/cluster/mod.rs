@@ -118,6 +118,8 @@ pub struct Cluster {
     stop: AtomicBool,
     /// Notified whenever a peer acknowledges replication.
     pub acked: tokio::sync::Notify,
+    /// Notified after local writes, so replication streams wake without a blocking wait.
+    pub written: tokio::sync::Notify,
     /// Counters.
     pub stats: ClusterStats,
     /// Transfers of the current movement: total and done (partition x target).
@@ -169,6 +171,7 @@ impl Cluster {
             state,
             stop: AtomicBool::new(false),
             acked: tokio::sync::Notify::new(),
+            written: tokio::sync::Notify::new(),
             stats: ClusterStats::default(),
             transfer_total: AtomicU64::new(0),
             transfer_done: AtomicU64::new(0),
@@ -276,7 +279,12 @@ impl Cluster {
 
     /// Wait until the changes up to feed position `seq` reached the write quorum (or, with
     /// `all`, every owner) of every partition in `partitions`. `Err` says which fell short.
-    pub async fn wait_quorum(&self, seq: u64, partitions: &[usize], all: bool) -> Result<(), String> {
+    pub async fn wait_quorum(
+        &self,
+        seq: u64,
+        partitions: &[usize],
+        all: bool,
+    ) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + self.request_timeout();
         loop {
             let notified = self.acked.notified();
@@ -294,7 +302,11 @@ impl Cluster {
                         acks += 1;
                     }
                 }
-                let need = if all { set.len().max(1) } else { w.min(set.len().max(1)) };
+                let need = if all {
+                    set.len().max(1)
+                } else {
+                    w.min(set.len().max(1))
+                };
                 if acks < need {
                     short = Some((p, acks, need));
                     break;
@@ -438,7 +450,12 @@ impl Cluster {
         let mut metric = |name: &str, kind: &str, help: &str, v: u64| {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         };
-        metric("k2hdkc_cluster_layout_version", "gauge", "Committed layout version.", l.version);
+        metric(
+            "k2hdkc_cluster_layout_version",
+            "gauge",
+            "Committed layout version.",
+            l.version,
+        );
         metric(
             "k2hdkc_cluster_forwarded_total",
             "counter",
@@ -498,8 +515,17 @@ impl Cluster {
         for n in l.nodes.iter().filter(|n| n.addr != self.addr) {
             let p = self.peer(&n.addr);
             let behind = last.saturating_sub(p.acked.load(SeqCst));
-            let _ = writeln!(lag, "k2hdkc_cluster_replication_lag_changes{{peer=\"{}\"}} {behind}", n.name);
-            let _ = writeln!(up, "k2hdkc_cluster_peer_up{{peer=\"{}\"}} {}", n.name, u8::from(p.up()));
+            let _ = writeln!(
+                lag,
+                "k2hdkc_cluster_replication_lag_changes{{peer=\"{}\"}} {behind}",
+                n.name
+            );
+            let _ = writeln!(
+                up,
+                "k2hdkc_cluster_peer_up{{peer=\"{}\"}} {}",
+                n.name,
+                u8::from(p.up())
+            );
         }
         let _ = write!(
             o,

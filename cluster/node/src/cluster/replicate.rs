@@ -191,11 +191,14 @@ pub async fn stream(cluster: Arc<Cluster>, peer: Arc<Peer>) {
             }
         };
         if batch.next_seq <= from {
-            // Nothing new: wait for the next change (the wait blocks, so off the runtime).
-            let s = store.clone();
-            let _ =
-                tokio::task::spawn_blocking(move || s.feed_wait(from, Duration::from_millis(100)))
-                    .await;
+            // Nothing new: local writes notify `written`; changes from elsewhere (expiry
+            // sweeps, imports) are picked up within the poll interval.
+            let woken = cluster.written.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if store.last_seq() < from {
+                let _ = tokio::time::timeout(Duration::from_millis(50), woken).await;
+            }
             continue;
         }
         let mut out: Vec<Change> = Vec::new();
