@@ -617,6 +617,29 @@ pub async fn dev_cluster(a: DevClusterArgs) -> anyhow::Result<()> {
             child.id()
         );
         gw = Some(child);
+        // Ready once the gateway has the current layout.
+        let want = call(&c, json!({"method": "layout"}), t).await?["layout"]["version"]
+            .as_u64()
+            .unwrap_or(0);
+        let gw_native: SocketAddr =
+            format!("127.0.0.1:{}", a.base_port as usize + 2 * a.nodes).parse()?;
+        let mut ready = false;
+        for _ in 0..100 {
+            if let Ok(g) = client(gw_native, t).await
+                && let Ok(h) = call(&g, json!({"method": "hello"}), t).await
+                && h["version"].as_u64().unwrap_or(0) >= want
+            {
+                ready = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if !ready {
+            bail!(
+                "the gateway did not load the layout; see {}",
+                a.data_dir.join("gateway.log").display()
+            );
+        }
     }
     let s = call(&c, json!({"method": "status"}), t).await?;
     print_status(&s);
