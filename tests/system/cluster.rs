@@ -101,7 +101,7 @@ fn start_node(
         "--join",
         &seed.to_string(),
         "--secret-file",
-        &dir.join("secret").to_string_lossy(),
+        &secret().to_string_lossy(),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -123,8 +123,16 @@ fn start_node(
     }
 }
 
-/// The cluster secret shared by nodes, gateway and tools in this test.
-static SECRET: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+/// The cluster secret shared by nodes, gateways and tools of these tests (one file per test
+/// process, removed at exit by the OS temp cleaner only; it holds a random test secret).
+fn secret() -> &'static std::path::PathBuf {
+    static SECRET: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    SECRET.get_or_init(|| {
+        let p = std::env::temp_dir().join(format!("k2hdkc-test-secret-{}", std::process::id()));
+        std::fs::write(&p, format!("test-secret-{}\n", fastrand::u64(..))).expect("secret");
+        p
+    })
+}
 
 fn ctl(addr: SocketAddr, args: &[&str]) -> String {
     let out = Command::new(bin("k2hdkc"))
@@ -133,7 +141,7 @@ fn ctl(addr: SocketAddr, args: &[&str]) -> String {
         .args(args)
         .args(["--timeout", "20"])
         .arg("--secret-file")
-        .arg(SECRET.get().expect("secret"))
+        .arg(secret())
         .output()
         .expect("run k2hdkc ctl");
     let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -183,9 +191,7 @@ struct Tally {
 #[test]
 fn writes_survive_kill_attach_and_detach() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let secret = dir.path().join("secret");
-    std::fs::write(&secret, format!("test-secret-{}\n", fastrand::u64(..))).expect("secret");
-    SECRET.set(secret.clone()).expect("set once");
+    let secret = secret().clone();
     let seed = free_addr();
     let mut nodes: Vec<Node> = Vec::new();
     nodes.push(start_node(dir.path(), "n1", seed, free_addr(), seed));
@@ -405,5 +411,220 @@ fn writes_survive_kill_attach_and_detach() {
         if n.name == "n3" {
             n.proc.terminate(Duration::from_secs(5));
         }
+    }
+}
+
+/// A node's cluster counters (`k2hdkc stat --json`).
+fn node_stats(addr: SocketAddr) -> serde_json::Value {
+    let out = Command::new(bin("k2hdkc"))
+        .args(["stat", &addr.to_string(), "--json", "--secret-file"])
+        .arg(secret())
+        .output()
+        .expect("run k2hdkc stat");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("stat JSON")
+}
+
+fn counter(v: &serde_json::Value, k: &str) -> u64 {
+    v["cluster"][k].as_u64().unwrap_or(0)
+}
+
+/// Pipelined sets over one connection; returns how many were STORED.
+fn load(addr: SocketAddr, keys: impl Iterator<Item = (String, String)>) -> usize {
+    let mut c = Mc::connect(addr).expect("connect");
+    let mut req = Vec::new();
+    let mut n = 0;
+    for (k, v) in keys {
+        req.extend_from_slice(format!("set {k} 0 0 {}\r\n{v}\r\n", v.len()).as_bytes());
+        n += 1;
+    }
+    c.w.write_all(&req).expect("send");
+    (0..n)
+        .filter(|_| c.line().is_ok_and(|l| l == "STORED"))
+        .count()
+}
+
+#[test]
+fn attach_and_return_move_little_data() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let seed = free_addr();
+    let mut nodes: Vec<Node> = vec![start_node(dir.path(), "n1", seed, free_addr(), seed)];
+    for name in ["n2", "n3"] {
+        nodes.push(start_node(dir.path(), name, free_addr(), free_addr(), seed));
+    }
+    wait_status(
+        seed,
+        "three recognised nodes",
+        Duration::from_secs(20),
+        |s| s["nodes"].as_array().map_or(0, Vec::len) == 3,
+    );
+    ctl(
+        seed,
+        &[
+            "set-replicas",
+            "1",
+            "--write-quorum",
+            "1",
+            "--read-quorum",
+            "1",
+        ],
+    );
+    ctl(seed, &["attach", "--wait"]);
+    let value = "x".repeat(100);
+    let keys = 4000;
+    let stored = load(
+        nodes[0].memcached,
+        (0..keys).map(|i| (format!("k{i:05}"), value.clone())),
+    );
+    assert_eq!(stored, keys);
+
+    // One replica, a 4th node: it should receive about a quarter of the keys, no more.
+    nodes.push(start_node(dir.path(), "n4", free_addr(), free_addr(), seed));
+    wait_status(seed, "n4 recognised", Duration::from_secs(20), |s| {
+        s["nodes"].as_array().map_or(0, Vec::len) == 4
+    });
+    ctl(seed, &["attach", "--wait"]);
+    let st = node_stats(nodes[3].native);
+    let received = counter(&st, "received");
+    let items = st["stats"]["curr_items"]
+        .as_str()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    let quarter = keys as f64 / 4.0;
+    eprintln!(
+        "attach with 1 replica: n4 received {received} records, holds {items}, a quarter is {quarter}"
+    );
+    assert!(
+        (received as f64) <= quarter * 1.1,
+        "n4 received {received} records for {quarter}"
+    );
+    assert!(
+        (items as f64) >= quarter * 0.9 && (items as f64) <= quarter * 1.1,
+        "n4 holds {items}"
+    );
+    let mut c = Mc::connect(nodes[1].memcached).expect("connect");
+    for i in (0..keys).step_by(37) {
+        assert_eq!(
+            c.get(&format!("k{i:05}")).expect("get"),
+            Some(value.clone()),
+            "k{i:05}"
+        );
+    }
+
+    // Three replicas; then n3 misses 1,000 changes while it is down.
+    ctl(
+        seed,
+        &[
+            "set-replicas",
+            "3",
+            "--write-quorum",
+            "2",
+            "--read-quorum",
+            "2",
+        ],
+    );
+    wait_status(
+        seed,
+        "three replicas in place",
+        Duration::from_secs(60),
+        |s| s["moving"] == false,
+    );
+    nodes[2].proc.kill9();
+    std::thread::sleep(Duration::from_millis(300));
+    let changed = 1000;
+    let newer = "y".repeat(100);
+    let stored = load(
+        nodes[0].memcached,
+        (0..changed).map(|i| {
+            if i % 2 == 0 {
+                (format!("k{i:05}"), newer.clone())
+            } else {
+                (format!("new{i:05}"), newer.clone())
+            }
+        }),
+    );
+    assert_eq!(stored, changed, "writes with one node down");
+    // n3 owns only some of them (3 copies on 4 nodes): ask `k2hdkc hash` which.
+    let changed_keys: Vec<String> = (0..changed)
+        .map(|i| {
+            if i % 2 == 0 {
+                format!("k{i:05}")
+            } else {
+                format!("new{i:05}")
+            }
+        })
+        .collect();
+    let out = Command::new(bin("k2hdkc"))
+        .args([
+            "hash",
+            "--join",
+            &seed.to_string(),
+            "--json",
+            "--secret-file",
+        ])
+        .arg(secret())
+        .args(&changed_keys)
+        .output()
+        .expect("run k2hdkc hash");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let owned = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("\"n3\""))
+        .count();
+    assert!(owned > changed / 2, "n3 owns {owned} of the changed keys");
+    let n3 = &nodes[2];
+    let back = start_node(dir.path(), "n3", n3.native, n3.memcached, seed);
+    nodes[2] = back;
+    // Wait until what n3 received stops growing.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = (0, Instant::now());
+    loop {
+        let r = counter(&node_stats(nodes[2].native), "received");
+        if r != last.0 {
+            last = (r, Instant::now());
+        } else if r >= owned as u64 && last.1.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "n3 received only {r} of the {owned} changes it owns"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let st = node_stats(nodes[2].native);
+    let (received, bytes) = (counter(&st, "received"), counter(&st, "received_bytes"));
+    let payload = owned as u64 * (8 + 100);
+    eprintln!(
+        "returning node: {received} records for the {owned} changes it owns ({:.2}x), {bytes} bytes for {payload} bytes of keys and values ({:.2}x)",
+        received as f64 / owned as f64,
+        bytes as f64 / payload as f64
+    );
+    assert!(
+        received as f64 <= owned as f64 * 1.2,
+        "n3 pulled {received} records for the {owned} changes it owns"
+    );
+    // Its copies are current: every node answers the new values.
+    for n in &nodes {
+        let mut c = Mc::connect(n.memcached).expect("connect");
+        assert_eq!(
+            c.get("k00000").expect("get"),
+            Some(newer.clone()),
+            "{}",
+            n.name
+        );
+        assert_eq!(
+            c.get("new00001").expect("get"),
+            Some(newer.clone()),
+            "{}",
+            n.name
+        );
     }
 }

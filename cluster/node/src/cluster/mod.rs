@@ -61,6 +61,10 @@ pub struct ClusterStats {
     pub replicated_bytes: AtomicU64,
     /// Changes received from peers and applied.
     pub imported: AtomicU64,
+    /// Changes received from peers (applied or not: older than what is here).
+    pub received: AtomicU64,
+    /// Bytes of replication batches received.
+    pub received_bytes: AtomicU64,
 }
 
 /// A peer node (by native address).
@@ -437,7 +441,10 @@ impl Cluster {
             "forwarded": self.stats.forwarded.load(Relaxed),
             "quorum_failures": self.stats.quorum_failures.load(Relaxed),
             "replicated": self.stats.replicated.load(Relaxed),
+            "replicated_bytes": self.stats.replicated_bytes.load(Relaxed),
             "imported": self.stats.imported.load(Relaxed),
+            "received": self.stats.received.load(Relaxed),
+            "received_bytes": self.stats.received_bytes.load(Relaxed),
         })
     }
 
@@ -491,6 +498,12 @@ impl Cluster {
             "counter",
             "Changes received from peers and applied.",
             self.stats.imported.load(Relaxed),
+        );
+        metric(
+            "k2hdkc_cluster_received_bytes_total",
+            "counter",
+            "Bytes of replication batches received from peers.",
+            self.stats.received_bytes.load(Relaxed),
         );
         metric(
             "k2hdkc_cluster_moving_partitions",
@@ -985,6 +998,10 @@ impl Cluster {
     /// Apply a replication batch from a peer.
     pub fn import(&self, value: &[u8]) -> Result<usize, String> {
         let changes = replicate::decode_batch(value)?;
+        self.stats.received.fetch_add(changes.len() as u64, Relaxed);
+        self.stats
+            .received_bytes
+            .fetch_add(value.len() as u64, Relaxed);
         let n = self
             .store
             .import_changes(changes, false)
