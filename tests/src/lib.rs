@@ -102,6 +102,18 @@ impl Proc {
         false
     }
 
+    /// Send a signal (e.g. "STOP", "CONT") to it; false if it is not running.
+    pub fn signal(&mut self, sig: &str) -> bool {
+        let Some(c) = self.child.as_ref() else {
+            return false;
+        };
+        Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(c.id().to_string())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
     /// Whether it is still running.
     pub fn running(&mut self) -> bool {
         self.child

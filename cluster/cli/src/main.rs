@@ -182,20 +182,26 @@ fn init_tracing(format: &str, level: &str) {
     }
 }
 
+/// Run a server or gateway until it is stopped (or only report that the config is valid).
+fn serve(config: ServerConfig, check_only: bool) -> anyhow::Result<()> {
+    if check_only {
+        println!("configuration ok");
+        return Ok(());
+    }
+    init_tracing(&config.log.format, &config.log.level);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(k2hdkc_node::run(config))?;
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Server(a) => {
             let config = a.config().context("configuration")?;
-            if a.check_config {
-                println!("configuration ok");
-                return Ok(());
-            }
-            init_tracing(&config.log.format, &config.log.level);
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(k2hdkc_node::run(config))?;
+            serve(config, a.check_config)?;
         }
         Cmd::Gateway(a) => {
             let mut config = a.config_unvalidated().context("configuration")?;
@@ -206,15 +212,7 @@ fn main() -> anyhow::Result<()> {
                 config.listen.native = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
             }
             config.validate().context("configuration")?;
-            if a.check_config {
-                println!("configuration ok");
-                return Ok(());
-            }
-            init_tracing(&config.log.format, &config.log.level);
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(k2hdkc_node::run(config))?;
+            serve(config, a.check_config)?;
         }
         Cmd::Ctl(a) => small_runtime()?.block_on(cluster_cmds::ctl(a))?,
         Cmd::Stat(a) => small_runtime()?.block_on(cluster_cmds::stat(a))?,

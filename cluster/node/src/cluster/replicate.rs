@@ -1,8 +1,9 @@
 //! Moving data between nodes: the replication stream to each peer, and the transfers of whole
 //! partitions when the layout moves data (attach, detach, remove).
 //!
-//! The stream: each node ships its own changes (not ones it imported) from its change feed to
-//! every peer that owns the changed keys, in feed order, in batches; the peer applies them with
+//! The stream: each node ships the changes in its change feed (its own, and those it imported,
+//! so an acknowledged write reaches every owner even if its primary dies) to every peer that
+//! owns the changed keys, in feed order, in batches; the peer applies them with
 //! last-writer-wins on versions and acknowledges the feed position. A write waits until `W - 1`
 //! owners other than the node itself have acknowledged a position at or after its change (see
 //! `Cluster::wait_quorum`). A peer that is down keeps its position: when it returns, the stream
@@ -79,10 +80,11 @@ pub fn decode_batch(mut b: &[u8]) -> Result<Vec<Change>, String> {
 /// The part of `c` that `peer` should receive under `layout`: ops on keys whose partition it
 /// owns (now or before a movement). Removals of purged tombstones stay local: every node
 /// purges on its own schedule.
+///
+/// Changes this node imported travel on too: a write acknowledged by the primary and one
+/// replica must reach the other replicas even if the primary dies right after. Echoes end by
+/// themselves: a receiver that already holds a version applies nothing and logs nothing.
 fn for_peer(c: &Change, layout: &Layout, peer: NodeIdx) -> Option<Change> {
-    if c.kind == ChangeKind::Import {
-        return None;
-    }
     let ops: Vec<StateOp> = c
         .ops
         .iter()
@@ -267,17 +269,7 @@ async fn resync(
     .map_err(|e| e.to_string())?;
     let mine: Vec<Change> = changes
         .iter()
-        .filter_map(|c| {
-            // Resync sends state, including what this node imported.
-            let c = Change {
-                kind: ChangeKind::Set,
-                ..c.clone()
-            };
-            for_peer(&c, layout, idx).map(|mut c| {
-                c.kind = ChangeKind::Import;
-                c
-            })
-        })
+        .filter_map(|c| for_peer(c, layout, idx))
         .collect();
     send_all(cluster, peer, &mine).await
 }
