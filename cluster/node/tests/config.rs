@@ -9,6 +9,62 @@ fn the_deploy_example_parses_and_validates() {
     assert_eq!(c.storage.mode, StorageMode::File);
     assert_eq!(c.listen.memcached.unwrap().port(), 11211);
     c.store_config().unwrap();
+    // The example runs alone; its [cluster] section documents the settings.
+    assert!(!c.cluster.enabled());
+    assert_eq!(c.cluster.cluster, "k2hdkc");
+    assert_eq!(c.cluster.failure_timeout_ms, 3000);
+    assert_eq!(c.cluster.token().unwrap(), None);
+    // The same file turned into a cluster node validates too.
+    let mut joined = c.clone();
+    joined.cluster.join = vec!["127.0.0.1:8020".into()];
+    joined.storage.node_id = 0;
+    joined.validate().unwrap();
+    assert_ne!(joined.node_id(), 0);
+}
+
+#[test]
+fn bad_cluster_settings_are_refused() {
+    let parse = |s: &str| toml::from_str::<ServerConfig>(s).unwrap();
+    let base = "[listen]\nmemcached = \"127.0.0.1:1\"\n";
+    let c = parse(&format!("{base}[cluster]\njoin = [\"127.0.0.1:2\"]\n"));
+    assert!(
+        c.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("listen.native")
+    );
+    let c = parse(&format!(
+        "{base}native = \"127.0.0.1:3\"\n[cluster]\ngateway = true\n"
+    ));
+    assert!(c.validate().unwrap_err().to_string().contains("join"));
+    let c = parse(&format!(
+        "{base}native = \"127.0.0.1:3\"\n[cluster]\njoin = [\"x:1\"]\nheartbeat_ms = 500\nfailure_timeout_ms = 600\n"
+    ));
+    assert!(
+        c.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("failure_timeout_ms")
+    );
+    // A secret that is too short is refused when it is read.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("s");
+    std::fs::write(&f, "short").unwrap();
+    let mut c = parse(base);
+    c.cluster.secret_file = Some(f.clone());
+    assert!(
+        c.cluster
+            .token()
+            .unwrap_err()
+            .to_string()
+            .contains("16 bytes")
+    );
+    std::fs::write(&f, "a-long-enough-cluster-secret\n").unwrap();
+    let t1 = c.cluster.token().unwrap().unwrap();
+    c.cluster.cluster = "other".into();
+    let t2 = c.cluster.token().unwrap().unwrap();
+    assert_ne!(t1, t2, "the credential is bound to the cluster name");
+    assert_eq!(t1.len(), 64);
 }
 
 #[test]
