@@ -325,6 +325,19 @@ fn writes_survive_kill_attach_and_detach() {
     };
 
     std::thread::sleep(Duration::from_secs(2));
+    // A node that stops answering without closing its connections (SIGSTOP): requests in
+    // flight to it time out, heartbeats route around it, and after SIGCONT it catches up on
+    // what the others did meanwhile before it leads again.
+    assert!(nodes[2].proc.signal("STOP"));
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(nodes[2].proc.signal("CONT"));
+    wait_status(seed, "n3 answering again", Duration::from_secs(20), |s| {
+        s["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["live"] == "UP")
+    });
     // Kill -9 a node under load, then bring it back.
     nodes[1].proc.kill9();
     std::thread::sleep(Duration::from_secs(4));

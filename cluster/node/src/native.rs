@@ -453,6 +453,9 @@ use std::sync::Arc;
 use crate::cluster::{Cluster, Route};
 use crate::routing::{Deferred, MODE_NATIVE, error_reply};
 
+/// The error a node that is catching up answers forwarded requests with.
+pub(crate) const CATCHING_UP: &str = "catching up after a start or a pause; ask the next owner";
+
 /// Keys whose partitions a request writes (for the write quorum).
 fn written_partitions(a: &Args<'_>) -> Vec<usize> {
     let mut p: Vec<usize> = a
@@ -538,6 +541,11 @@ fn dispatch(
                     false
                 }
             }
+        }
+        Op::Forward if c.catching_up() => {
+            // The sender thinks this node leads; it does not until it caught up.
+            wire::write_error(out, Status::Unavailable, id, CATCHING_UP);
+            false
         }
         Op::Forward => {
             let (Some(v), Some(mode)) = (a.value, a.mode) else {

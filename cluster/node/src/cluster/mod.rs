@@ -82,6 +82,8 @@ pub struct Peer {
     pub acked_version: AtomicU64,
     /// The peer's last reported status (ping reply).
     pub status: Mutex<Json>,
+    /// The peer said it is catching up (after a start or a pause): do not route to it.
+    pub catching_up: AtomicBool,
     streaming: AtomicBool,
 }
 
@@ -96,6 +98,11 @@ impl Peer {
         if self.up.swap(false, SeqCst) {
             tracing::warn!(peer = %self.addr, "peer refused a connection; routing around it");
         }
+    }
+
+    /// Whether requests may be routed to it.
+    pub fn routable(&self) -> bool {
+        self.up() && !self.catching_up.load(Relaxed)
     }
 
     /// Its node name (learned from the layout or its replies).
@@ -134,6 +141,11 @@ pub struct Cluster {
     pub transfers_finished: AtomicU64,
     /// Token that cluster requests must carry (`Pass`), when a secret is configured.
     pub token: Option<Vec<u8>>,
+    /// After a start or a pause this node does not lead partitions until the other nodes'
+    /// streams have delivered what they hold for it (see [`Cluster::catch_up`]).
+    catching_up: AtomicBool,
+    /// When the heartbeat loop last ran (pause detection).
+    last_tick: Mutex<Instant>,
     started: Instant,
 }
 
@@ -181,6 +193,8 @@ impl Cluster {
             transfer_done: AtomicU64::new(0),
             transfers_finished: AtomicU64::new(0),
             token,
+            catching_up: AtomicBool::new(true),
+            last_tick: Mutex::new(Instant::now()),
             started: Instant::now(),
         }))
     }
@@ -234,6 +248,7 @@ impl Cluster {
             acked: AtomicU64::new(self.store.last_seq()),
             acked_version: AtomicU64::new(0),
             status: Mutex::new(Json::Null),
+            catching_up: AtomicBool::new(false),
             streaming: AtomicBool::new(false),
         });
         peers.insert(addr.to_string(), p.clone());
@@ -253,6 +268,7 @@ impl Cluster {
 
     /// Where a request for `key` runs.
     pub fn route(&self, key: &[u8]) -> Route {
+        self.check_pause();
         let l = self.layout();
         self.route_partition(&l, partition_of(key))
     }
@@ -268,17 +284,70 @@ impl Cluster {
                 "no node is in service: run `k2hdkc ctl ADDR attach`".into()
             });
         }
+        // Owners that are catching up are passed over, unless nobody else is left.
+        let mut fallback = None;
         for &i in list {
             let n = l.node(i);
             if n.addr == self.addr && !self.gateway() {
-                return Route::Local;
+                if !self.catching_up() {
+                    return Route::Local;
+                }
+                fallback.get_or_insert(Route::Local);
+                continue;
             }
             let peer = self.peer(&n.addr);
-            if peer.up() {
+            if peer.routable() {
                 return Route::Remote(peer);
             }
+            if peer.up() {
+                fallback.get_or_insert(Route::Remote(peer));
+            }
         }
-        Route::Unavailable(format!("every owner of partition {p} is down"))
+        fallback
+            .unwrap_or_else(|| Route::Unavailable(format!("every owner of partition {p} is down")))
+    }
+
+    /// Whether this node is catching up (and so leads nothing).
+    pub fn catching_up(&self) -> bool {
+        self.catching_up.load(SeqCst)
+    }
+
+    /// If this process was paused (its heartbeat loop did not run for longer than the
+    /// failure timeout), others may have led its partitions meanwhile: catch up first.
+    pub fn check_pause(&self) {
+        let gap = Duration::from_millis(self.cfg.heartbeat_ms + self.cfg.failure_timeout_ms);
+        let mut last = self.last_tick.lock().expect("lock");
+        if last.elapsed() > gap {
+            tracing::warn!(
+                gap_ms = last.elapsed().as_millis() as u64,
+                "this node was paused; catching up"
+            );
+            *last = Instant::now();
+            self.catching_up.store(true, SeqCst);
+        }
+    }
+
+    /// Ask every other node of the layout to finish streaming to this node what it holds for
+    /// it; then lead again. Nodes that do not answer are skipped (they are down: what they
+    /// hold arrives when they return).
+    async fn catch_up(self: &Arc<Self>) {
+        let l = self.layout();
+        let mut set = tokio::task::JoinSet::new();
+        for n in l.nodes.iter().filter(|n| n.addr != self.addr) {
+            let me = self.clone();
+            let addr = n.addr.clone();
+            set.spawn(async move {
+                let req = json!({"method": "flush_to", "addr": me.addr});
+                (addr.clone(), me.call(&addr, req).await)
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            if let Ok((addr, Err(e))) = r {
+                tracing::debug!(peer = %addr, error = %e, "no flush from peer");
+            }
+        }
+        self.catching_up.store(false, SeqCst);
+        tracing::info!("caught up; leading again");
     }
 
     /// Wait until the changes up to feed position `seq` reached the write quorum (or, with
@@ -363,6 +432,21 @@ impl Cluster {
                 Some(Err(e)) => err(format!("bad change: {e}")),
                 None => err("change needs a change"),
             },
+            "flush_to" => {
+                // Answer once the stream to that node has delivered every change made here
+                // so far (bounded by the request timeout).
+                let Some(addr) = req["addr"].as_str() else {
+                    return err("flush_to needs addr");
+                };
+                let p = self.peer(addr);
+                let last = self.store.last_seq();
+                let deadline = tokio::time::Instant::now() + self.request_timeout();
+                while p.acked.load(SeqCst) < last && tokio::time::Instant::now() < deadline {
+                    let n = self.acked.notified();
+                    let _ = tokio::time::timeout(Duration::from_millis(50), n).await;
+                }
+                json!({"ok": true, "caught_up": p.acked.load(SeqCst) >= last})
+            }
             "status" => self.status().await,
             "stats" => self.ping_reply(),
             "" => err("missing method"),
@@ -432,6 +516,7 @@ impl Cluster {
             "addr": self.addr,
             "memcached": self.memcached,
             "gateway": self.gateway(),
+            "catching_up": self.catching_up(),
             "version": l.version,
             "uptime_secs": self.started.elapsed().as_secs(),
             "items": st.records,
@@ -879,8 +964,21 @@ impl Cluster {
         let hb = Duration::from_millis(self.cfg.heartbeat_ms);
         let timeout = Duration::from_millis(self.cfg.failure_timeout_ms);
         let mut transfer: Option<(u64, tokio::task::JoinHandle<Result<usize, String>>)> = None;
+        let mut catch: Option<tokio::task::JoinHandle<()>> = None;
         while !self.stopping() {
+            self.check_pause();
+            *self.last_tick.lock().expect("lock") = Instant::now();
             let l = self.layout();
+            if self.catching_up()
+                && !self.gateway()
+                && catch.as_ref().is_none_or(|h| h.is_finished())
+            {
+                let me = self.clone();
+                catch = Some(tokio::spawn(async move { me.catch_up().await }));
+            }
+            if self.gateway() {
+                self.catching_up.store(false, SeqCst);
+            }
             // Heartbeats.
             let mut set = tokio::task::JoinSet::new();
             let targets: Vec<String> = l
@@ -914,6 +1012,8 @@ impl Cluster {
                             let addr = p.addr.clone();
                             tokio::spawn(async move { me.fetch_layout(&addr).await });
                         }
+                        p.catching_up
+                            .store(r["catching_up"] == json!(true), Relaxed);
                         *p.status.lock().expect("lock") = r;
                     }
                     Err(_) => {
@@ -925,6 +1025,9 @@ impl Cluster {
                     }
                 }
             }
+            // Heartbeats to a peer that hangs take up to the failure timeout: that is not a
+            // pause of this process.
+            *self.last_tick.lock().expect("lock") = Instant::now();
             // Transfers of the movement in progress.
             if l.moving() && !self.gateway() {
                 let fin = self.transfers_finished.load(SeqCst);
@@ -955,6 +1058,7 @@ impl Cluster {
                 }
             }
             tokio::time::sleep(hb).await;
+            self.check_pause();
         }
     }
 
