@@ -224,6 +224,16 @@ fn bench_speaks_both_protocols_and_logs_are_json() {
     assert!(log.contains("SIGTERM"), "{log}");
 }
 
+/// Stops a process with SIGTERM when dropped, also when the test fails: dev-cluster then stops
+/// the daemons it started (SIGKILL would leave them running).
+struct Graceful(Proc);
+
+impl Drop for Graceful {
+    fn drop(&mut self) {
+        self.0.terminate(Duration::from_secs(20));
+    }
+}
+
 /// `count` consecutive loopback ports starting at an even port, all free a moment ago.
 fn free_range(count: u16) -> u16 {
     for _ in 0..200 {
@@ -278,7 +288,8 @@ fn dev_cluster_hash_stat_top() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let mut dev = Proc::start(&bin("k2hdkc"), &args, Some(&log));
+    let mut dev = Graceful(Proc::start(&bin("k2hdkc"), &args, Some(&log)));
+    let dev = &mut dev.0;
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     while !std::fs::read_to_string(&log)
         .unwrap_or_default()
