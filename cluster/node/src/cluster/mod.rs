@@ -71,7 +71,6 @@ pub struct ClusterStats {
 pub struct Peer {
     /// Native address.
     pub addr: String,
-    name: RwLock<String>,
     /// Connection pool.
     pub client: Client,
     last_ok: Mutex<Option<Instant>>,
@@ -103,11 +102,6 @@ impl Peer {
     /// Whether requests may be routed to it.
     pub fn routable(&self) -> bool {
         self.up() && !self.catching_up.load(Relaxed)
-    }
-
-    /// Its node name (learned from the layout or its replies).
-    pub fn name(&self) -> String {
-        self.name.read().expect("lock").clone()
     }
 }
 
@@ -145,7 +139,8 @@ pub struct Cluster {
     /// streams have delivered what they hold for it (see [`Cluster::catch_up`]).
     catching_up: AtomicBool,
     /// When the heartbeat loop last ran (pause detection).
-    last_tick: Mutex<Instant>,
+    /// Milliseconds since `started` at that moment (an atomic: read on every routed request).
+    last_tick: AtomicU64,
     started: Instant,
 }
 
@@ -194,7 +189,7 @@ impl Cluster {
             transfers_finished: AtomicU64::new(0),
             token,
             catching_up: AtomicBool::new(true),
-            last_tick: Mutex::new(Instant::now()),
+            last_tick: AtomicU64::new(0),
             started: Instant::now(),
         }))
     }
@@ -240,7 +235,6 @@ impl Cluster {
         cc.request_timeout = self.request_timeout();
         let p = Arc::new(Peer {
             addr: addr.to_string(),
-            name: RwLock::new(String::new()),
             client: Client::lazy(cc),
             last_ok: Mutex::new(None),
             // Optimistic until heartbeats say otherwise, so a fresh node routes at once.
@@ -315,16 +309,24 @@ impl Cluster {
     /// If this process was paused (its heartbeat loop did not run for longer than the
     /// failure timeout), others may have led its partitions meanwhile: catch up first.
     pub fn check_pause(&self) {
-        let gap = Duration::from_millis(self.cfg.heartbeat_ms + self.cfg.failure_timeout_ms);
-        let mut last = self.last_tick.lock().expect("lock");
-        if last.elapsed() > gap {
-            tracing::warn!(
-                gap_ms = last.elapsed().as_millis() as u64,
-                "this node was paused; catching up"
-            );
-            *last = Instant::now();
+        let gap = self.cfg.heartbeat_ms + self.cfg.failure_timeout_ms;
+        let now = self.started.elapsed().as_millis() as u64;
+        let last = self.last_tick.load(Relaxed);
+        if now.saturating_sub(last) > gap
+            && self
+                .last_tick
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(gap_ms = now - last, "this node was paused; catching up");
             self.catching_up.store(true, SeqCst);
         }
+    }
+
+    /// The heartbeat loop is alive (see [`Cluster::check_pause`]).
+    fn tick(&self) {
+        self.last_tick
+            .store(self.started.elapsed().as_millis() as u64, Relaxed);
     }
 
     /// Ask every other node of the layout to finish streaming to this node what it holds for
@@ -539,75 +541,77 @@ impl Cluster {
         use std::fmt::Write as _;
         let mut o = String::new();
         let l = self.layout();
-        let mut metric = |name: &str, kind: &str, help: &str, v: u64| {
+        let gauges: [(&str, &str, &str, u64); 11] = [
+            (
+                "k2hdkc_cluster_layout_version",
+                "gauge",
+                "Committed layout version.",
+                l.version,
+            ),
+            (
+                "k2hdkc_cluster_forwarded_total",
+                "counter",
+                "Requests forwarded to their primary.",
+                self.stats.forwarded.load(Relaxed),
+            ),
+            (
+                "k2hdkc_cluster_forward_errors_total",
+                "counter",
+                "Forwarded requests that failed.",
+                self.stats.forward_errors.load(Relaxed),
+            ),
+            (
+                "k2hdkc_cluster_quorum_failures_total",
+                "counter",
+                "Writes that missed their write quorum.",
+                self.stats.quorum_failures.load(Relaxed),
+            ),
+            (
+                "k2hdkc_cluster_replicated_changes_total",
+                "counter",
+                "Changes sent to replicas.",
+                self.stats.replicated.load(Relaxed),
+            ),
+            (
+                "k2hdkc_cluster_replicated_bytes_total",
+                "counter",
+                "Bytes of replication batches sent.",
+                self.stats.replicated_bytes.load(Relaxed),
+            ),
+            (
+                "k2hdkc_cluster_imported_changes_total",
+                "counter",
+                "Changes received from peers and applied.",
+                self.stats.imported.load(Relaxed),
+            ),
+            (
+                "k2hdkc_cluster_received_bytes_total",
+                "counter",
+                "Bytes of replication batches received from peers.",
+                self.stats.received_bytes.load(Relaxed),
+            ),
+            (
+                "k2hdkc_cluster_moving_partitions",
+                "gauge",
+                "Partitions whose data is moving.",
+                l.moving_partitions().len() as u64,
+            ),
+            (
+                "k2hdkc_cluster_transfers_total",
+                "gauge",
+                "Partition copies this node sends in the current movement.",
+                self.transfer_total.load(SeqCst),
+            ),
+            (
+                "k2hdkc_cluster_transfers_done",
+                "gauge",
+                "Partition copies sent so far in the current movement.",
+                self.transfer_done.load(SeqCst),
+            ),
+        ];
+        for (name, kind, help, v) in gauges {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
-        };
-        metric(
-            "k2hdkc_cluster_layout_version",
-            "gauge",
-            "Committed layout version.",
-            l.version,
-        );
-        metric(
-            "k2hdkc_cluster_forwarded_total",
-            "counter",
-            "Requests forwarded to their primary.",
-            self.stats.forwarded.load(Relaxed),
-        );
-        metric(
-            "k2hdkc_cluster_forward_errors_total",
-            "counter",
-            "Forwarded requests that failed.",
-            self.stats.forward_errors.load(Relaxed),
-        );
-        metric(
-            "k2hdkc_cluster_quorum_failures_total",
-            "counter",
-            "Writes that missed their write quorum.",
-            self.stats.quorum_failures.load(Relaxed),
-        );
-        metric(
-            "k2hdkc_cluster_replicated_changes_total",
-            "counter",
-            "Changes sent to replicas.",
-            self.stats.replicated.load(Relaxed),
-        );
-        metric(
-            "k2hdkc_cluster_replicated_bytes_total",
-            "counter",
-            "Bytes of replication batches sent.",
-            self.stats.replicated_bytes.load(Relaxed),
-        );
-        metric(
-            "k2hdkc_cluster_imported_changes_total",
-            "counter",
-            "Changes received from peers and applied.",
-            self.stats.imported.load(Relaxed),
-        );
-        metric(
-            "k2hdkc_cluster_received_bytes_total",
-            "counter",
-            "Bytes of replication batches received from peers.",
-            self.stats.received_bytes.load(Relaxed),
-        );
-        metric(
-            "k2hdkc_cluster_moving_partitions",
-            "gauge",
-            "Partitions whose data is moving.",
-            l.moving_partitions().len() as u64,
-        );
-        metric(
-            "k2hdkc_cluster_transfers_total",
-            "gauge",
-            "Partition copies this node sends in the current movement.",
-            self.transfer_total.load(SeqCst),
-        );
-        metric(
-            "k2hdkc_cluster_transfers_done",
-            "gauge",
-            "Partition copies sent so far in the current movement.",
-            self.transfer_done.load(SeqCst),
-        );
+        }
         let last = self.store.last_seq();
         let (mut lag, mut up) = (String::new(), String::new());
         for n in l.nodes.iter().filter(|n| n.addr != self.addr) {
@@ -709,12 +713,6 @@ impl Cluster {
             moving = l.moving(),
             "layout installed"
         );
-        for n in &l.nodes {
-            if n.addr != self.addr {
-                let p = self.peer(&n.addr);
-                *p.name.write().expect("lock") = n.name.clone();
-            }
-        }
         *cur = Arc::new(l);
         drop(cur);
         self.acked.notify_waiters();
@@ -967,7 +965,7 @@ impl Cluster {
         let mut catch: Option<tokio::task::JoinHandle<()>> = None;
         while !self.stopping() {
             self.check_pause();
-            *self.last_tick.lock().expect("lock") = Instant::now();
+            self.tick();
             let l = self.layout();
             if self.catching_up()
                 && !self.gateway()
@@ -1027,7 +1025,7 @@ impl Cluster {
             }
             // Heartbeats to a peer that hangs take up to the failure timeout: that is not a
             // pause of this process.
-            *self.last_tick.lock().expect("lock") = Instant::now();
+            self.tick();
             // Transfers of the movement in progress.
             if l.moving() && !self.gateway() {
                 let fin = self.transfers_finished.load(SeqCst);
