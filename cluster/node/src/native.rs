@@ -529,7 +529,7 @@ fn dispatch(
                 wire::write_error(out, Status::BadRequest, id, "Replicate needs a Value");
                 return false;
             };
-            match c.import(v) {
+            match c.import(v, a.message, a.count.unwrap_or(0)) {
                 Ok(n) => {
                     let s = wire::begin_response(out, Status::Ok, id);
                     wire::put_u64(out, Tag::Count, n as u64);

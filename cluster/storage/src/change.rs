@@ -170,6 +170,106 @@ fn put_blob(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
+/// Append one op in the fixed-width form.
+fn encode_op(op: &Op, out: &mut Vec<u8>) {
+    match op {
+        Op::Put(r) => {
+            out.push(OP_PUT);
+            put_blob(out, r.as_bytes());
+        }
+        Op::Remove(k) => {
+            out.push(OP_REMOVE);
+            put_blob(out, k);
+        }
+        Op::QueuePut { queue, id, item } => {
+            out.push(OP_QPUT);
+            put_blob(out, queue);
+            out.extend_from_slice(&id.to_le_bytes());
+            match &item.key {
+                Some(k) => {
+                    out.push(1);
+                    put_blob(out, k);
+                }
+                None => out.push(0),
+            }
+            put_blob(out, &item.value);
+            out.extend_from_slice(&item.expire.to_le_bytes());
+            out.push(item.encrypted as u8);
+            out.extend_from_slice(&item.version.ts.to_le_bytes());
+            out.extend_from_slice(&item.version.node.to_le_bytes());
+        }
+        Op::QueueDel { queue, ids } => {
+            out.push(OP_QDEL);
+            put_blob(out, queue);
+            out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+            for id in ids {
+                out.extend_from_slice(&id.to_le_bytes());
+            }
+        }
+    }
+}
+
+/// Decode one op in the fixed-width form, after its tag.
+fn decode_op(tag: u8, r: &mut Reader<'_, '_>) -> Result<Op> {
+    Ok(match tag {
+        OP_PUT => Op::Put(Record::from_bytes(r.blob()?.into())?),
+        OP_REMOVE => Op::Remove(r.blob()?.into()),
+        OP_QPUT => {
+            let queue = r.blob()?.into();
+            let id = r.u64()?;
+            let key = match r.u8()? {
+                0 => None,
+                _ => Some(r.blob()?.into()),
+            };
+            let value = r.blob()?.into();
+            let expire = r.u32()?;
+            let encrypted = r.u8()? != 0;
+            let version = Version {
+                ts: r.u64()?,
+                node: r.u32()?,
+            };
+            Op::QueuePut {
+                queue,
+                id,
+                item: QueueItem {
+                    key,
+                    value,
+                    expire,
+                    encrypted,
+                    version,
+                },
+            }
+        }
+        OP_QDEL => {
+            let queue = r.blob()?.into();
+            let k = r.u32()? as usize;
+            let mut ids = Vec::with_capacity(k.min(1 << 16));
+            for _ in 0..k {
+                ids.push(r.u64()?);
+            }
+            Op::QueueDel { queue, ids }
+        }
+        t => return Err(Error::Corrupt(format!("op type {t}"))),
+    })
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn zigzag(d: u64) -> u64 {
+    let d = d as i64;
+    ((d << 1) ^ (d >> 63)) as u64
+}
+
+fn unzigzag(z: u64) -> u64 {
+    ((z >> 1) as i64 ^ -((z & 1) as i64)) as u64
+}
+
 impl Change {
     /// Append the binary encoding (the format version lives in the enclosing file header).
     pub fn encode(&self, out: &mut Vec<u8>) {
@@ -180,42 +280,63 @@ impl Change {
         out.push(self.kind as u8);
         out.extend_from_slice(&(self.ops.len() as u32).to_le_bytes());
         for op in &self.ops {
+            encode_op(op, out);
+        }
+    }
+
+    /// Append the compact encoding used for runs of changes (replication batches): the header
+    /// as varints, `seq` and the version's timestamp as differences from the previous change
+    /// of the run (`prev`, updated; start from `(0, 0)`), record and key lengths as varints.
+    /// A change of a few fields costs a few bytes beyond its records.
+    pub fn encode_compact(&self, prev: &mut (u64, u64), out: &mut Vec<u8>) {
+        put_varint(out, zigzag(self.seq.wrapping_sub(prev.0)));
+        put_varint(out, zigzag(self.version.ts.wrapping_sub(prev.1)));
+        put_varint(out, u64::from(self.version.node));
+        out.push(self.kind as u8);
+        put_varint(out, self.ops.len() as u64);
+        for op in &self.ops {
             match op {
                 Op::Put(r) => {
                     out.push(OP_PUT);
-                    put_blob(out, r.as_bytes());
+                    put_varint(out, r.as_bytes().len() as u64);
+                    out.extend_from_slice(r.as_bytes());
                 }
                 Op::Remove(k) => {
                     out.push(OP_REMOVE);
-                    put_blob(out, k);
+                    put_varint(out, k.len() as u64);
+                    out.extend_from_slice(k);
                 }
-                Op::QueuePut { queue, id, item } => {
-                    out.push(OP_QPUT);
-                    put_blob(out, queue);
-                    out.extend_from_slice(&id.to_le_bytes());
-                    match &item.key {
-                        Some(k) => {
-                            out.push(1);
-                            put_blob(out, k);
-                        }
-                        None => out.push(0),
-                    }
-                    put_blob(out, &item.value);
-                    out.extend_from_slice(&item.expire.to_le_bytes());
-                    out.push(item.encrypted as u8);
-                    out.extend_from_slice(&item.version.ts.to_le_bytes());
-                    out.extend_from_slice(&item.version.node.to_le_bytes());
-                }
-                Op::QueueDel { queue, ids } => {
-                    out.push(OP_QDEL);
-                    put_blob(out, queue);
-                    out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
-                    for id in ids {
-                        out.extend_from_slice(&id.to_le_bytes());
-                    }
-                }
+                other => encode_op(other, out),
             }
         }
+        *prev = (self.seq, self.version.ts);
+    }
+
+    /// Decode one change of a compact run (see [`Change::encode_compact`]); advances `b`.
+    pub fn decode_compact(b: &mut &[u8], prev: &mut (u64, u64)) -> Result<Change> {
+        let mut r = Reader(b);
+        let seq = prev.0.wrapping_add(unzigzag(r.varint()?));
+        let ts = prev.1.wrapping_add(unzigzag(r.varint()?));
+        let node = u32::try_from(r.varint()?)
+            .map_err(|_| Error::Corrupt("node id does not fit".into()))?;
+        let kind = ChangeKind::from_u8(r.u8()?)?;
+        let n = r.varint()? as usize;
+        let mut ops = Vec::with_capacity(n.min(1024));
+        for _ in 0..n {
+            let op = match r.u8()? {
+                OP_PUT => Op::Put(Record::from_bytes(r.vblob()?.into())?),
+                OP_REMOVE => Op::Remove(r.vblob()?.into()),
+                t => decode_op(t, &mut r)?,
+            };
+            ops.push(op);
+        }
+        *prev = (seq, ts);
+        Ok(Change {
+            seq,
+            version: Version { ts, node },
+            kind,
+            ops,
+        })
     }
 
     /// Decode one change; every length is checked.
@@ -233,46 +354,7 @@ impl Change {
         let n = r.u32()? as usize;
         let mut ops = Vec::with_capacity(n.min(1024));
         for _ in 0..n {
-            let op = match r.u8()? {
-                OP_PUT => Op::Put(Record::from_bytes(r.blob()?.into())?),
-                OP_REMOVE => Op::Remove(r.blob()?.into()),
-                OP_QPUT => {
-                    let queue = r.blob()?.into();
-                    let id = r.u64()?;
-                    let key = match r.u8()? {
-                        0 => None,
-                        _ => Some(r.blob()?.into()),
-                    };
-                    let value = r.blob()?.into();
-                    let expire = r.u32()?;
-                    let encrypted = r.u8()? != 0;
-                    let version = Version {
-                        ts: r.u64()?,
-                        node: r.u32()?,
-                    };
-                    Op::QueuePut {
-                        queue,
-                        id,
-                        item: QueueItem {
-                            key,
-                            value,
-                            expire,
-                            encrypted,
-                            version,
-                        },
-                    }
-                }
-                OP_QDEL => {
-                    let queue = r.blob()?.into();
-                    let k = r.u32()? as usize;
-                    let mut ids = Vec::with_capacity(k.min(1 << 16));
-                    for _ in 0..k {
-                        ids.push(r.u64()?);
-                    }
-                    Op::QueueDel { queue, ids }
-                }
-                t => return Err(Error::Corrupt(format!("op type {t}"))),
-            };
+            let op = decode_op(r.u8()?, &mut r)?;
             ops.push(op);
         }
         if !r.is_empty() {
@@ -439,6 +521,28 @@ mod tests {
                 Change::decode(&buf[..cut]).is_err(),
                 "cut at {cut} must fail"
             );
+        }
+        // The compact form of a run: deltas in both directions, every cut refused.
+        let mut later = c.clone();
+        later.seq = 40;
+        later.version.ts = u64::MAX - 3;
+        later.ops.truncate(1);
+        let mut run = Vec::new();
+        let mut prev = (0, 0);
+        c.encode_compact(&mut prev, &mut run);
+        later.encode_compact(&mut prev, &mut run);
+        let mut b = run.as_slice();
+        let mut prev = (0, 0);
+        assert_eq!(Change::decode_compact(&mut b, &mut prev).unwrap(), c);
+        assert_eq!(Change::decode_compact(&mut b, &mut prev).unwrap(), later);
+        assert!(b.is_empty());
+        assert!(run.len() < 2 * buf.len() - 40, "compact is smaller");
+        for cut in 0..run.len() {
+            let mut b = &run[..cut];
+            let mut prev = (0, 0);
+            let ok = Change::decode_compact(&mut b, &mut prev)
+                .and_then(|_| Change::decode_compact(&mut b, &mut prev));
+            assert!(ok.is_err(), "cut at {cut} must fail");
         }
         let j = c.to_json();
         assert_eq!(j["kind"], "rename");

@@ -231,6 +231,24 @@ impl<'b> Reader<'_, 'b> {
             self.bytes(8)?.try_into().expect("8 bytes"),
         ))
     }
+    /// An unsigned LEB128 varint (at most 10 bytes).
+    pub fn varint(&mut self) -> Result<u64> {
+        let mut v = 0u64;
+        for i in 0..10 {
+            let b = self.u8()?;
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(Error::Corrupt("varint longer than 10 bytes".into()))
+    }
+    /// A varint-length-prefixed byte string.
+    pub fn vblob(&mut self) -> Result<&'b [u8]> {
+        let n = usize::try_from(self.varint()?)
+            .map_err(|_| Error::Corrupt("length does not fit".into()))?;
+        self.bytes(n)
+    }
     /// A u32-length-prefixed byte string.
     pub fn blob(&mut self) -> Result<&'b [u8]> {
         let n = self.u32()? as usize;

@@ -594,6 +594,17 @@ impl Store {
         kind: ChangeKind,
         ops: Vec<Op>,
     ) -> Result<Ticket> {
+        self.commit_seq(l, version, kind, ops).map(|(_, t)| t)
+    }
+
+    /// [`Store::commit`], also returning the change's feed position.
+    fn commit_seq(
+        &self,
+        l: &mut Locked<'_>,
+        version: Version,
+        kind: ChangeKind,
+        ops: Vec<Op>,
+    ) -> Result<(u64, Ticket)> {
         if self.inner.closed.load(Ordering::Relaxed) {
             return Err(Error::Closed("store is closed".into()));
         }
@@ -607,8 +618,9 @@ impl Store {
                 ops,
             },
         )?;
+        let seq = change.seq;
         l.apply(change.ops);
-        Ok(t)
+        Ok((seq, t))
     }
 
     /// Commit one change, release the locks, then wait for its durability.
@@ -1194,8 +1206,39 @@ impl Store {
     /// Apply changes from an archive or a replica: each record wins only if its version is
     /// newer than what is here (or always, with `overwrite`). Returns how many applied.
     pub fn import_changes(&self, changes: Vec<Change>, overwrite: bool) -> Result<usize> {
+        self.import_changes_mapped(changes, overwrite)
+            .map(|(n, _)| n)
+    }
+
+    /// [`Store::import_changes`], also returning, for every change that applied, its `seq` as
+    /// given and the feed position it got here (a replica uses that to know which sender's
+    /// stream delivered which of its own changes). Waits for durability once, after the last.
+    pub fn import_changes_mapped(
+        &self,
+        changes: Vec<Change>,
+        overwrite: bool,
+    ) -> Result<(usize, Vec<(u64, u64)>)> {
         let mut applied = 0;
+        let mut mapped = Vec::new();
+        let mut last: Option<Ticket> = None;
+        let r = self.import_each(changes, overwrite, &mut applied, &mut mapped, &mut last);
+        // Changes committed before an error still get their durability wait.
+        if let Some(t) = last {
+            self.durable(t)?;
+        }
+        r.map(|()| (applied, mapped))
+    }
+
+    fn import_each(
+        &self,
+        changes: Vec<Change>,
+        overwrite: bool,
+        applied: &mut usize,
+        mapped: &mut Vec<(u64, u64)>,
+        last: &mut Option<Ticket>,
+    ) -> Result<()> {
         for c in changes {
+            let their_seq = c.seq;
             // A touch keeps the value's version; the expiry it sets must still reach replicas.
             let attr = c.kind == ChangeKind::Attr;
             let keys: Vec<Vec<u8>> = c.ops.iter().map(|o| o.key().to_vec()).collect();
@@ -1231,11 +1274,15 @@ impl Store {
             if ops.is_empty() {
                 continue;
             }
-            applied += ops.len();
+            *applied += ops.len();
             let version = self.inner.hlc.now();
-            self.commit_and_wait(l, version, ChangeKind::Import, ops)?;
+            let mut l = l;
+            let (seq, t) = self.commit_seq(&mut l, version, ChangeKind::Import, ops)?;
+            drop(l);
+            mapped.push((their_seq, seq));
+            *last = Some(t);
         }
-        Ok(applied)
+        Ok(())
     }
 
     /// Counters.

@@ -79,6 +79,14 @@ pub struct Peer {
     pub acked: AtomicU64,
     /// Highest version (HLC timestamp) among acknowledged changes.
     pub acked_version: AtomicU64,
+    /// Where the stream to this peer started in this process (`acked` is assumed up to
+    /// here, not known: other nodes must not infer from it that the peer has those changes).
+    pub since: u64,
+    /// Imported changes the stream to this peer holds back because their sender's own stream
+    /// is expected to deliver them (see [`replicate`]); the lowest such feed position.
+    pub held_from: AtomicU64,
+    /// What the peer last said about itself and its own streams (heartbeat).
+    pub view: Mutex<Option<Arc<PeerView>>>,
     /// The peer's last reported status (ping reply).
     pub status: Mutex<Json>,
     /// The peer said it is catching up (after a start or a pause): do not route to it.
@@ -104,6 +112,58 @@ impl Peer {
         self.up() && !self.catching_up.load(Relaxed)
     }
 }
+
+/// What a peer reported in its last heartbeat reply about its streams.
+#[derive(Debug, Default)]
+pub struct PeerView {
+    /// Its process incarnation (changes on every start).
+    pub incarnation: u64,
+    /// Its layout version.
+    pub version: u64,
+    /// Per target address: (where its stream to the target started, the feed position up to
+    /// which the target has everything it should get from it).
+    pub streams: HashMap<String, (u64, u64)>,
+}
+
+impl PeerView {
+    fn parse(r: &Json) -> PeerView {
+        let streams = r["streams"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(a, v)| Some((a.clone(), (v[0].as_u64()?, v[1].as_u64()?))))
+                    .collect()
+            })
+            .unwrap_or_default();
+        PeerView {
+            incarnation: r["incarnation"].as_u64().unwrap_or(0),
+            version: r["version"].as_u64().unwrap_or(0),
+            streams,
+        }
+    }
+}
+
+/// Who delivered an imported change (kept per feed position, see [`replicate`]).
+#[derive(Debug, Clone)]
+pub enum Origin {
+    /// A peer's replication stream: its address, incarnation, and the change's position in
+    /// its feed.
+    Stream {
+        /// Sender's native address.
+        sender: Arc<str>,
+        /// Sender's incarnation.
+        incarnation: u64,
+        /// The change's position in the sender's feed.
+        seq: u64,
+    },
+    /// A partition transfer or a resync: other owners get theirs from the sender directly.
+    Transfer,
+    /// Not known (or no longer to be relied on): forward it.
+    Unknown,
+}
+
+/// Most imported changes whose origin is remembered; older ones are forwarded (safe).
+const ORIGINS_CAP: usize = 1 << 21;
 
 /// A node's view of the cluster.
 pub struct Cluster {
@@ -142,6 +202,11 @@ pub struct Cluster {
     /// Milliseconds since `started` at that moment (an atomic: read on every routed request).
     last_tick: AtomicU64,
     started: Instant,
+    /// Random per process start: peers learn from it that this node's stream positions were
+    /// reset (see [`Peer::since`]).
+    pub incarnation: u64,
+    /// Who delivered the imported changes still in the feed, by local feed position.
+    pub origins: Mutex<std::collections::BTreeMap<u64, Origin>>,
 }
 
 /// Errors of cluster control requests.
@@ -191,6 +256,8 @@ impl Cluster {
             catching_up: AtomicBool::new(true),
             last_tick: AtomicU64::new(0),
             started: Instant::now(),
+            incarnation: incarnation(),
+            origins: Mutex::new(Default::default()),
         }))
     }
 
@@ -229,6 +296,7 @@ impl Cluster {
         let sock: SocketAddr = addr
             .parse()
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let since = self.store.last_seq();
         let mut cc = ClientConfig::new(sock);
         cc.connections = 2;
         cc.connect_timeout = Duration::from_millis(self.cfg.failure_timeout_ms.min(2000));
@@ -239,14 +307,22 @@ impl Cluster {
             last_ok: Mutex::new(None),
             // Optimistic until heartbeats say otherwise, so a fresh node routes at once.
             up: AtomicBool::new(true),
-            acked: AtomicU64::new(self.store.last_seq()),
+            acked: AtomicU64::new(since),
             acked_version: AtomicU64::new(0),
+            since,
+            held_from: AtomicU64::new(u64::MAX),
+            view: Mutex::new(None),
             status: Mutex::new(Json::Null),
             catching_up: AtomicBool::new(false),
             streaming: AtomicBool::new(false),
         });
         peers.insert(addr.to_string(), p.clone());
         p
+    }
+
+    /// The peer at this address, if this node knows it.
+    pub fn known_peer(&self, addr: &str) -> Option<Arc<Peer>> {
+        self.peers.lock().expect("lock").get(addr).cloned()
     }
 
     /// Whether the node at this address is up (this node always is).
@@ -443,11 +519,12 @@ impl Cluster {
                 let p = self.peer(addr);
                 let last = self.store.last_seq();
                 let deadline = tokio::time::Instant::now() + self.request_timeout();
-                while p.acked.load(SeqCst) < last && tokio::time::Instant::now() < deadline {
+                let done = || p.acked.load(SeqCst) >= last && p.held_from.load(SeqCst) > last;
+                while !done() && tokio::time::Instant::now() < deadline {
                     let n = self.acked.notified();
                     let _ = tokio::time::timeout(Duration::from_millis(50), n).await;
                 }
-                json!({"ok": true, "caught_up": p.acked.load(SeqCst) >= last})
+                json!({"ok": true, "caught_up": done()})
             }
             "status" => self.status().await,
             "stats" => self.ping_reply(),
@@ -532,7 +609,21 @@ impl Cluster {
             "imported": self.stats.imported.load(Relaxed),
             "received": self.stats.received.load(Relaxed),
             "received_bytes": self.stats.received_bytes.load(Relaxed),
+            "incarnation": self.incarnation,
+            "streams": self.stream_positions(),
         })
+    }
+
+    /// Per peer: where this process's stream to it started, and up to where its stream has
+    /// handled the feed (sent what the peer should get from here, or holds it back with an
+    /// origin that answers for it: see [`replicate`]).
+    fn stream_positions(&self) -> Json {
+        let peers = self.peers.lock().expect("lock");
+        let m: serde_json::Map<String, Json> = peers
+            .values()
+            .map(|p| (p.addr.clone(), json!([p.since, p.acked.load(SeqCst)])))
+            .collect();
+        Json::Object(m)
     }
 
     /// Prometheus text for the cluster: replication lag and handoff per peer, quorum
@@ -1012,6 +1103,7 @@ impl Cluster {
                         }
                         p.catching_up
                             .store(r["catching_up"] == json!(true), Relaxed);
+                        *p.view.lock().expect("lock") = Some(Arc::new(PeerView::parse(&r)));
                         *p.status.lock().expect("lock") = r;
                     }
                     Err(_) => {
@@ -1026,6 +1118,7 @@ impl Cluster {
             // Heartbeats to a peer that hangs take up to the failure timeout: that is not a
             // pause of this process.
             self.tick();
+            self.prune_origins();
             // Transfers of the movement in progress.
             if l.moving() && !self.gateway() {
                 let fin = self.transfers_finished.load(SeqCst);
@@ -1097,20 +1190,72 @@ impl Cluster {
         }
     }
 
-    /// Apply a replication batch from a peer.
-    pub fn import(&self, value: &[u8]) -> Result<usize, String> {
+    /// Apply a replication batch from a peer. `from` is the sender (`ADDR INCARNATION`, as
+    /// [`replicate`] sends it); `position` 0 marks a transfer or resync.
+    pub fn import(
+        &self,
+        value: &[u8],
+        from: Option<&[u8]>,
+        position: u64,
+    ) -> Result<usize, String> {
         let changes = replicate::decode_batch(value)?;
         self.stats.received.fetch_add(changes.len() as u64, Relaxed);
         self.stats
             .received_bytes
             .fetch_add(value.len() as u64, Relaxed);
-        let n = self
+        let sender = from
+            .and_then(|f| std::str::from_utf8(f).ok())
+            .and_then(|f| f.split_once(' '))
+            .and_then(|(a, i)| Some((Arc::<str>::from(a), i.parse::<u64>().ok()?)));
+        let (n, mapped) = self
             .store
-            .import_changes(changes, false)
+            .import_changes_mapped(changes, false)
             .map_err(|e| e.to_string())?;
+        if let Some((sender, incarnation)) = sender {
+            let mut o = self.origins.lock().expect("lock");
+            for (seq, local) in mapped {
+                let origin = if position == 0 {
+                    Origin::Transfer
+                } else {
+                    Origin::Stream {
+                        sender: sender.clone(),
+                        incarnation,
+                        seq,
+                    }
+                };
+                o.insert(local, origin);
+            }
+            while o.len() > ORIGINS_CAP {
+                o.pop_first();
+            }
+        }
         self.stats.imported.fetch_add(n as u64, Relaxed);
         Ok(n)
     }
+
+    /// Forget the origins of feed positions every stream has passed.
+    fn prune_origins(&self) {
+        let peers: Vec<Arc<Peer>> = self.peers.lock().expect("lock").values().cloned().collect();
+        let l = self.layout();
+        let low = peers
+            .iter()
+            .filter(|p| l.nodes.iter().any(|n| n.addr == p.addr))
+            .map(|p| p.acked.load(SeqCst))
+            .min()
+            .unwrap_or(u64::MAX);
+        let mut o = self.origins.lock().expect("lock");
+        while o.first_key_value().is_some_and(|(&k, _)| k <= low) {
+            o.pop_first();
+        }
+    }
+}
+
+/// A number that differs between process starts.
+fn incarnation() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    t ^ (u64::from(std::process::id()) << 40) | 1
 }
 
 /// Send a control request over a client (with the cluster token, if any) and decode the JSON

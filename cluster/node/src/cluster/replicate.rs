@@ -10,6 +10,22 @@
 //! resumes from there (only what changed meanwhile travels); if the feed no longer holds that
 //! position, the state newer than the last acknowledged version is sent instead.
 //!
+//! Forwarding imported changes without sending them twice: a replica B that imported change
+//! `c` from sender A's stream also owes `c` to the other owners (C), in case A dies right after
+//! acknowledging the write. But while A lives, A's own stream delivers `c` to C, and a second
+//! copy from B would double the traffic (a node returning after a crash would pull every change
+//! once from each other owner). So B remembers, per imported feed position, who sent it and at
+//! which position of the sender's feed ([`Origin`]); its stream to C holds `c` back until A's
+//! heartbeat says A's stream to C has passed that position (then `c` is dropped), or A is down,
+//! restarted (another incarnation: its positions were reset), or on another layout version
+//! (then `c` is sent). "A's stream passed it" means A sent it to C or holds it back itself,
+//! answerable to the node A got it from, down to the node that wrote it, which sends its own
+//! writes itself; so no two nodes wait for each other. Transfers and resyncs are not
+//! forwarded: every new owner gets its own. Held changes live in memory: the loss of two of
+//! the nodes in such a chain before the writer's stream reached C leaves C without the change
+//! until anti-entropy or a later write repairs it (at W = 2 two failures can lose a write
+//! anyway).
+//!
 //! Batches carry a format version ([`BATCH_FORMAT`]); a receiver refuses other versions.
 
 use std::sync::Arc;
@@ -22,25 +38,102 @@ use k2hdkc_storage::{
     Change, ChangeFilter, ChangeKind, Error as StoreError, Op as StateOp, Version,
 };
 
-use super::{Cluster, Peer};
+use super::{Cluster, Origin, Peer};
 
-/// Format version of a replication batch.
-pub const BATCH_FORMAT: u8 = 1;
+/// Format version of a replication batch: 2 is the compact form (varint headers, deltas; see
+/// `Change::encode_compact`); receivers still read 1 (fixed-width changes, each with a u32
+/// length) from nodes not yet upgraded.
+pub const BATCH_FORMAT: u8 = 2;
 /// Most changes per batch.
 const BATCH_CHANGES: usize = 1024;
 /// Most bytes per batch (a batch is one frame).
 const BATCH_BYTES: usize = 4 << 20;
+/// Most bytes of imported changes a stream holds back; beyond it, it sends them (safe).
+const HELD_BYTES: usize = 64 << 20;
+/// How often held changes are looked at again.
+const HELD_RECHECK: Duration = Duration::from_millis(100);
+
+/// What the stream to a target does with an imported change.
+enum Fate {
+    Send,
+    Skip,
+    Hold,
+}
+
+/// Decide for an imported change (see the module documentation).
+fn fate(cluster: &Cluster, origin: Option<&Origin>, target: &str, version: u64) -> Fate {
+    let Some(origin) = origin else {
+        return Fate::Send;
+    };
+    let (sender, incarnation, seq) = match origin {
+        Origin::Stream {
+            sender,
+            incarnation,
+            seq,
+        } => (sender, incarnation, seq),
+        Origin::Transfer => return Fate::Skip,
+        Origin::Unknown => return Fate::Send,
+    };
+    if &**sender == target {
+        return Fate::Skip;
+    }
+    let Some(p) = cluster.known_peer(sender).filter(|p| p.up()) else {
+        return Fate::Send;
+    };
+    let view = p.view.lock().expect("lock").clone();
+    let Some(view) = view else {
+        return Fate::Hold;
+    };
+    if view.incarnation != *incarnation || view.version != version {
+        return Fate::Send;
+    }
+    match view.streams.get(target) {
+        Some(&(since, acked)) if since < *seq && *seq <= acked => Fate::Skip,
+        Some(&(since, _)) if since >= *seq => Fate::Send,
+        _ => Fate::Hold,
+    }
+}
+
+/// Imported changes a stream holds back for its target.
+#[derive(Default)]
+struct Held {
+    changes: Vec<(Change, Origin)>,
+    bytes: usize,
+    checked: Option<std::time::Instant>,
+}
+
+impl Held {
+    fn publish(&self, peer: &Peer) {
+        let low = self.changes.iter().map(|(c, _)| c.seq).min();
+        peer.held_from.store(low.unwrap_or(u64::MAX), SeqCst);
+    }
+
+    /// Take the held changes that must be sent now; drop those delivered by their sender.
+    fn release(&mut self, cluster: &Cluster, target: &str, version: u64) -> Vec<Change> {
+        let mut out = Vec::new();
+        let mut keep = Vec::new();
+        for (c, o) in self.changes.drain(..) {
+            match fate(cluster, Some(&o), target, version) {
+                Fate::Send => out.push(c),
+                Fate::Skip => {}
+                Fate::Hold => keep.push((c, o)),
+            }
+        }
+        self.bytes = keep.iter().map(|(c, _)| c.weight()).sum();
+        self.changes = keep;
+        self.checked = Some(std::time::Instant::now());
+        out
+    }
+}
 
 /// Encode changes as a replication batch.
 pub fn encode_batch(changes: &[Change]) -> Vec<u8> {
-    let mut out = vec![BATCH_FORMAT];
+    let mut out = Vec::with_capacity(8 + changes.iter().map(|c| c.weight()).sum::<usize>());
+    out.push(BATCH_FORMAT);
     out.extend_from_slice(&(changes.len() as u32).to_be_bytes());
-    let mut one = Vec::new();
+    let mut prev = (0, 0);
     for c in changes {
-        one.clear();
-        c.encode(&mut one);
-        out.extend_from_slice(&(one.len() as u32).to_be_bytes());
-        out.extend_from_slice(&one);
+        c.encode_compact(&mut prev, &mut out);
     }
     out
 }
@@ -50,9 +143,9 @@ pub fn decode_batch(mut b: &[u8]) -> Result<Vec<Change>, String> {
     let Some((&format, rest)) = b.split_first() else {
         return Err("empty replication batch".into());
     };
-    if format != BATCH_FORMAT {
+    if format != BATCH_FORMAT && format != 1 {
         return Err(format!(
-            "replication batch format {format} is not supported (this node reads {BATCH_FORMAT})"
+            "replication batch format {format} is not supported (this node reads 1 and {BATCH_FORMAT})"
         ));
     }
     b = rest;
@@ -66,6 +159,19 @@ pub fn decode_batch(mut b: &[u8]) -> Result<Vec<Change>, String> {
     };
     let n = u32::from_be_bytes(take(&mut b, 4)?.try_into().expect("4 bytes")) as usize;
     let mut out = Vec::with_capacity(n.min(BATCH_CHANGES * 4));
+    if format == BATCH_FORMAT {
+        let mut prev = (0, 0);
+        for _ in 0..n {
+            out.push(
+                Change::decode_compact(&mut b, &mut prev)
+                    .map_err(|e| format!("bad change in batch: {e}"))?,
+            );
+        }
+        if !b.is_empty() {
+            return Err("trailing bytes after a replication batch".into());
+        }
+        return Ok(out);
+    }
     for _ in 0..n {
         let len = u32::from_be_bytes(take(&mut b, 4)?.try_into().expect("4 bytes")) as usize;
         let body = take(&mut b, len)?;
@@ -116,9 +222,11 @@ async fn send(
     position: u64,
 ) -> Result<(), String> {
     let value = encode_batch(changes);
+    let from = format!("{} {}", cluster.addr, cluster.incarnation);
     let args = Args {
         value: Some(&value),
         count: Some(position),
+        message: Some(from.as_bytes()),
         pass: cluster.token.as_deref(),
         ..Default::default()
     };
@@ -151,6 +259,7 @@ pub async fn stream(cluster: Arc<Cluster>, peer: Arc<Peer>) {
     let store = cluster.store.clone();
     let mut from = peer.acked.load(SeqCst) + 1;
     let mut backoff = Duration::from_millis(50);
+    let mut held = Held::default();
     while !cluster.stopping() {
         let layout = cluster.layout();
         let Some(me_in_layout) = layout
@@ -160,6 +269,8 @@ pub async fn stream(cluster: Arc<Cluster>, peer: Arc<Peer>) {
             .map(|i| i as NodeIdx)
         else {
             // Not (or no longer) a node of the layout: nothing to send.
+            held = Held::default();
+            held.publish(&peer);
             peer.acked.store(store.last_seq(), SeqCst);
             from = peer.acked.load(SeqCst) + 1;
             cluster.acked.notify_waiters();
@@ -192,6 +303,28 @@ pub async fn stream(cluster: Arc<Cluster>, peer: Arc<Peer>) {
                 continue;
             }
         };
+        // Held changes whose fate is now known: send or drop them.
+        if !held.changes.is_empty()
+            && peer.up()
+            && held.checked.is_none_or(|t| t.elapsed() >= HELD_RECHECK)
+        {
+            let due = held.release(&cluster, &peer.addr, layout.version);
+            if !due.is_empty() {
+                let position = peer.acked.load(SeqCst).max(1);
+                if let Err(e) = send_all_at(&cluster, &peer, &due, position).await {
+                    tracing::debug!(peer = %peer.addr, error = %e, "held changes not sent yet");
+                    // Keep them, to be sent whatever their sender does.
+                    for c in due {
+                        held.bytes += c.weight();
+                        held.changes.push((c, Origin::Unknown));
+                    }
+                }
+            }
+            held.publish(&peer);
+            if held.changes.is_empty() {
+                cluster.acked.notify_waiters();
+            }
+        }
         if batch.next_seq <= from {
             // Nothing new: local writes notify `written`; changes from elsewhere (expiry
             // sweeps, imports) are picked up within the poll interval.
@@ -206,15 +339,35 @@ pub async fn stream(cluster: Arc<Cluster>, peer: Arc<Peer>) {
         let mut out: Vec<Change> = Vec::new();
         let mut bytes = 0usize;
         let mut max_version = Version::ZERO;
-        for c in &batch.changes {
-            if let Some(c) = for_peer(c, &layout, me_in_layout) {
-                bytes += c.weight();
-                max_version = max_version.max(c.version);
-                out.push(c);
-                if bytes > BATCH_BYTES {
-                    break;
+        let mut hold: Vec<(Change, Origin)> = Vec::new();
+        {
+            let origins = cluster.origins.lock().expect("lock");
+            for c in &batch.changes {
+                if let Some(c) = for_peer(c, &layout, me_in_layout) {
+                    if c.kind == ChangeKind::Import {
+                        let o = origins.get(&c.seq);
+                        match fate(&cluster, o, &peer.addr, layout.version) {
+                            Fate::Skip => continue,
+                            Fate::Hold if held.bytes + c.weight() <= HELD_BYTES => {
+                                held.bytes += c.weight();
+                                hold.push((c, o.cloned().expect("held changes have an origin")));
+                                continue;
+                            }
+                            Fate::Hold | Fate::Send => {}
+                        }
+                    }
+                    bytes += c.weight();
+                    max_version = max_version.max(c.version);
+                    out.push(c);
+                    if bytes > BATCH_BYTES {
+                        break;
+                    }
                 }
             }
+        }
+        if !hold.is_empty() {
+            held.changes.extend(hold);
+            held.publish(&peer);
         }
         // When the byte cap cut the batch, resume after the last change taken.
         let next = if bytes > BATCH_BYTES {
@@ -274,8 +427,18 @@ async fn resync(
     send_all(cluster, peer, &mine).await
 }
 
-/// Send changes in batches.
+/// Send changes in batches (a transfer or resync: receivers do not forward them).
 pub async fn send_all(cluster: &Cluster, peer: &Peer, changes: &[Change]) -> Result<(), String> {
+    send_all_at(cluster, peer, changes, 0).await
+}
+
+/// Send changes in batches marked with stream `position` (0: a transfer or resync).
+async fn send_all_at(
+    cluster: &Cluster,
+    peer: &Peer,
+    changes: &[Change],
+    position: u64,
+) -> Result<(), String> {
     let mut start = 0;
     while start < changes.len() {
         let mut end = start;
@@ -284,7 +447,7 @@ pub async fn send_all(cluster: &Cluster, peer: &Peer, changes: &[Change]) -> Res
             bytes += changes[end].weight();
             end += 1;
         }
-        send(cluster, peer, &changes[start..end], 0).await?;
+        send(cluster, peer, &changes[start..end], position).await?;
         start = end;
     }
     Ok(())
