@@ -4,10 +4,13 @@
 # and the CPU seconds of every server process (nodes + gateway) per operation.
 # Scenarios: one synchronous client (1 connection, depth 1; the load K2HDKC's figures were
 # measured with), and 16 connections x depth 8, for set:get 1:1 and 1:10 (sets-only for the
-# synchronous case too). Usage: scripts/bench-cluster.sh [SECONDS] (default 8)
+# synchronous case too). Every daemon runs THREADS worker threads (default 1: five processes
+# share two cores here; `--threads 0` means one per core). Usage: scripts/bench-cluster.sh
+# [SECONDS] (default 8)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-8}
+threads=${THREADS:-1}
 k2=target/release/k2hdkc
 [ -x "$k2" ] || cargo build --release -p k2hdkc-cli
 tick=$(getconf CLK_TCK)
@@ -33,7 +36,7 @@ PY
 }
 
 # One node.
-"$k2" server --storage memory --memcached-listen 127.0.0.1:21311 >/dev/null 2>&1 & single=$!; pids+=($single)
+"$k2" server --threads "$threads" --storage memory --memcached-listen 127.0.0.1:21311 >/dev/null 2>&1 & single=$!; pids+=($single)
 wait_port 21311
 "$k2" bench 127.0.0.1:21311 --keys 100000 --duration 1 -c 1 -p 16 >/dev/null 2>&1 || true
 for sc in "1 1 1:0" "1 1 1:1" "16 8 1:1" "16 8 1:10"; do
@@ -45,14 +48,14 @@ kill $single; wait $single 2>/dev/null || true
 # Three nodes and a gateway.
 nodes=()
 for i in 1 2 3; do
-    "$k2" server --name n$i --storage memory --listen 127.0.0.1:$((21400 + 2*i)) --memcached-listen 127.0.0.1:$((21500 + i)) --join 127.0.0.1:21402 >"$work/n$i.log" 2>&1 &
+    "$k2" server --threads "$threads" --name n$i --storage memory --listen 127.0.0.1:$((21400 + 2*i)) --memcached-listen 127.0.0.1:$((21500 + i)) --join 127.0.0.1:21402 >"$work/n$i.log" 2>&1 &
     nodes+=($!); pids+=($!)
 done
 wait_port 21406
 sleep 1
 "$k2" ctl 127.0.0.1:21402 set-replicas 3 --write-quorum 2 --read-quorum 2 >/dev/null
 "$k2" ctl 127.0.0.1:21402 attach --wait >/dev/null 2>&1
-"$k2" gateway --join 127.0.0.1:21402 --memcached-listen 127.0.0.1:21511 --native-listen 127.0.0.1:21512 >"$work/gw.log" 2>&1 & gw=$!; pids+=($gw)
+"$k2" gateway --threads "$threads" --join 127.0.0.1:21402 --memcached-listen 127.0.0.1:21511 --native-listen 127.0.0.1:21512 >"$work/gw.log" 2>&1 & gw=$!; pids+=($gw)
 wait_port 21511
 sleep 1
 "$k2" bench 127.0.0.1:21511 --keys 100000 --duration 1 -c 1 -p 16 >/dev/null 2>&1 || true

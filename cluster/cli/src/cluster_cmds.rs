@@ -548,6 +548,8 @@ pub async fn dev_cluster(a: DevClusterArgs) -> anyhow::Result<()> {
                 &format!("127.0.0.1:{}", a.base_port as usize + 2 * i + 1),
             ])
             .args(["--join", &seed])
+            // All daemons share this host's cores: one worker each wastes less CPU.
+            .args(["--threads", "1"])
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
@@ -609,6 +611,7 @@ pub async fn dev_cluster(a: DevClusterArgs) -> anyhow::Result<()> {
                 "--native-listen",
                 &format!("127.0.0.1:{}", a.base_port as usize + 2 * a.nodes),
             ])
+            .args(["--threads", "1"])
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;

@@ -93,6 +93,9 @@ struct ServerArgs {
     /// Most client connections at once.
     #[arg(long)]
     max_connections: Option<usize>,
+    /// Worker threads (0 = one per CPU core; 1 when several daemons share few cores).
+    #[arg(long)]
+    threads: Option<usize>,
     /// Log format: human | json.
     #[arg(long)]
     log_format: Option<String>,
@@ -144,6 +147,9 @@ impl ServerArgs {
         if let Some(v) = self.max_connections {
             c.limits.max_connections = v;
         }
+        if let Some(v) = self.threads {
+            c.limits.threads = v;
+        }
         if let Some(v) = &self.log_format {
             c.log.format = v.clone();
         }
@@ -189,9 +195,11 @@ fn serve(config: ServerConfig, check_only: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     init_tracing(&config.log.format, &config.log.level);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if config.limits.threads > 0 {
+        b.worker_threads(config.limits.threads);
+    }
+    let rt = b.enable_all().build()?;
     rt.block_on(k2hdkc_node::run(config))?;
     Ok(())
 }

@@ -1205,8 +1205,7 @@ impl Cluster {
             .fetch_add(value.len() as u64, Relaxed);
         let sender = from
             .and_then(|f| std::str::from_utf8(f).ok())
-            .and_then(|f| f.split_once(' '))
-            .and_then(|(a, i)| Some((Arc::<str>::from(a), i.parse::<u64>().ok()?)));
+            .and_then(|f| self.note_sender(f));
         let (n, mapped) = self
             .store
             .import_changes_mapped(changes, false)
@@ -1231,6 +1230,48 @@ impl Cluster {
         }
         self.stats.imported.fetch_add(n as u64, Relaxed);
         Ok(n)
+    }
+
+    /// Who sends a replication batch, with its streams' positions, so receivers learn them
+    /// at the pace of the batches rather than of heartbeats:
+    /// `ADDR INCARNATION LAYOUT_VERSION [PEER=SINCE:ACKED ...]`.
+    pub fn sender_note(&self) -> String {
+        use std::fmt::Write;
+        let mut s = format!(
+            "{} {} {}",
+            self.addr,
+            self.incarnation,
+            self.layout().version
+        );
+        for p in self.peers.lock().expect("lock").values() {
+            let _ = write!(s, " {}={}:{}", p.addr, p.since, p.acked.load(SeqCst));
+        }
+        s
+    }
+
+    /// Read a [`Cluster::sender_note`]: the sender and its incarnation; its stream positions
+    /// become its view.
+    fn note_sender(&self, note: &str) -> Option<(Arc<str>, u64)> {
+        let mut it = note.split(' ');
+        let addr = it.next()?;
+        let incarnation = it.next()?.parse::<u64>().ok()?;
+        if let Some(version) = it.next().and_then(|v| v.parse::<u64>().ok()) {
+            let streams = it
+                .filter_map(|t| {
+                    let (a, pos) = t.split_once('=')?;
+                    let (since, acked) = pos.split_once(':')?;
+                    Some((a.to_string(), (since.parse().ok()?, acked.parse().ok()?)))
+                })
+                .collect();
+            if let Some(p) = self.known_peer(addr) {
+                *p.view.lock().expect("lock") = Some(Arc::new(PeerView {
+                    incarnation,
+                    version,
+                    streams,
+                }));
+            }
+        }
+        Some((Arc::from(addr), incarnation))
     }
 
     /// Forget the origins of feed positions every stream has passed.

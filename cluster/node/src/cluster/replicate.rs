@@ -60,8 +60,35 @@ enum Fate {
     Hold,
 }
 
+/// Senders' views, looked up once per batch. Per sender address: `None` when it is down or
+/// unknown, `Some(None)` when it is up but said nothing yet.
+type SenderView = Option<Option<Arc<super::PeerView>>>;
+
+#[derive(Default)]
+struct Views(std::collections::HashMap<Arc<str>, SenderView>);
+
+impl Views {
+    fn get(&mut self, cluster: &Cluster, sender: &Arc<str>) -> SenderView {
+        self.0
+            .entry(sender.clone())
+            .or_insert_with(|| {
+                cluster
+                    .known_peer(sender)
+                    .filter(|p| p.up())
+                    .map(|p| p.view.lock().expect("lock").clone())
+            })
+            .clone()
+    }
+}
+
 /// Decide for an imported change (see the module documentation).
-fn fate(cluster: &Cluster, origin: Option<&Origin>, target: &str, version: u64) -> Fate {
+fn fate(
+    cluster: &Cluster,
+    views: &mut Views,
+    origin: Option<&Origin>,
+    target: &str,
+    version: u64,
+) -> Fate {
     let Some(origin) = origin else {
         return Fate::Send;
     };
@@ -77,10 +104,9 @@ fn fate(cluster: &Cluster, origin: Option<&Origin>, target: &str, version: u64) 
     if &**sender == target {
         return Fate::Skip;
     }
-    let Some(p) = cluster.known_peer(sender).filter(|p| p.up()) else {
+    let Some(view) = views.get(cluster, sender) else {
         return Fate::Send;
     };
-    let view = p.view.lock().expect("lock").clone();
     let Some(view) = view else {
         return Fate::Hold;
     };
@@ -97,7 +123,7 @@ fn fate(cluster: &Cluster, origin: Option<&Origin>, target: &str, version: u64) 
 /// Imported changes a stream holds back for its target.
 #[derive(Default)]
 struct Held {
-    changes: Vec<(Change, Origin)>,
+    changes: Vec<(Arc<Change>, Origin)>,
     bytes: usize,
     checked: Option<std::time::Instant>,
 }
@@ -109,11 +135,12 @@ impl Held {
     }
 
     /// Take the held changes that must be sent now; drop those delivered by their sender.
-    fn release(&mut self, cluster: &Cluster, target: &str, version: u64) -> Vec<Change> {
+    fn release(&mut self, cluster: &Cluster, target: &str, version: u64) -> Vec<Arc<Change>> {
         let mut out = Vec::new();
         let mut keep = Vec::new();
+        let mut views = Views::default();
         for (c, o) in self.changes.drain(..) {
-            match fate(cluster, Some(&o), target, version) {
+            match fate(cluster, &mut views, Some(&o), target, version) {
                 Fate::Send => out.push(c),
                 Fate::Skip => {}
                 Fate::Hold => keep.push((c, o)),
@@ -127,13 +154,14 @@ impl Held {
 }
 
 /// Encode changes as a replication batch.
-pub fn encode_batch(changes: &[Change]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(8 + changes.iter().map(|c| c.weight()).sum::<usize>());
+pub fn encode_batch<C: std::borrow::Borrow<Change>>(changes: &[C]) -> Vec<u8> {
+    let mut out =
+        Vec::with_capacity(8 + changes.iter().map(|c| c.borrow().weight()).sum::<usize>());
     out.push(BATCH_FORMAT);
     out.extend_from_slice(&(changes.len() as u32).to_be_bytes());
     let mut prev = (0, 0);
     for c in changes {
-        c.encode_compact(&mut prev, &mut out);
+        c.borrow().encode_compact(&mut prev, &mut out);
     }
     out
 }
@@ -190,39 +218,39 @@ pub fn decode_batch(mut b: &[u8]) -> Result<Vec<Change>, String> {
 /// Changes this node imported travel on too: a write acknowledged by the primary and one
 /// replica must reach the other replicas even if the primary dies right after. Echoes end by
 /// themselves: a receiver that already holds a version applies nothing and logs nothing.
-fn for_peer(c: &Change, layout: &Layout, peer: NodeIdx) -> Option<Change> {
-    let ops: Vec<StateOp> = c
-        .ops
-        .iter()
-        .filter(|op| !matches!(op, StateOp::Remove(_)))
-        .filter(|op| {
-            layout
+fn for_peer(c: &Arc<Change>, layout: &Layout, peer: NodeIdx) -> Option<Arc<Change>> {
+    let wanted = |op: &StateOp| {
+        !matches!(op, StateOp::Remove(_))
+            && layout
                 .owners_of_partition(partition_of(op.key()))
                 .write_set()
                 .contains(&peer)
-        })
-        .cloned()
-        .collect();
+    };
+    // Most changes touch one key: share the feed's copy instead of cloning records.
+    if c.ops.iter().all(wanted) {
+        return (!c.ops.is_empty()).then(|| c.clone());
+    }
+    let ops: Vec<StateOp> = c.ops.iter().filter(|op| wanted(op)).cloned().collect();
     if ops.is_empty() {
         return None;
     }
-    Some(Change {
+    Some(Arc::new(Change {
         seq: c.seq,
         version: c.version,
         kind: c.kind,
         ops,
-    })
+    }))
 }
 
 /// Send one batch to a peer; returns when the peer applied it.
-async fn send(
+async fn send<C: std::borrow::Borrow<Change>>(
     cluster: &Cluster,
     peer: &Peer,
-    changes: &[Change],
+    changes: &[C],
     position: u64,
 ) -> Result<(), String> {
     let value = encode_batch(changes);
-    let from = format!("{} {}", cluster.addr, cluster.incarnation);
+    let from = cluster.sender_note();
     let args = Args {
         value: Some(&value),
         count: Some(position),
@@ -336,17 +364,18 @@ pub async fn stream(cluster: Arc<Cluster>, peer: Arc<Peer>) {
             }
             continue;
         }
-        let mut out: Vec<Change> = Vec::new();
+        let mut out: Vec<Arc<Change>> = Vec::new();
         let mut bytes = 0usize;
         let mut max_version = Version::ZERO;
-        let mut hold: Vec<(Change, Origin)> = Vec::new();
+        let mut hold: Vec<(Arc<Change>, Origin)> = Vec::new();
         {
+            let mut views = Views::default();
             let origins = cluster.origins.lock().expect("lock");
             for c in &batch.changes {
                 if let Some(c) = for_peer(c, &layout, me_in_layout) {
                     if c.kind == ChangeKind::Import {
                         let o = origins.get(&c.seq);
-                        match fate(&cluster, o, &peer.addr, layout.version) {
+                        match fate(&cluster, &mut views, o, &peer.addr, layout.version) {
                             Fate::Skip => continue,
                             Fate::Hold if held.bytes + c.weight() <= HELD_BYTES => {
                                 held.bytes += c.weight();
@@ -420,23 +449,28 @@ async fn resync(
     })
     .await
     .map_err(|e| e.to_string())?;
-    let mine: Vec<Change> = changes
-        .iter()
-        .filter_map(|c| for_peer(c, layout, idx))
+    let mine: Vec<Arc<Change>> = changes
+        .into_iter()
+        .map(Arc::new)
+        .filter_map(|c| for_peer(&c, layout, idx))
         .collect();
     send_all(cluster, peer, &mine).await
 }
 
 /// Send changes in batches (a transfer or resync: receivers do not forward them).
-pub async fn send_all(cluster: &Cluster, peer: &Peer, changes: &[Change]) -> Result<(), String> {
+pub async fn send_all<C: std::borrow::Borrow<Change>>(
+    cluster: &Cluster,
+    peer: &Peer,
+    changes: &[C],
+) -> Result<(), String> {
     send_all_at(cluster, peer, changes, 0).await
 }
 
 /// Send changes in batches marked with stream `position` (0: a transfer or resync).
-async fn send_all_at(
+async fn send_all_at<C: std::borrow::Borrow<Change>>(
     cluster: &Cluster,
     peer: &Peer,
-    changes: &[Change],
+    changes: &[C],
     position: u64,
 ) -> Result<(), String> {
     let mut start = 0;
@@ -444,7 +478,7 @@ async fn send_all_at(
         let mut end = start;
         let mut bytes = 0;
         while end < changes.len() && end - start < BATCH_CHANGES && bytes < BATCH_BYTES {
-            bytes += changes[end].weight();
+            bytes += changes[end].borrow().weight();
             end += 1;
         }
         send(cluster, peer, &changes[start..end], position).await?;
