@@ -664,3 +664,178 @@ fn attach_and_return_move_little_data() {
         );
     }
 }
+
+/// A CHMPX-style file (INI) describing the cluster: servers started from it form the cluster,
+/// attach and replicate without `ctl`; a gateway started from its SLAVE form serves clients;
+/// rewriting the file grows and shrinks the cluster (the DBaaS's way); a broken file changes
+/// nothing.
+#[test]
+fn chmpx_file_drives_membership() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    struct Srv {
+        id: String,
+        port: SocketAddr,
+        ctl: SocketAddr,
+        mc: SocketAddr,
+    }
+    let srv: Vec<Srv> = (1..=4)
+        .map(|i| Srv {
+            id: format!("n{i}"),
+            port: free_addr(),
+            ctl: free_addr(),
+            mc: free_addr(),
+        })
+        .collect();
+    let render = |members: &[usize], mode: &str| {
+        let mut s = format!(
+            "# generated for the test\n[GLOBAL]\nFILEVERSION = 1\nGROUP = k2hdkc\nMODE = {mode}\n\
+             DELIVERMODE = hash\nREPLICA = 1\nAUTOMERGE = on\nMAXMQSERVER = 8\n"
+        );
+        for &i in members {
+            let v = &srv[i];
+            s += &format!(
+                "[SVRNODE]\nNAME = 127.0.0.1\nPORT = {}\nCTLPORT = {}\nMEMCACHED_PORT = {}\nCUSTOM_ID_SEED = {}\n",
+                v.port.port(),
+                v.ctl.port(),
+                v.mc.port(),
+                v.id
+            );
+        }
+        s += "[SLVNODE]\nNAME = [.]*\n[K2HDKC]\nK2HTYPE = file\nMAXTHREAD = 20\n";
+        s
+    };
+    let conf = dir.path().join("cluster.ini");
+    let slave_conf = dir.path().join("slave.ini");
+    // Written to a new file and renamed, as k2hr3 get-resource does.
+    let write = |path: &Path, text: &str| {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).expect("write");
+        std::fs::rename(&tmp, path).expect("rename");
+    };
+    write(&conf, &render(&[0, 1, 2], "SERVER"));
+    write(&slave_conf, &render(&[0, 1, 2], "SLAVE"));
+    let start = |i: usize| {
+        let v = &srv[i];
+        let args: Vec<String> = [
+            "server",
+            "--chmpx-conf",
+            &conf.to_string_lossy(),
+            "--ctlport",
+            &v.ctl.port().to_string(),
+            "--data-dir",
+            &dir.path().join(&v.id).to_string_lossy(),
+            "--secret-file",
+            &secret().to_string_lossy(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let p = Proc::start(
+            &bin("k2hdkc"),
+            &args,
+            Some(&dir.path().join(format!("{}.log", v.id))),
+        );
+        assert!(
+            wait_listening(v.port, Duration::from_secs(10)),
+            "{} did not start",
+            v.id
+        );
+        p
+    };
+    let mut procs: Vec<Option<Proc>> = (0..3).map(|i| Some(start(i))).collect();
+    let seed = srv[0].port;
+    let in_service = |s: &serde_json::Value, names: &[&str]| {
+        let nodes = s["nodes"].as_array().cloned().unwrap_or_default();
+        s["moving"] == false
+            && nodes.len() == names.len()
+            && names.iter().all(|n| {
+                nodes
+                    .iter()
+                    .any(|x| x["name"] == *n && x["ring"] == "SERVICE IN" && x["live"] == "UP")
+            })
+    };
+    wait_status(
+        seed,
+        "n1..n3 in service from the file",
+        Duration::from_secs(60),
+        |s| in_service(s, &["n1", "n2", "n3"]) && s["replicas"] == 2,
+    );
+    let gw_mc = free_addr();
+    let gw = Proc::start(
+        &bin("k2hdkc"),
+        &[
+            "gateway".to_string(),
+            "--chmpx-conf".into(),
+            slave_conf.to_string_lossy().into(),
+            "--memcached-listen".into(),
+            gw_mc.to_string(),
+            "--secret-file".into(),
+            secret().to_string_lossy().into(),
+        ],
+        Some(&dir.path().join("gateway.log")),
+    );
+    assert!(wait_listening(gw_mc, Duration::from_secs(10)), "gateway");
+    let keys = 300;
+    let stored = (0..keys)
+        .filter(|i| {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Ok(mut c) = Mc::connect(gw_mc)
+                    && c.set(&format!("c{i}"), &format!("v{i}"))
+                        .is_ok_and(|r| r == "STORED")
+                {
+                    return true;
+                }
+                if Instant::now() > deadline {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+        .count();
+    assert_eq!(stored, keys, "writes through the gateway");
+    // Each node serves memcached on the port the file gave it.
+    let mut c = Mc::connect(srv[1].mc).expect("n2 memcached");
+    assert_eq!(c.get("c7").expect("get"), Some("v7".into()));
+
+    // Grow: the file lists n4, which starts from it.
+    write(&conf, &render(&[0, 1, 2, 3], "SERVER"));
+    procs.push(Some(start(3)));
+    wait_status(
+        seed,
+        "n4 attached from the file",
+        Duration::from_secs(90),
+        |s| in_service(s, &["n1", "n2", "n3", "n4"]),
+    );
+    // Shrink: n2 leaves the file; its data moves away and it leaves the layout.
+    write(&conf, &render(&[0, 2, 3], "SERVER"));
+    write(&slave_conf, &render(&[0, 2, 3], "SLAVE"));
+    wait_status(
+        seed,
+        "n2 detached by the file",
+        Duration::from_secs(90),
+        |s| in_service(s, &["n1", "n3", "n4"]),
+    );
+    if let Some(p) = procs[1].take() {
+        drop(p);
+    }
+    let mut c = Mc::connect(gw_mc).expect("gateway");
+    for i in 0..keys {
+        assert_eq!(
+            c.get(&format!("c{i}")).expect("get"),
+            Some(format!("v{i}")),
+            "c{i} after grow and shrink"
+        );
+    }
+    // A broken file changes nothing.
+    let before = status(seed)["version"].clone();
+    write(&conf, "[GLOBAL]\nGROUP = k2hdkc\nREPLICA = lots\n");
+    std::thread::sleep(Duration::from_millis(2500));
+    let after = status(seed);
+    assert_eq!(
+        after["version"], before,
+        "a broken file must not change the layout"
+    );
+    assert!(in_service(&after, &["n1", "n3", "n4"]));
+    drop(gw);
+}

@@ -93,6 +93,16 @@ struct ServerArgs {
     /// Most client connections at once.
     #[arg(long)]
     max_connections: Option<usize>,
+    /// A CHMPX-style description of the whole cluster (INI, YAML or JSON with GLOBAL,
+    /// SVRNODE, SLVNODE, K2HDKC); re-read when it changes.
+    #[arg(long, visible_alias = "conf")]
+    chmpx_conf: Option<PathBuf>,
+    /// Which SVRNODE of --chmpx-conf is this node: its CTLPORT.
+    #[arg(long)]
+    ctlport: Option<u16>,
+    /// Which SVRNODE of --chmpx-conf is this node: its CUK.
+    #[arg(long)]
+    cuk: Option<String>,
     /// Worker threads (0 = one per CPU core; 1 when several daemons share few cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -112,7 +122,8 @@ fn small_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 impl ServerArgs {
     fn config(&self) -> anyhow::Result<ServerConfig> {
-        let c = self.config_unvalidated()?;
+        let mut c = self.config_unvalidated()?;
+        k2hdkc_node::chmpx::apply_file(&mut c)?;
         c.validate()?;
         Ok(c)
     }
@@ -149,6 +160,15 @@ impl ServerArgs {
         }
         if let Some(v) = self.threads {
             c.limits.threads = v;
+        }
+        if let Some(v) = &self.chmpx_conf {
+            c.cluster.chmpx_file = Some(v.clone());
+        }
+        if let Some(v) = self.ctlport {
+            c.cluster.self_ctlport = Some(v);
+        }
+        if let Some(v) = &self.cuk {
+            c.cluster.self_cuk = Some(v.clone());
         }
         if let Some(v) = &self.log_format {
             c.log.format = v.clone();
@@ -214,6 +234,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Gateway(a) => {
             let mut config = a.config_unvalidated().context("configuration")?;
             config.cluster.gateway = true;
+            k2hdkc_node::chmpx::apply_file(&mut config).context("configuration")?;
             config.storage.mode = StorageMode::Memory;
             if config.listen.native.is_none() {
                 // Peers never call a gateway; it needs a native address only as its identity.

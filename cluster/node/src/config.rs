@@ -204,6 +204,16 @@ pub struct ClusterConfig {
     /// HMAC-SHA256 token derived from it travels, never the secret); requests between nodes
     /// without it are refused. Without a secret, cluster traffic is not authenticated.
     pub secret_file: Option<PathBuf>,
+    /// A CHMPX-style description of the whole cluster (INI, YAML or JSON; see `chmpx`). It
+    /// sets the cluster name, this node's name and listeners, the nodes to join and the
+    /// replication; it is re-read every `config_poll_ms` and the cluster follows it.
+    pub chmpx_file: Option<PathBuf>,
+    /// Which SVRNODE entry is this node: its CTLPORT (`--ctlport`, CHMPX's `-ctlport`).
+    pub self_ctlport: Option<u16>,
+    /// Which SVRNODE entry is this node: its CUK (`--cuk`).
+    pub self_cuk: Option<String>,
+    /// How often `chmpx_file` is checked for changes, in milliseconds.
+    pub config_poll_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -220,6 +230,10 @@ impl Default for ClusterConfig {
             request_timeout_ms: 5000,
             auto_complete: true,
             secret_file: None,
+            chmpx_file: None,
+            self_ctlport: None,
+            self_cuk: None,
+            config_poll_ms: 1000,
         }
     }
 }

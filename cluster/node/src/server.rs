@@ -179,6 +179,13 @@ impl Server {
             let c1 = c.clone();
             tokio::spawn(async move { c1.join().await });
             tokio::spawn(c.clone().run());
+            if let Some(path) = config.cluster.chmpx_file.clone() {
+                tokio::spawn(crate::cluster::watch_chmpx(
+                    c.clone(),
+                    path,
+                    Duration::from_millis(config.cluster.config_poll_ms.max(100)),
+                ));
+            }
         }
         if let Some(addr) = config.listen.admin {
             let l = bind(addr).await?;

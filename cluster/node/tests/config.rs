@@ -85,3 +85,37 @@ fn bad_configurations_are_refused_with_a_reason() {
             .contains("nothing to serve")
     );
 }
+
+#[test]
+fn the_deploy_chmpx_example_parses_and_applies() {
+    use k2hdkc_node::chmpx::{self, SelfSelector};
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy/config/k2hdkc-cluster.ini");
+    let c = chmpx::load(&p).unwrap();
+    assert_eq!(c.group, "k2hdkc");
+    assert_eq!(c.replication(), Some((3, 2, 2)));
+    assert_eq!(c.servers.len(), 3);
+    assert_eq!(c.servers[0].addr(), "10.0.0.11:8020");
+    assert_eq!(c.servers[1].id, "node-2");
+    assert_eq!(c.desired().servers, ["node-1", "node-2", "node-3"]);
+    // Applied as the node whose CUK is the second one (its address is not on this host, so
+    // only the name and cluster settings are checked, not the listeners).
+    let me = c
+        .find_self(&SelfSelector {
+            cuk: Some("3f0c2a9e-0002".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(me.zone.as_deref(), Some("rack-b"));
+    assert_eq!(me.memcached_port, Some(11211));
+    // The same file as a slave makes a gateway that knows every server.
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("MODE            = SERVER", "MODE            = SLAVE");
+    let slave = chmpx::parse(&text, chmpx::Syntax::Ini).unwrap();
+    let mut gw = ServerConfig::default();
+    slave.apply(&mut gw, &SelfSelector::default()).unwrap();
+    assert!(gw.cluster.gateway);
+    assert_eq!(gw.cluster.join.len(), 3);
+    assert_eq!(gw.listen.memcached.unwrap().port(), 11211);
+}

@@ -32,6 +32,7 @@ use k2hdkc_proto::native::{Args, Op, Status};
 use k2hdkc_storage::Store;
 use serde_json::{Value as Json, json};
 
+use crate::chmpx::Desired;
 use crate::config::ClusterConfig;
 use paxos::{Acceptor, Ballot, Promise, StateDir};
 
@@ -207,6 +208,8 @@ pub struct Cluster {
     pub incarnation: u64,
     /// Who delivered the imported changes still in the feed, by local feed position.
     pub origins: Mutex<std::collections::BTreeMap<u64, Origin>>,
+    /// What the CHMPX-style file asks for, if the node runs from one.
+    desired: Mutex<Option<Desired>>,
 }
 
 /// Errors of cluster control requests.
@@ -258,6 +261,7 @@ impl Cluster {
             started: Instant::now(),
             incarnation: incarnation(),
             origins: Mutex::new(Default::default()),
+            desired: Mutex::new(None),
         }))
     }
 
@@ -1148,8 +1152,114 @@ impl Cluster {
                     self.maybe_complete(&l).await;
                 }
             }
+            if self.gateway() {
+                self.refind(&l).await;
+            } else {
+                self.reconcile(&l).await;
+            }
             tokio::time::sleep(hb).await;
             self.check_pause();
+        }
+    }
+
+    /// Record what the cluster description asks for; the reconciling node acts on it.
+    pub fn set_desired(&self, d: Desired) {
+        *self.desired.lock().expect("lock") = Some(d);
+    }
+
+    /// Whether this node is the one that acts for the cluster (the lowest-named live voter).
+    fn leads_reconciliation(&self, l: &Layout) -> bool {
+        let voters = paxos::voters(l);
+        let leader = voters
+            .iter()
+            .filter(|v| {
+                l.nodes
+                    .iter()
+                    .find(|n| &&n.name == v)
+                    .is_some_and(|n| self.peer_up(&n.addr))
+            })
+            .min();
+        leader == Some(&self.me)
+    }
+
+    /// One step toward the cluster description: the next layout change it asks for, if any.
+    /// Listed nodes that joined are attached (with AUTOMERGE), unlisted ones detached (or
+    /// removed when they are down), replication set as written. One change
+    /// per heartbeat round, and none while data moves.
+    pub fn reconcile_step(&self, l: &Layout) -> Option<Change> {
+        let d = self.desired.lock().expect("lock").clone()?;
+        if l.moving() || !d.automerge {
+            return None;
+        }
+        let listed = |name: &str| d.servers.iter().any(|s| s == name);
+        for n in &l.nodes {
+            if listed(&n.name) {
+                continue;
+            }
+            // A recognised node that is up and not listed yet may be one this node's copy of
+            // the file does not know about (every node reads its own copy): leave it.
+            let serving = n.ring == Ring::ServiceIn && n.action != Action::Delete;
+            if !self.peer_up(&n.addr) && (serving || n.ring == Ring::ServiceOut) {
+                return Some(Change::Remove {
+                    name: n.name.clone(),
+                });
+            }
+            if serving {
+                return Some(Change::Detach {
+                    name: n.name.clone(),
+                });
+            }
+        }
+        let waiting: Vec<String> = l
+            .nodes
+            .iter()
+            .filter(|n| n.ring == Ring::ServiceOut && listed(&n.name) && self.peer_up(&n.addr))
+            .map(|n| n.name.clone())
+            .collect();
+        if !waiting.is_empty() {
+            return Some(Change::Attach { names: waiting });
+        }
+        if let Some((n, w, r)) = d.replication
+            && (l.replicas, l.write_quorum, l.read_quorum) != (n, w, r)
+        {
+            return Some(Change::SetReplication {
+                replicas: n,
+                write_quorum: w,
+                read_quorum: r,
+            });
+        }
+        None
+    }
+
+    /// Apply the next step of the cluster description, when this node leads.
+    async fn reconcile(self: &Arc<Self>, l: &Layout) {
+        if !self.leads_reconciliation(l) {
+            return;
+        }
+        let Some(change) = self.reconcile_step(l) else {
+            return;
+        };
+        tracing::info!(?change, "following the cluster description");
+        if let Err(e) = self.propose(change).await {
+            tracing::warn!(error = %e, "could not follow the cluster description yet");
+        }
+    }
+
+    /// A gateway whose known nodes are all gone looks for the cluster at the addresses of
+    /// the cluster description.
+    async fn refind(self: &Arc<Self>, l: &Layout) {
+        let addrs = match self.desired.lock().expect("lock").as_ref() {
+            Some(d) => d.addrs.clone(),
+            None => return,
+        };
+        if l.nodes.iter().any(|n| self.peer_up(&n.addr)) {
+            return;
+        }
+        for a in addrs {
+            if self.fetch_layout(&a).await.is_ok() {
+                tracing::info!(addr = %a, "found the cluster again through its description");
+                return;
+            }
         }
     }
 
@@ -1288,6 +1398,46 @@ impl Cluster {
         while o.first_key_value().is_some_and(|(&k, _)| k <= low) {
             o.pop_first();
         }
+    }
+}
+
+/// Follow a CHMPX-style file: hand what it asks for to the cluster now and whenever its
+/// contents change. A file that does not validate changes nothing (and says why, once).
+pub async fn watch_chmpx(cluster: Arc<Cluster>, path: std::path::PathBuf, every: Duration) {
+    let mut last: Option<Vec<u8>> = None;
+    while !cluster.stopping() {
+        // A small file: a blocking read is shorter than handing it to another thread.
+        match std::fs::read(&path) {
+            Ok(bytes) if last.as_ref() != Some(&bytes) => {
+                let text = String::from_utf8_lossy(&bytes).into_owned();
+                let syntax = crate::chmpx::Syntax::guess(Some(&path), &text);
+                match crate::chmpx::parse(&text, syntax) {
+                    Ok(c) if c.group == cluster.layout().cluster => {
+                        let d = c.desired();
+                        if last.is_some() {
+                            tracing::info!(path = %path.display(), servers = ?d.servers, "cluster description changed");
+                        }
+                        cluster.set_desired(d);
+                    }
+                    Ok(c) => tracing::warn!(
+                        path = %path.display(),
+                        group = %c.group,
+                        "the cluster description names another GROUP; ignored"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "cluster description not applied")
+                    }
+                }
+                last = Some(bytes);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if last.is_some() {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot read the cluster description");
+                }
+            }
+        }
+        tokio::time::sleep(every).await;
     }
 }
 

@@ -1,0 +1,1091 @@
+//! Cluster configuration in the CHMPX form: one file (INI, YAML or JSON) with the sections
+//! `GLOBAL`, `SVRNODE` (one per server node), `SLVNODE` (client hosts) and `K2HDKC`, describing
+//! a whole cluster, so the control plane can generate one file for every node.
+//!
+//! Owns: parsing the three syntaxes into one document, validating it into [`ChmpxConfig`],
+//! finding which server entry is this node, and applying it to a [`ServerConfig`]. The file is
+//! re-read while the node runs (see `server.rs`); [`ChmpxConfig::desired`] is what a re-read
+//! hands to the cluster, which then attaches, detaches and re-replicates to match (this is how
+//! the DBaaS grows and shrinks a cluster).
+//!
+//! Invariants: every key is one CHMPX/K2HDKC knows (ours or accepted and ignored; a typo is an
+//! error, not silence); a file that does not validate changes nothing; server ids are unique.
+//!
+//! Mapping: `GROUP` is the cluster name; `MODE` SERVER or SLAVE (a gateway); `REPLICA` counts
+//! copies beyond the first (CHMPX's meaning), so `REPLICA = 2` is N = 3; `PORT` is the native
+//! (cluster) port, `CTLPORT` the admin HTTP port; a node is `NAME:PORT`, named by
+//! `CUSTOM_ID_SEED`, else its `CUK`, else `NAME:CTLPORT`; `AUTOMERGE` attaches listed nodes and
+//! completes movements without `ctl`. Extensions (not in CHMPX): `WRITE_QUORUM`,
+//! `READ_QUORUM`, `MEMCACHED_PORT` (GLOBAL or per server), `ZONE` and `CAPACITY` per server.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value as Json};
+
+use crate::config::{ConfigError, ServerConfig, StorageMode};
+
+/// `MODE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A server node (holds data).
+    Server,
+    /// A slave: a gateway on a client host.
+    Slave,
+}
+
+/// One `SVRNODE` (after `NAME` expansion).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerNode {
+    /// Host name or address.
+    pub host: String,
+    /// Native (cluster) port.
+    pub port: u16,
+    /// Admin HTTP port.
+    pub ctlport: u16,
+    /// memcached port, if the node serves one.
+    pub memcached_port: Option<u16>,
+    /// Instance id.
+    pub cuk: Option<String>,
+    /// Node name in the layout.
+    pub id: String,
+    /// Failure domain.
+    pub zone: Option<String>,
+    /// Relative capacity.
+    pub capacity: Option<u32>,
+}
+
+impl ServerNode {
+    /// Native address `host:port`.
+    pub fn addr(&self) -> String {
+        join_host_port(&self.host, self.port)
+    }
+}
+
+/// One `SLVNODE`: which client hosts may run gateways (kept for the control plane and status;
+/// gateways authenticate with the cluster secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlaveNode {
+    /// Host name, address or pattern.
+    pub name: String,
+    /// Control port.
+    pub ctlport: Option<u16>,
+    /// Instance id (pattern allowed).
+    pub cuk: Option<String>,
+}
+
+/// The `K2HDKC` section.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct K2hdkcSection {
+    /// `K2HTYPE`.
+    pub storage: Option<StorageMode>,
+    /// `K2HFILE`: the data directory (a `.k2h` file path names its directory).
+    pub data_dir: Option<PathBuf>,
+    /// `PASSPHRASES` (repeatable).
+    pub pass_phrases: Vec<String>,
+    /// `PASSFILE`.
+    pub pass_file: Option<PathBuf>,
+    /// `EXPIRE`, seconds.
+    pub expire: Option<u32>,
+    /// `HISTORY`.
+    pub history: Option<bool>,
+}
+
+/// A validated CHMPX-style cluster description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChmpxConfig {
+    /// `GROUP`.
+    pub group: String,
+    /// `MODE`, if given.
+    pub mode: Option<Mode>,
+    /// Copies in all (`REPLICA` + 1), if given.
+    pub replicas: Option<u8>,
+    /// `WRITE_QUORUM`.
+    pub write_quorum: Option<u8>,
+    /// `READ_QUORUM`.
+    pub read_quorum: Option<u8>,
+    /// `AUTOMERGE`, if given.
+    pub automerge: Option<bool>,
+    /// `SELFCTLPORT`.
+    pub self_ctlport: Option<u16>,
+    /// `SELFCUK`.
+    pub self_cuk: Option<String>,
+    /// `MEMCACHED_PORT` for every node without its own.
+    pub memcached_port: Option<u16>,
+    /// Server nodes, in file order (the first one starts the cluster).
+    pub servers: Vec<ServerNode>,
+    /// Slave entries.
+    pub slaves: Vec<SlaveNode>,
+    /// The `K2HDKC` section.
+    pub k2hdkc: K2hdkcSection,
+}
+
+/// What a re-read file asks of the running cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    /// Server node names that should be in service.
+    pub servers: Vec<String>,
+    /// Their native addresses (seeds for gateways and joins).
+    pub addrs: Vec<String>,
+    /// (replicas, write quorum, read quorum), if the file sets replicas.
+    pub replication: Option<(u8, u8, u8)>,
+    /// Attach listed nodes and drop unlisted ones without `ctl`.
+    pub automerge: bool,
+}
+
+/// How the file says which entry is this node (CLI flags first, then `SELFCUK`/`SELFCTLPORT`).
+#[derive(Debug, Clone, Default)]
+pub struct SelfSelector {
+    /// Instance id.
+    pub cuk: Option<String>,
+    /// Control port.
+    pub ctlport: Option<u16>,
+    /// Node name.
+    pub name: Option<String>,
+}
+
+fn invalid(path: &str, msg: impl std::fmt::Display) -> ConfigError {
+    ConfigError::Invalid(format!("{path}: {msg}"))
+}
+
+/// Keys of GLOBAL that CHMPX defines and this implementation accepts without using them (its
+/// own message queues, thread and socket tuning, and the internal K2HASH of chmpx).
+const GLOBAL_IGNORED: &[&str] = &[
+    "FILEVERSION",
+    "DATE",
+    "DELIVERMODE",
+    "CHMPXIDTYPE",
+    "MAXCHMPX",
+    "MAXMQSERVER",
+    "MAXMQCLIENT",
+    "MQPERATTACH",
+    "MAXQPERSERVERMQ",
+    "MAXQPERCLIENTMQ",
+    "MAXMQPERCLIENT",
+    "MAXHISTLOG",
+    "RWTIMEOUT",
+    "RETRYCNT",
+    "CONTIMEOUT",
+    "MQRWTIMEOUT",
+    "MQRETRYCNT",
+    "MQACK",
+    "SOCKTHREADCNT",
+    "MQTHREADCNT",
+    "MAXSOCKPOOL",
+    "SOCKPOOLTIMEOUT",
+    "DOMERGE",
+    "MERGETIMEOUT",
+    "K2HFULLMAP",
+    "K2HMASKBIT",
+    "K2HCMASKBIT",
+    "K2HMAXELE",
+    "SSL_MIN_VER",
+    "SSL_VERIFY_PEER",
+    "CAPATH",
+    "NSSDB_DIR",
+    "SERVER_CERT",
+    "SERVER_PRIKEY",
+    "SLAVE_CERT",
+    "SLAVE_PRIKEY",
+];
+const GLOBAL_USED: &[&str] = &[
+    "GROUP",
+    "MODE",
+    "REPLICA",
+    "WRITE_QUORUM",
+    "READ_QUORUM",
+    "PORT",
+    "CTLPORT",
+    "SELFCTLPORT",
+    "SELFCUK",
+    "AUTOMERGE",
+    "MEMCACHED_PORT",
+    "SSL",
+];
+const SVRNODE_KEYS: &[&str] = &[
+    "NAME",
+    "PORT",
+    "CTLPORT",
+    "CUK",
+    "CUSTOM_ID_SEED",
+    "MEMCACHED_PORT",
+    "ZONE",
+    "CAPACITY",
+    "ENDPOINTS",
+    "CTLENDPOINTS",
+    "FORWARD_PEERS",
+    "REVERSE_PEERS",
+    "SSL",
+    "SSL_VERIFY_PEER",
+    "CAPATH",
+    "SERVER_CERT",
+    "SERVER_PRIKEY",
+    "SLAVE_CERT",
+    "SLAVE_PRIKEY",
+];
+const SLVNODE_KEYS: &[&str] = &[
+    "NAME",
+    "CTLPORT",
+    "CUK",
+    "ENDPOINTS",
+    "CTLENDPOINTS",
+    "FORWARD_PEERS",
+    "REVERSE_PEERS",
+    "CUSTOM_ID_SEED",
+    "CAPATH",
+    "SLAVE_CERT",
+    "SLAVE_PRIKEY",
+];
+const K2HDKC_USED: &[&str] = &[
+    "K2HTYPE",
+    "K2HFILE",
+    "PASSPHRASES",
+    "PASSFILE",
+    "EXPIRE",
+    "HISTORY",
+];
+const K2HDKC_IGNORED: &[&str] = &[
+    "RCVTIMEOUT",
+    "SVRNODEINI",
+    "REPLCLUSTERINI",
+    "DTORTHREADCNT",
+    "DTORCTP",
+    "K2HFULLMAP",
+    "K2HINIT",
+    "K2HMASKBIT",
+    "K2HCMASKBIT",
+    "K2HMAXELE",
+    "K2HPAGESIZE",
+    "ATTRPLUGIN",
+    "MINTHREAD",
+    "MAXTHREAD",
+    "REDUCETIME",
+];
+
+/// The syntax of a configuration text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Syntax {
+    /// `[SECTION]` and `KEY = value` lines.
+    Ini,
+    /// YAML.
+    Yaml,
+    /// JSON.
+    Json,
+}
+
+impl Syntax {
+    /// By file extension, else by the first meaningful character.
+    pub fn guess(path: Option<&Path>, text: &str) -> Syntax {
+        match path
+            .and_then(|p| p.extension())
+            .and_then(|e| e.to_str())
+            .map(|e| e.to_ascii_lowercase())
+            .as_deref()
+        {
+            Some("ini" | "conf" | "cfg") => return Syntax::Ini,
+            Some("yaml" | "yml") => return Syntax::Yaml,
+            Some("json") => return Syntax::Json,
+            _ => {}
+        }
+        let first = text
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.starts_with('#'))
+            .unwrap_or("");
+        if first.starts_with('{') {
+            Syntax::Json
+        } else if first.starts_with('[') {
+            Syntax::Ini
+        } else {
+            Syntax::Yaml
+        }
+    }
+}
+
+/// Read and validate a file.
+pub fn load(path: &Path) -> Result<ChmpxConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, Syntax::guess(Some(path), &text))
+        .map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))
+}
+
+/// Parse and validate a text.
+pub fn parse(text: &str, syntax: Syntax) -> Result<ChmpxConfig, ConfigError> {
+    let doc = match syntax {
+        Syntax::Ini => parse_ini(text)?,
+        Syntax::Json => {
+            serde_json::from_str(text).map_err(|e| ConfigError::Invalid(format!("JSON: {e}")))?
+        }
+        Syntax::Yaml => {
+            let docs = yaml_rust2::YamlLoader::load_from_str(text)
+                .map_err(|e| ConfigError::Invalid(format!("YAML: {e}")))?;
+            match docs.into_iter().next() {
+                Some(d) => yaml_to_json(d)?,
+                None => return Err(ConfigError::Invalid("YAML: empty document".into())),
+            }
+        }
+    };
+    from_doc(&doc)
+}
+
+/// INI: `[SECTION]` headers (a repeated SVRNODE/SLVNODE header starts another entry),
+/// `KEY = value`, `#` and `;` comments; a key given twice in a section becomes a list.
+fn parse_ini(text: &str) -> Result<Json, ConfigError> {
+    let mut doc = Map::new();
+    let mut current: Option<(String, Map<String, Json>)> = None;
+    let flush = |doc: &mut Map<String, Json>, cur: Option<(String, Map<String, Json>)>| {
+        let Some((name, body)) = cur else { return };
+        match name.as_str() {
+            "SVRNODE" | "SLVNODE" => {
+                let list = doc.entry(name).or_insert_with(|| Json::Array(Vec::new()));
+                if let Json::Array(a) = list {
+                    a.push(Json::Object(body));
+                }
+            }
+            _ => {
+                let sec = doc.entry(name).or_insert_with(|| Json::Object(Map::new()));
+                if let Json::Object(m) = sec {
+                    m.extend(body);
+                }
+            }
+        }
+    };
+    for (n, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix('[') {
+            let Some(name) = rest.strip_suffix(']') else {
+                return Err(ConfigError::Invalid(format!(
+                    "line {}: a section header needs a closing ]",
+                    n + 1
+                )));
+            };
+            flush(&mut doc, current.take());
+            current = Some((name.trim().to_ascii_uppercase(), Map::new()));
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            return Err(ConfigError::Invalid(format!(
+                "line {}: expected KEY = value, got {line:?}",
+                n + 1
+            )));
+        };
+        let Some((_, body)) = current.as_mut() else {
+            return Err(ConfigError::Invalid(format!(
+                "line {}: {line:?} is outside any [SECTION]",
+                n + 1
+            )));
+        };
+        let key = k.trim().to_ascii_uppercase();
+        let val = Json::String(v.trim().to_string());
+        match body.get_mut(&key) {
+            Some(Json::Array(a)) => a.push(val),
+            Some(old) => {
+                let first = old.take();
+                *old = Json::Array(vec![first, val]);
+            }
+            None => {
+                body.insert(key, val);
+            }
+        }
+    }
+    flush(&mut doc, current.take());
+    Ok(Json::Object(doc))
+}
+
+fn yaml_to_json(y: yaml_rust2::Yaml) -> Result<Json, ConfigError> {
+    use yaml_rust2::Yaml;
+    Ok(match y {
+        Yaml::Real(s) | Yaml::String(s) => Json::String(s),
+        Yaml::Integer(i) => Json::from(i),
+        Yaml::Boolean(b) => Json::Bool(b),
+        Yaml::Array(a) => Json::Array(a.into_iter().map(yaml_to_json).collect::<Result<_, _>>()?),
+        Yaml::Hash(h) => {
+            let mut m = Map::new();
+            for (k, v) in h {
+                let k = match k {
+                    Yaml::String(s) | Yaml::Real(s) => s,
+                    Yaml::Integer(i) => i.to_string(),
+                    other => {
+                        return Err(ConfigError::Invalid(format!(
+                            "YAML: unsupported key {other:?}"
+                        )));
+                    }
+                };
+                m.insert(k, yaml_to_json(v)?);
+            }
+            Json::Object(m)
+        }
+        Yaml::Null => Json::Null,
+        Yaml::Alias(_) | Yaml::BadValue => {
+            return Err(ConfigError::Invalid("YAML: unsupported value".into()));
+        }
+    })
+}
+
+/// A section's keys, upper-cased, checked against what this section may hold.
+fn section(v: &Json, path: &str, known: &[&[&str]]) -> Result<Map<String, Json>, ConfigError> {
+    let Json::Object(m) = v else {
+        return Err(invalid(path, "must be a section of KEY = value"));
+    };
+    let mut out = Map::new();
+    for (k, v) in m {
+        let key = k.to_ascii_uppercase();
+        if !known.iter().any(|l| l.contains(&key.as_str())) {
+            return Err(invalid(path, format!("unknown key {k}")));
+        }
+        out.insert(key, v.clone());
+    }
+    Ok(out)
+}
+
+fn text(m: &Map<String, Json>, k: &str, path: &str) -> Result<Option<String>, ConfigError> {
+    Ok(match m.get(k) {
+        None | Some(Json::Null) => None,
+        Some(Json::String(s)) if s.is_empty() => None,
+        Some(Json::String(s)) => Some(s.clone()),
+        Some(Json::Number(n)) => Some(n.to_string()),
+        Some(Json::Bool(b)) => Some(if *b { "yes" } else { "no" }.into()),
+        Some(_) => return Err(invalid(path, format!("{k} must be a single value"))),
+    })
+}
+
+fn texts(m: &Map<String, Json>, k: &str, path: &str) -> Result<Vec<String>, ConfigError> {
+    match m.get(k) {
+        Some(Json::Array(a)) => a
+            .iter()
+            .map(|v| match v {
+                Json::String(s) => Ok(s.clone()),
+                Json::Number(n) => Ok(n.to_string()),
+                _ => Err(invalid(path, format!("{k} entries must be text"))),
+            })
+            .collect(),
+        _ => Ok(text(m, k, path)?.into_iter().collect()),
+    }
+}
+
+fn number<T: std::str::FromStr>(
+    m: &Map<String, Json>,
+    k: &str,
+    path: &str,
+) -> Result<Option<T>, ConfigError> {
+    text(m, k, path)?
+        .map(|s| {
+            s.trim()
+                .parse::<T>()
+                .map_err(|_| invalid(path, format!("{k} = {s:?} is not a valid number here")))
+        })
+        .transpose()
+}
+
+fn flag(m: &Map<String, Json>, k: &str, path: &str) -> Result<Option<bool>, ConfigError> {
+    text(m, k, path)?
+        .map(|s| match s.trim().to_ascii_uppercase().as_str() {
+            "Y" | "YES" | "ON" | "TRUE" | "1" => Ok(true),
+            "N" | "NO" | "OFF" | "FALSE" | "0" => Ok(false),
+            _ => Err(invalid(path, format!("{k} = {s:?}: use yes or no"))),
+        })
+        .transpose()
+}
+
+/// Expand CHMPX name patterns: `srv[1-3].x` is srv1.x, srv2.x, srv3.x; `[a,b]` lists.
+pub fn expand(name: &str) -> Result<Vec<String>, String> {
+    let Some(open) = name.find('[') else {
+        return Ok(vec![name.to_string()]);
+    };
+    let close = name[open..]
+        .find(']')
+        .map(|i| open + i)
+        .ok_or_else(|| format!("{name:?}: [ without ]"))?;
+    let (head, inner, tail) = (&name[..open], &name[open + 1..close], &name[close + 1..]);
+    let mut alts = Vec::new();
+    for part in inner.split(',') {
+        let part = part.trim();
+        match part.split_once('-') {
+            Some((a, b)) if a.parse::<u32>().is_ok() && b.parse::<u32>().is_ok() => {
+                let (a, b) = (a.parse::<u32>().expect("n"), b.parse::<u32>().expect("n"));
+                if a > b || b - a > 1024 {
+                    return Err(format!("{name:?}: bad range {part}"));
+                }
+                alts.extend((a..=b).map(|i| i.to_string()));
+            }
+            _ if part.is_empty() => return Err(format!("{name:?}: empty alternative")),
+            _ => alts.push(part.to_string()),
+        }
+    }
+    let rests = expand(tail)?;
+    let mut out = Vec::new();
+    for a in &alts {
+        for rest in &rests {
+            out.push(format!("{head}{a}{rest}"));
+        }
+    }
+    Ok(out)
+}
+
+fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+fn from_doc(doc: &Json) -> Result<ChmpxConfig, ConfigError> {
+    let Json::Object(top) = doc else {
+        return Err(ConfigError::Invalid(
+            "the configuration must have sections GLOBAL, SVRNODE, SLVNODE, K2HDKC".into(),
+        ));
+    };
+    for k in top.keys() {
+        if !["GLOBAL", "SVRNODE", "SLVNODE", "K2HDKC"].contains(&k.to_ascii_uppercase().as_str()) {
+            return Err(ConfigError::Invalid(format!(
+                "unknown section {k} (expected GLOBAL, SVRNODE, SLVNODE, K2HDKC)"
+            )));
+        }
+    }
+    let get = |name: &str| {
+        top.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    };
+    let g = section(
+        get("GLOBAL").ok_or_else(|| ConfigError::Invalid("GLOBAL section is missing".into()))?,
+        "GLOBAL",
+        &[GLOBAL_USED, GLOBAL_IGNORED],
+    )?;
+    let group = text(&g, "GROUP", "GLOBAL")?
+        .ok_or_else(|| invalid("GLOBAL", "GROUP (the cluster name) is required"))?;
+    let mode = text(&g, "MODE", "GLOBAL")?
+        .map(|m| match m.to_ascii_uppercase().as_str() {
+            "SERVER" => Ok(Mode::Server),
+            "SLAVE" => Ok(Mode::Slave),
+            _ => Err(invalid(
+                "GLOBAL",
+                format!("MODE = {m:?}: use SERVER or SLAVE"),
+            )),
+        })
+        .transpose()?;
+    let automerge = flag(&g, "AUTOMERGE", "GLOBAL")?;
+    if flag(&g, "SSL", "GLOBAL")? == Some(true) {
+        return Err(invalid(
+            "GLOBAL",
+            "SSL = yes: TLS between nodes is not supported yet; the cluster secret \
+             (cluster.secret_file) authenticates nodes",
+        ));
+    }
+    let replica: Option<u8> = number(&g, "REPLICA", "GLOBAL")?;
+    let replicas = replica
+        .map(|r| {
+            r.checked_add(1)
+                .filter(|n| *n <= 16)
+                .ok_or_else(|| invalid("GLOBAL", "REPLICA must be at most 15"))
+        })
+        .transpose()?;
+    let write_quorum: Option<u8> = number(&g, "WRITE_QUORUM", "GLOBAL")?;
+    let read_quorum: Option<u8> = number(&g, "READ_QUORUM", "GLOBAL")?;
+    for (k, q) in [("WRITE_QUORUM", write_quorum), ("READ_QUORUM", read_quorum)] {
+        if let Some(q) = q
+            && (q == 0 || replicas.is_some_and(|n| q > n))
+        {
+            return Err(invalid(
+                "GLOBAL",
+                format!("{k} = {q} must be between 1 and the copies (REPLICA + 1)"),
+            ));
+        }
+    }
+    let port: Option<u16> = number(&g, "PORT", "GLOBAL")?;
+    let ctlport: Option<u16> = number(&g, "CTLPORT", "GLOBAL")?;
+    let memcached_port: Option<u16> = number(&g, "MEMCACHED_PORT", "GLOBAL")?;
+
+    let mut servers = Vec::new();
+    let list = |v: Option<&Json>| -> Vec<Json> {
+        match v {
+            Some(Json::Array(a)) => a.clone(),
+            Some(o @ Json::Object(_)) => vec![o.clone()],
+            _ => Vec::new(),
+        }
+    };
+    for (i, s) in list(get("SVRNODE")).iter().enumerate() {
+        let path = format!("SVRNODE #{}", i + 1);
+        let m = section(s, &path, &[SVRNODE_KEYS])?;
+        if flag(&m, "SSL", &path)? == Some(true) {
+            return Err(invalid(
+                &path,
+                "SSL = yes: TLS between nodes is not supported yet",
+            ));
+        }
+        let name = text(&m, "NAME", &path)?.ok_or_else(|| invalid(&path, "NAME is required"))?;
+        let port = number(&m, "PORT", &path)?
+            .or(port)
+            .ok_or_else(|| invalid(&path, "PORT is required (here or in GLOBAL)"))?;
+        let ctl = number(&m, "CTLPORT", &path)?
+            .or(ctlport)
+            .ok_or_else(|| invalid(&path, "CTLPORT is required (here or in GLOBAL)"))?;
+        let mc = number(&m, "MEMCACHED_PORT", &path)?.or(memcached_port);
+        let cuk = text(&m, "CUK", &path)?;
+        let seed = text(&m, "CUSTOM_ID_SEED", &path)?;
+        let zone = text(&m, "ZONE", &path)?;
+        let capacity = number(&m, "CAPACITY", &path)?;
+        let hosts = expand(&name).map_err(|e| invalid(&path, e))?;
+        if hosts.len() > 1 && (cuk.is_some() || seed.is_some()) {
+            return Err(invalid(
+                &path,
+                "a NAME pattern cannot share one CUK or CUSTOM_ID_SEED",
+            ));
+        }
+        for host in hosts {
+            let id = seed
+                .clone()
+                .or_else(|| cuk.clone())
+                .unwrap_or_else(|| join_host_port(&host, ctl));
+            servers.push(ServerNode {
+                host,
+                port,
+                ctlport: ctl,
+                memcached_port: mc,
+                cuk: cuk.clone(),
+                id,
+                zone: zone.clone(),
+                capacity,
+            });
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for s in &servers {
+        if !seen.insert(s.id.clone()) {
+            return Err(ConfigError::Invalid(format!(
+                "SVRNODE: two servers are named {:?} (give each a CUSTOM_ID_SEED or CUK)",
+                s.id
+            )));
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for s in &servers {
+        if !seen.insert(s.addr()) {
+            return Err(ConfigError::Invalid(format!(
+                "SVRNODE: two servers use {}",
+                s.addr()
+            )));
+        }
+    }
+    let mut slaves = Vec::new();
+    for (i, s) in list(get("SLVNODE")).iter().enumerate() {
+        let path = format!("SLVNODE #{}", i + 1);
+        let m = section(s, &path, &[SLVNODE_KEYS])?;
+        slaves.push(SlaveNode {
+            name: text(&m, "NAME", &path)?.ok_or_else(|| invalid(&path, "NAME is required"))?,
+            ctlport: number(&m, "CTLPORT", &path)?,
+            cuk: text(&m, "CUK", &path)?,
+        });
+    }
+    let mut k2hdkc = K2hdkcSection::default();
+    if let Some(k) = get("K2HDKC") {
+        let m = section(k, "K2HDKC", &[K2HDKC_USED, K2HDKC_IGNORED])?;
+        k2hdkc.storage = text(&m, "K2HTYPE", "K2HDKC")?
+            .map(|t| match t.to_ascii_uppercase().as_str() {
+                "M" | "MEM" | "MEMORY" => Ok(StorageMode::Memory),
+                "F" | "FILE" => Ok(StorageMode::File),
+                "T" | "TEMP" | "TEMPORARY" => Ok(StorageMode::Temporary),
+                _ => Err(invalid(
+                    "K2HDKC",
+                    format!("K2HTYPE = {t:?}: use MEMORY, FILE or TEMP"),
+                )),
+            })
+            .transpose()?;
+        k2hdkc.data_dir = text(&m, "K2HFILE", "K2HDKC")?.map(|f| {
+            let p = PathBuf::from(f);
+            if p.extension().is_some_and(|e| e == "k2h") {
+                p.parent().map(Path::to_path_buf).unwrap_or(p)
+            } else {
+                p
+            }
+        });
+        k2hdkc.pass_phrases = texts(&m, "PASSPHRASES", "K2HDKC")?;
+        k2hdkc.pass_file = text(&m, "PASSFILE", "K2HDKC")?.map(PathBuf::from);
+        k2hdkc.expire = number(&m, "EXPIRE", "K2HDKC")?;
+        k2hdkc.history = flag(&m, "HISTORY", "K2HDKC")?;
+    }
+    if mode != Some(Mode::Slave) && servers.is_empty() {
+        return Err(ConfigError::Invalid(
+            "SVRNODE: at least one server node is required".into(),
+        ));
+    }
+    Ok(ChmpxConfig {
+        group,
+        mode,
+        replicas,
+        write_quorum,
+        read_quorum,
+        automerge,
+        self_ctlport: number(&g, "SELFCTLPORT", "GLOBAL")?,
+        self_cuk: text(&g, "SELFCUK", "GLOBAL")?,
+        memcached_port,
+        servers,
+        slaves,
+        k2hdkc,
+    })
+}
+
+/// If the configuration names a CHMPX file, read it and apply it (see [`ChmpxConfig::apply`]).
+pub fn apply_file(cfg: &mut ServerConfig) -> Result<Option<ChmpxConfig>, ConfigError> {
+    let Some(path) = cfg.cluster.chmpx_file.clone() else {
+        return Ok(None);
+    };
+    let c = load(&path)?;
+    let sel = SelfSelector {
+        cuk: cfg.cluster.self_cuk.clone(),
+        ctlport: cfg.cluster.self_ctlport,
+        name: cfg.cluster.name.clone(),
+    };
+    c.apply(cfg, &sel)
+        .map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))?;
+    Ok(Some(c))
+}
+
+/// Whether an address belongs to this host (it can be bound).
+fn is_local(ip: IpAddr) -> bool {
+    ip.is_loopback() || std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
+}
+
+fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
+    (host, port).to_socket_addrs().ok()?.next()
+}
+
+impl ChmpxConfig {
+    /// The replication the file asks for: N from `REPLICA`, quorums from the extensions or a
+    /// majority of N.
+    pub fn replication(&self) -> Option<(u8, u8, u8)> {
+        let n = self.replicas?;
+        let majority = n / 2 + 1;
+        Some((
+            n,
+            self.write_quorum.unwrap_or(majority).min(n),
+            self.read_quorum.unwrap_or(majority).min(n),
+        ))
+    }
+
+    /// What a (re-)read file asks of the running cluster.
+    pub fn desired(&self) -> Desired {
+        Desired {
+            servers: self.servers.iter().map(|s| s.id.clone()).collect(),
+            addrs: self.servers.iter().map(ServerNode::addr).collect(),
+            replication: self.replication(),
+            automerge: self.automerge.unwrap_or(true),
+        }
+    }
+
+    /// The server entry that is this node.
+    pub fn find_self(&self, sel: &SelfSelector) -> Result<&ServerNode, ConfigError> {
+        let cuk = sel.cuk.as_ref().or(self.self_cuk.as_ref());
+        let ctl = sel.ctlport.or(self.self_ctlport);
+        let mut c: Vec<&ServerNode> = self.servers.iter().collect();
+        if let Some(name) = &sel.name {
+            c.retain(|s| &s.id == name);
+        }
+        if let Some(cuk) = cuk {
+            c.retain(|s| s.cuk.as_ref() == Some(cuk));
+        }
+        if let Some(p) = ctl {
+            c.retain(|s| s.ctlport == p);
+        }
+        if c.len() > 1 {
+            c.retain(|s| resolve(&s.host, s.port).is_some_and(|a| is_local(a.ip())));
+        }
+        match c.as_slice() {
+            [one] => Ok(one),
+            [] => Err(ConfigError::Invalid(format!(
+                "no SVRNODE entry is this node (looked for{}{}{}); give --ctlport, --cuk or \
+                 --name, or SELFCTLPORT / SELFCUK in GLOBAL",
+                sel.name
+                    .as_ref()
+                    .map_or(String::new(), |n| format!(" name {n}")),
+                cuk.map_or(String::new(), |c| format!(" cuk {c}")),
+                ctl.map_or(String::new(), |p| format!(" ctlport {p}")),
+            ))),
+            many => Err(ConfigError::Invalid(format!(
+                "{} SVRNODE entries could be this node ({}); give --ctlport, --cuk or --name",
+                many.len(),
+                many.iter()
+                    .map(|s| s.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
+    /// Apply the description to a node's configuration (settings given on the command line
+    /// before this call win where they conflict: listeners, storage mode and directory).
+    pub fn apply(&self, cfg: &mut ServerConfig, sel: &SelfSelector) -> Result<(), ConfigError> {
+        cfg.cluster.cluster = self.group.clone();
+        if let Some(a) = self.automerge {
+            cfg.cluster.auto_complete = a;
+        }
+        let addrs: Vec<String> = self.servers.iter().map(ServerNode::addr).collect();
+        if self.mode == Some(Mode::Slave) || cfg.cluster.gateway {
+            cfg.cluster.gateway = true;
+            cfg.cluster.join = addrs;
+            if cfg.listen.memcached.is_none()
+                && let Some(p) = self.memcached_port
+            {
+                cfg.listen.memcached = Some(SocketAddr::from(([127, 0, 0, 1], p)));
+            }
+            return Ok(());
+        }
+        let me = self.find_self(sel)?;
+        let resolved = resolve(&me.host, me.port).ok_or_else(|| {
+            ConfigError::Invalid(format!("SVRNODE {}: cannot resolve {}", me.id, me.host))
+        })?;
+        cfg.cluster.name = Some(me.id.clone());
+        if let Some(z) = &me.zone {
+            cfg.cluster.zone = z.clone();
+        }
+        if let Some(c) = me.capacity {
+            cfg.cluster.capacity = c;
+        }
+        if cfg.listen.native.is_none() {
+            cfg.listen.native = Some(resolved);
+        }
+        if cfg.listen.admin.is_none() {
+            cfg.listen.admin = Some(SocketAddr::new(resolved.ip(), me.ctlport));
+        }
+        if cfg.listen.memcached.is_none()
+            && let Some(p) = me.memcached_port
+        {
+            cfg.listen.memcached = Some(SocketAddr::new(resolved.ip(), p));
+        }
+        // The first server starts the cluster; the others only join through it (and the
+        // rest), so several nodes starting at once form one cluster, not several.
+        let mine = me.addr();
+        cfg.cluster.join = addrs
+            .iter()
+            .enumerate()
+            .filter(|(i, a)| *i == 0 || **a != mine)
+            .map(|(_, a)| a.clone())
+            .collect();
+        let k = &self.k2hdkc;
+        if let Some(m) = k.storage {
+            cfg.storage.mode = m;
+        }
+        if cfg.storage.data_dir.is_none() {
+            cfg.storage.data_dir = k.data_dir.clone();
+        }
+        if !k.pass_phrases.is_empty() {
+            cfg.storage.pass_phrases = k.pass_phrases.clone();
+        }
+        if let Some(f) = &k.pass_file {
+            cfg.storage.key_files.push(f.clone());
+        }
+        if let Some(e) = k.expire {
+            cfg.storage.default_ttl_secs = e;
+        }
+        if let Some(h) = k.history {
+            cfg.storage.history = if h { cfg.storage.history.max(8) } else { 0 };
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INI: &str = "
+# a 3-node cluster
+[GLOBAL]
+FILEVERSION = 1
+GROUP = demo
+MODE = SERVER
+DELIVERMODE = hash
+REPLICA = 2
+PORT = 8020
+CTLPORT = 8021
+MEMCACHED_PORT = 11211
+AUTOMERGE = on
+[SVRNODE]
+NAME = 127.0.0.1
+PORT = 18020
+CTLPORT = 18021
+CUSTOM_ID_SEED = n1
+[SVRNODE]
+NAME = 127.0.0.1
+PORT = 18022
+CTLPORT = 18023
+CUSTOM_ID_SEED = n2
+[SVRNODE]
+NAME = 10.0.0.[3-4]
+[SLVNODE]
+NAME = [.]*
+CTLPORT = 8031
+[K2HDKC]
+K2HTYPE = file
+K2HFILE = /var/lib/k2hdkc/data.k2h
+PASSPHRASES = one
+PASSPHRASES = two
+EXPIRE = 60
+MAXTHREAD = 20
+";
+
+    #[test]
+    fn ini_yaml_and_json_say_the_same() {
+        let ini = parse(INI, Syntax::Ini).unwrap();
+        assert_eq!(ini.group, "demo");
+        assert_eq!(ini.replication(), Some((3, 2, 2)));
+        assert_eq!(ini.servers.len(), 4);
+        assert_eq!(ini.servers[2].addr(), "10.0.0.3:8020");
+        assert_eq!(ini.servers[3].id, "10.0.0.4:8021");
+        assert_eq!(ini.servers[0].memcached_port, Some(11211));
+        assert_eq!(ini.k2hdkc.pass_phrases, vec!["one", "two"]);
+        assert_eq!(ini.k2hdkc.data_dir, Some(PathBuf::from("/var/lib/k2hdkc")));
+        assert_eq!(ini.slaves[0].name, "[.]*");
+        let yaml = "
+GLOBAL:
+  GROUP: demo
+  MODE: SERVER
+  REPLICA: 2
+  PORT: 8020
+  CTLPORT: 8021
+  MEMCACHED_PORT: 11211
+  AUTOMERGE: true
+SVRNODE:
+  - NAME: 127.0.0.1
+    PORT: 18020
+    CTLPORT: 18021
+    CUSTOM_ID_SEED: n1
+  - NAME: 127.0.0.1
+    PORT: 18022
+    CTLPORT: 18023
+    CUSTOM_ID_SEED: n2
+  - NAME: '10.0.0.[3-4]'
+SLVNODE:
+  - NAME: '[.]*'
+    CTLPORT: 8031
+K2HDKC:
+  K2HTYPE: file
+  K2HFILE: /var/lib/k2hdkc/data.k2h
+  PASSPHRASES: [one, two]
+  EXPIRE: 60
+";
+        assert_eq!(parse(yaml, Syntax::Yaml).unwrap(), ini);
+        let json = r#"{"GLOBAL": {"GROUP": "demo", "MODE": "SERVER", "REPLICA": 2, "PORT": 8020,
+            "CTLPORT": 8021, "MEMCACHED_PORT": 11211, "AUTOMERGE": "on"},
+          "SVRNODE": [{"NAME": "127.0.0.1", "PORT": 18020, "CTLPORT": 18021, "CUSTOM_ID_SEED": "n1"},
+                      {"NAME": "127.0.0.1", "PORT": 18022, "CTLPORT": 18023, "CUSTOM_ID_SEED": "n2"},
+                      {"NAME": "10.0.0.[3-4]"}],
+          "SLVNODE": [{"NAME": "[.]*", "CTLPORT": 8031}],
+          "K2HDKC": {"K2HTYPE": "file", "K2HFILE": "/var/lib/k2hdkc/data.k2h",
+                     "PASSPHRASES": ["one", "two"], "EXPIRE": 60}}"#;
+        assert_eq!(parse(json, Syntax::Json).unwrap(), ini);
+        assert_eq!(Syntax::guess(None, json), Syntax::Json);
+        assert_eq!(Syntax::guess(None, INI), Syntax::Ini);
+        assert_eq!(Syntax::guess(None, yaml), Syntax::Yaml);
+    }
+
+    #[test]
+    fn bad_files_say_what_is_wrong() {
+        let cases = [
+            (
+                "[GLOBAL]\nGROUP = x\nPROT = 1\n[SVRNODE]\nNAME=a\nPORT=1\nCTLPORT=2\n",
+                "unknown key PROT",
+            ),
+            ("[GLOBAL]\nMODE = SERVER\n", "GROUP"),
+            ("[GLOBAL]\nGROUP = x\n", "at least one server"),
+            (
+                "[GLOBAL]\nGROUP = x\n[SVRNODE]\nNAME = a\n",
+                "PORT is required",
+            ),
+            ("[GLOBAL]\nGROUP = x\nPORT = 99999\n", "not a valid number"),
+            ("[GLOBAL]\nGROUP = x\nSSL = yes\n", "TLS"),
+            ("[GLOBAL]\nGROUP = x\nAUTOMERGE = maybe\n", "yes or no"),
+            (
+                "[GLOBAL]\nGROUP = x\nREPLICA = 1\nWRITE_QUORUM = 3\n",
+                "WRITE_QUORUM",
+            ),
+            ("GROUP = x\n", "outside any"),
+            ("[GLOBAL\n", "closing"),
+            ("[OTHER]\nA = 1\n", "unknown section"),
+            (
+                "[GLOBAL]\nGROUP = x\nPORT = 1\nCTLPORT = 2\n[SVRNODE]\nNAME = a\n[SVRNODE]\nNAME = a\n",
+                "two servers",
+            ),
+            ("[GLOBAL]\nGROUP = x\n[K2HDKC]\nK2HTYPE = disk\n", "K2HTYPE"),
+        ];
+        for (text, want) in cases {
+            let e = parse(text, Syntax::Ini).unwrap_err().to_string();
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+        assert!(parse("{", Syntax::Json).is_err());
+        assert!(parse("GLOBAL: [", Syntax::Yaml).is_err());
+    }
+
+    #[test]
+    fn names_expand() {
+        assert_eq!(
+            expand("srv[1-3].x").unwrap(),
+            ["srv1.x", "srv2.x", "srv3.x"]
+        );
+        assert_eq!(expand("[a,b]-[1-2]").unwrap(), ["a-1", "a-2", "b-1", "b-2"]);
+        assert_eq!(expand("plain").unwrap(), ["plain"]);
+        assert!(expand("x[1-").is_err());
+        assert!(expand("x[3-1]").is_err());
+    }
+
+    #[test]
+    fn this_node_is_found_and_applied() {
+        let c = parse(INI, Syntax::Ini).unwrap();
+        let sel = SelfSelector {
+            ctlport: Some(18023),
+            ..Default::default()
+        };
+        let mut cfg = ServerConfig::default();
+        c.apply(&mut cfg, &sel).unwrap();
+        assert_eq!(cfg.cluster.name.as_deref(), Some("n2"));
+        assert_eq!(cfg.cluster.cluster, "demo");
+        assert_eq!(cfg.listen.native, Some("127.0.0.1:18022".parse().unwrap()));
+        assert_eq!(cfg.listen.admin, Some("127.0.0.1:18023".parse().unwrap()));
+        assert_eq!(
+            cfg.listen.memcached,
+            Some("127.0.0.1:11211".parse().unwrap())
+        );
+        // n2 joins through the others, never through itself.
+        assert_eq!(
+            cfg.cluster.join,
+            ["127.0.0.1:18020", "10.0.0.3:8020", "10.0.0.4:8020"]
+        );
+        assert_eq!(cfg.storage.mode, StorageMode::File);
+        assert_eq!(cfg.storage.default_ttl_secs, 60);
+        // The first server may start the cluster.
+        let mut first = ServerConfig::default();
+        c.apply(
+            &mut first,
+            &SelfSelector {
+                name: Some("n1".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(first.cluster.join[0], "127.0.0.1:18020");
+        // Two local entries and nothing to tell them apart.
+        let e = c
+            .apply(&mut ServerConfig::default(), &SelfSelector::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("could be this node"), "{e}");
+        // A slave file makes a gateway that knows every server.
+        let mut gw = ServerConfig::default();
+        let slave = parse(&INI.replace("MODE = SERVER", "MODE = SLAVE"), Syntax::Ini).unwrap();
+        slave.apply(&mut gw, &SelfSelector::default()).unwrap();
+        assert!(gw.cluster.gateway);
+        assert_eq!(gw.cluster.join.len(), 4);
+        assert_eq!(
+            c.desired().servers,
+            ["n1", "n2", "10.0.0.3:8021", "10.0.0.4:8021"]
+        );
+    }
+}
