@@ -127,3 +127,204 @@ impl Drop for Proc {
         self.kill9();
     }
 }
+
+/// Hosts in network namespaces: each host is a namespace with its own address on a bridge
+/// that the test creates (the bridge also has an address in the test's namespace, so the test
+/// reaches every host as a client). A host's link can be cut and healed. Needs root (and
+/// `ip`); [`NetLab::new`] returns `None` with the reason otherwise. Dropping it deletes the
+/// namespaces (their processes must be stopped first: keep the `Proc`s declared after it) and
+/// the bridge; namespaces left by a test process that died are removed by the next one.
+pub struct NetLab {
+    tag: String,
+    subnet: [u8; 3],
+    hosts: usize,
+}
+
+/// Prefix of everything a [`NetLab`] creates: `k2t<pid>x<n>`.
+const LAB_PREFIX: &str = "k2t";
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl NetLab {
+    /// Make `hosts` hosts, or say why not.
+    pub fn new(hosts: usize) -> Result<NetLab, String> {
+        static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        if !is_root() {
+            return Err("not root: network namespaces need CAP_NET_ADMIN".into());
+        }
+        assert!((1..=200).contains(&hosts));
+        Self::sweep();
+        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let pid = std::process::id();
+        // Interface names are at most 15 bytes: k2t + 5 digits + x + counter + host suffix.
+        let tag = format!("{LAB_PREFIX}{}x{n}", pid % 100_000);
+        let third = ((pid as usize * 7 + n as usize * 13) % 200 + 20) as u8;
+        let lab = NetLab {
+            tag,
+            subnet: [10, 233, third],
+            hosts,
+        };
+        // On an error the half-built lab is dropped, which deletes what was made.
+        lab.build()?;
+        Ok(lab)
+    }
+
+    fn bridge(&self) -> String {
+        format!("{}b", self.tag)
+    }
+
+    fn veth(&self, i: usize) -> String {
+        format!("{}v{i}", self.tag)
+    }
+
+    /// Namespace of host `i`.
+    pub fn ns(&self, i: usize) -> String {
+        format!("{}n{i}", self.tag)
+    }
+
+    /// Address of host `i`.
+    pub fn addr(&self, i: usize) -> std::net::IpAddr {
+        let [a, b, c] = self.subnet;
+        std::net::IpAddr::from([a, b, c, i as u8 + 1])
+    }
+
+    fn build(&self) -> Result<(), String> {
+        let [a, b, c] = self.subnet;
+        let br = self.bridge();
+        ip(&["link", "add", &br, "type", "bridge"])?;
+        ip(&["link", "set", &br, "up"])?;
+        ip(&["addr", "add", &format!("{a}.{b}.{c}.254/24"), "dev", &br])?;
+        for i in 0..self.hosts {
+            let (ns, v, inner) = (self.ns(i), self.veth(i), format!("{}i{i}", self.tag));
+            ip(&["netns", "add", &ns])?;
+            ip(&["link", "add", &v, "type", "veth", "peer", "name", &inner])?;
+            ip(&["link", "set", &inner, "netns", &ns])?;
+            ip(&["link", "set", &v, "master", &br])?;
+            ip(&["link", "set", &v, "up"])?;
+            ip(&["-n", &ns, "link", "set", &inner, "name", "eth0"])?;
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/24", self.addr(i)),
+                "dev",
+                "eth0",
+            ])?;
+            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(())
+    }
+
+    /// Cut host `i` off the network (its link goes down; packets to and from it are lost).
+    pub fn cut(&self, i: usize) {
+        ip(&["link", "set", &self.veth(i), "down"]).expect("cut");
+    }
+
+    /// Reconnect host `i`.
+    pub fn heal(&self, i: usize) {
+        ip(&["link", "set", &self.veth(i), "up"]).expect("heal");
+    }
+
+    /// Start `bin args` inside host `i`.
+    pub fn start(
+        &self,
+        i: usize,
+        bin: &std::path::Path,
+        args: &[String],
+        log: Option<&std::path::Path>,
+    ) -> Proc {
+        let mut all = vec![
+            "netns".to_string(),
+            "exec".into(),
+            self.ns(i),
+            bin.display().to_string(),
+        ];
+        all.extend(args.iter().cloned());
+        // `ip netns exec` replaces itself with the program: the pid is the program's.
+        let mut p = Proc::start(&PathBuf::from("ip"), &all, log);
+        p.what = format!("{} (in {})", p.what, self.ns(i));
+        p
+    }
+
+    /// Delete what test processes that no longer run left behind.
+    fn sweep() {
+        let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+            return;
+        };
+        // Names hold the low 5 digits of the creating pid: a namespace is stale when no
+        // running process has a pid ending so (at worst a stale one survives a while).
+        let running: std::collections::HashSet<String> = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter_map(|p| p.parse::<u32>().ok())
+            .map(|p| (p % 100_000).to_string())
+            .collect();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let name = line.split_whitespace().next().unwrap_or("");
+            let Some(rest) = name.strip_prefix(LAB_PREFIX) else {
+                continue;
+            };
+            let (Some(pid5), Some(cut)) = (rest.split('x').next(), name.rfind('n')) else {
+                continue;
+            };
+            if !running.contains(pid5) {
+                let _ = ip(&["netns", "del", name]);
+                let _ = ip(&["link", "del", &format!("{}b", &name[..cut])]);
+            }
+        }
+    }
+}
+
+impl Drop for NetLab {
+    fn drop(&mut self) {
+        for i in 0..self.hosts {
+            let _ = ip(&["netns", "del", &self.ns(i)]);
+            let _ = ip(&["link", "del", &self.veth(i)]);
+        }
+        let _ = ip(&["link", "del", &self.bridge()]);
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// A scratch directory for a test; with `K2HDKC_KEEP_TEST_DIRS=1` it is kept (and printed) so
+/// the logs of a failed run can be read.
+pub fn test_dir() -> tempfile::TempDir {
+    let keep = std::env::var_os("K2HDKC_KEEP_TEST_DIRS").is_some_and(|v| v == "1");
+    let d = tempfile::Builder::new()
+        .prefix("k2hdkc-test-")
+        .disable_cleanup(keep)
+        .tempdir()
+        .expect("tempdir");
+    if keep {
+        eprintln!("test directory kept: {}", d.path().display());
+    }
+    d
+}

@@ -191,6 +191,14 @@ pub async fn serve(
             return Ok(());
         }
         m.bytes_read.fetch_add(n as u64, Relaxed);
+        // A node taking over partitions first collects what the other owners hold (native
+        // frames wait one by one instead, so replication keeps flowing on those connections).
+        if !native
+            && let Some(c) = &shared.cluster
+            && c.in_takeover()
+        {
+            c.wait_takeover().await;
+        }
         let start = Instant::now();
         let mut requests = 0;
         let mut close = false;

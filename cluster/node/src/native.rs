@@ -542,10 +542,44 @@ fn dispatch(
                 }
             }
         }
-        Op::Forward if c.catching_up() => {
-            // The sender thinks this node leads; it does not until it caught up.
-            wire::write_error(out, Status::Unavailable, id, CATCHING_UP);
-            false
+        Op::Forward if !local_only && (c.in_takeover() || c.catching_up()) => {
+            // This node is collecting what the other owners hold (a takeover, or catching up
+            // after a start, pause or partition): run it once that is done.
+            deferred.push(Deferred::Later {
+                at: out.len(),
+                frame: frame.to_vec(),
+            });
+            true
+        }
+        Op::Forward
+            if !local_only
+                && a.count.is_some_and(|p| {
+                    p < k2hdkc_layout::PARTITIONS as u64 && !c.leads(p as usize)
+                }) =>
+        {
+            // The sender routes this partition here, but in this node's view another node
+            // leads it: route it on from here, so one node leads a partition at a time as
+            // far as this node can tell (if that node is gone, the retry lands here after a
+            // takeover).
+            let (Some(v), Some(mode)) = (a.value, a.mode) else {
+                wire::write_error(out, Status::BadRequest, id, "Forward needs Value and Mode");
+                return false;
+            };
+            let m = match mode {
+                0 => crate::memcached::Mode::Text,
+                1 => crate::memcached::Mode::Binary,
+                _ => crate::memcached::Mode::Native,
+            };
+            let limits = crate::memcached::limits_of(shared);
+            let mut inner = Vec::new();
+            let batch = crate::memcached::process(shared, m, &limits, v, &mut inner, false);
+            deferred.push(Deferred::Nested {
+                at: out.len(),
+                id,
+                inner,
+                pending: batch.deferred,
+            });
+            true
         }
         Op::Forward => {
             let (Some(v), Some(mode)) = (a.value, a.mode) else {
@@ -588,6 +622,13 @@ fn dispatch(
                 c.route(key)
             };
             match route {
+                Route::Local if !local_only && c.in_takeover() => {
+                    deferred.push(Deferred::Later {
+                        at: out.len(),
+                        frame: frame.to_vec(),
+                    });
+                    false
+                }
                 Route::Local => {
                     let before = shared.store.last_seq();
                     let at = out.len();

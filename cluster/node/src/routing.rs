@@ -66,6 +66,9 @@ pub(crate) enum Deferred {
     },
     /// Send `bytes` to every other node and ignore the replies (flush_all).
     Broadcast { mode: u8, bytes: Vec<u8> },
+    /// Run the native `frame` once this node's takeover sync is done (see
+    /// `Cluster::begin_takeover`) and insert its reply at `at`.
+    Later { at: usize, frame: Vec<u8> },
 }
 
 impl Deferred {
@@ -74,7 +77,8 @@ impl Deferred {
             Deferred::Quorum { at, .. }
             | Deferred::Forward { at, .. }
             | Deferred::Control { at, .. }
-            | Deferred::Nested { at, .. } => *at,
+            | Deferred::Nested { at, .. }
+            | Deferred::Later { at, .. } => *at,
             Deferred::Broadcast { .. } => usize::MAX,
         }
     }
@@ -118,7 +122,7 @@ pub(crate) async fn forward(
     };
     let r = tokio::time::timeout(
         cluster.request_timeout(),
-        peer.client.request(Op::Forward, &args),
+        peer.forwards.request(Op::Forward, &args),
     )
     .await
     .map_err(|_| format!("{} did not answer in time", peer.addr))
@@ -141,7 +145,7 @@ pub(crate) async fn forward(
 /// Forward several requests to one peer in one pipeline (so they run in request order);
 /// returns each request's reply bytes (its error reply where it failed).
 async fn forward_all(
-    cluster: &Cluster,
+    cluster: &Arc<Cluster>,
     peer: &Peer,
     pieces: Vec<Piece>,
 ) -> Vec<(usize, Result<Vec<u8>, Piece>)> {
@@ -149,13 +153,16 @@ async fn forward_all(
         .stats
         .forwarded
         .fetch_add(pieces.len() as u64, Relaxed);
-    let mut p = peer.client.pipeline();
+    let mut p = peer.forwards.pipeline();
     for piece in &pieces {
         p.push(
             Op::Forward,
             &Args {
                 value: Some(&piece.bytes),
                 mode: Some(piece.mode),
+                // The partition, so the receiver can tell whether it leads it (see
+                // `Cluster::begin_takeover`).
+                count: Some(piece.partition as u64),
                 pass: cluster.token.as_deref(),
                 ..Default::default()
             },
@@ -165,6 +172,7 @@ async fn forward_all(
         Ok(Ok(r)) => r,
         Ok(Err(k2hdkc_client::ClientError::Connect { .. })) => {
             peer.suspect();
+            cluster.begin_takeover("a peer refused connections");
             return pieces.into_iter().map(|p| (p.k, Err(p))).collect();
         }
         Ok(Err(e)) => {
@@ -334,6 +342,15 @@ pub(crate) fn resolve<'a>(
                         (k, Some(o))
                     });
                 }
+                Deferred::Later { at, frame } => {
+                    edits.push((at, 0, None));
+                    set.spawn(async move {
+                        c.wait_takeover().await;
+                        let mut inner = Vec::new();
+                        let batch = crate::native::process(&sh, &frame, &mut inner, false);
+                        (k, Some(resolve(&sh, inner, batch.deferred).await))
+                    });
+                }
                 Deferred::Broadcast { mode, bytes } => {
                     edits.push((usize::MAX, 0, None));
                     let l = c.layout();
@@ -383,6 +400,7 @@ pub(crate) fn resolve<'a>(
             let l = cluster.layout();
             let r = match cluster.route_partition(&l, piece.partition) {
                 Route::Local => {
+                    cluster.wait_takeover().await;
                     let m = match piece.mode {
                         MODE_TEXT => crate::memcached::Mode::Text,
                         MODE_BINARY => crate::memcached::Mode::Binary,

@@ -72,8 +72,11 @@ pub struct ClusterStats {
 pub struct Peer {
     /// Native address.
     pub addr: String,
-    /// Connection pool.
+    /// Connections for replication and control (heartbeats, consensus, flushes).
     pub client: Client,
+    /// Connections for forwarded requests: these may wait at the peer (while it takes over
+    /// partitions), and must not hold up replication or heartbeats behind them.
+    pub forwards: Client,
     last_ok: Mutex<Option<Instant>>,
     up: AtomicBool,
     /// Feed position this peer acknowledged.
@@ -88,6 +91,8 @@ pub struct Peer {
     pub held_from: AtomicU64,
     /// What the peer last said about itself and its own streams (heartbeat).
     pub view: Mutex<Option<Arc<PeerView>>>,
+    /// The peer takes over partitions and asked for everything held back for it.
+    pub force_release: AtomicBool,
     /// The peer's last reported status (ping reply).
     pub status: Mutex<Json>,
     /// The peer said it is catching up (after a start or a pause): do not route to it.
@@ -210,6 +215,12 @@ pub struct Cluster {
     pub origins: Mutex<std::collections::BTreeMap<u64, Origin>>,
     /// What the CHMPX-style file asks for, if the node runs from one.
     desired: Mutex<Option<Desired>>,
+    /// Collecting what the other owners hold before leading partitions taken over.
+    takeover: AtomicBool,
+    /// Notified when a takeover sync ends.
+    takeover_done: tokio::sync::Notify,
+    /// The catch-up asked the others to flush (see `ping_reply`).
+    flushing: AtomicBool,
 }
 
 /// Errors of cluster control requests.
@@ -262,6 +273,9 @@ impl Cluster {
             incarnation: incarnation(),
             origins: Mutex::new(Default::default()),
             desired: Mutex::new(None),
+            takeover: AtomicBool::new(false),
+            takeover_done: tokio::sync::Notify::new(),
+            flushing: AtomicBool::new(false),
         }))
     }
 
@@ -307,7 +321,8 @@ impl Cluster {
         cc.request_timeout = self.request_timeout();
         let p = Arc::new(Peer {
             addr: addr.to_string(),
-            client: Client::lazy(cc),
+            client: Client::lazy(cc.clone()),
+            forwards: Client::lazy(cc),
             last_ok: Mutex::new(None),
             // Optimistic until heartbeats say otherwise, so a fresh node routes at once.
             up: AtomicBool::new(true),
@@ -316,6 +331,7 @@ impl Cluster {
             since,
             held_from: AtomicU64::new(u64::MAX),
             view: Mutex::new(None),
+            force_release: AtomicBool::new(false),
             status: Mutex::new(Json::Null),
             catching_up: AtomicBool::new(false),
             streaming: AtomicBool::new(false),
@@ -403,6 +419,91 @@ impl Cluster {
         }
     }
 
+    /// Whether this node leads partition `p` now.
+    pub fn leads(&self, p: usize) -> bool {
+        matches!(self.route_partition(&self.layout(), p), Route::Local)
+    }
+
+    /// Whether a takeover sync runs (see [`Cluster::begin_takeover`]).
+    pub fn in_takeover(&self) -> bool {
+        self.takeover.load(SeqCst)
+    }
+
+    /// Wait until no takeover sync and no catch-up runs (bounded by the request timeout).
+    pub async fn wait_takeover(&self) {
+        let deadline = tokio::time::Instant::now() + self.request_timeout();
+        let busy = || self.in_takeover() || self.catching_up();
+        while busy() && tokio::time::Instant::now() < deadline {
+            let n = self.takeover_done.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if !busy() {
+                break;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(50), n).await;
+        }
+    }
+
+    /// A peer failed (or another node routes its partitions here): before this node leads
+    /// them, it collects what the other live owners hold, including the copies they hold
+    /// back for the failed peer's stream (see [`replicate`]). A write acknowledged by the
+    /// failed primary and one other owner is then here before anything reads or modifies
+    /// the key. Meanwhile requests this node would run wait (`Deferred::Later`, and
+    /// memcached connections before their next batch); replication and control traffic
+    /// flows on.
+    pub fn begin_takeover(self: &Arc<Self>, why: &str) {
+        if self.gateway() || self.takeover.swap(true, SeqCst) {
+            return;
+        }
+        tracing::info!(
+            reason = why,
+            "taking over: collecting what the other owners hold first"
+        );
+        let me = self.clone();
+        tokio::spawn(async move {
+            let l = me.layout();
+            let mut set = tokio::task::JoinSet::new();
+            for n in l.nodes.iter().filter(|n| n.addr != me.addr) {
+                if !me.peer_up(&n.addr) {
+                    continue;
+                }
+                let me2 = me.clone();
+                let addr = n.addr.clone();
+                set.spawn(async move {
+                    let req = json!({"method": "flush_to", "addr": me2.addr, "force": true});
+                    (addr.clone(), me2.call(&addr, req).await)
+                });
+            }
+            while let Some(r) = set.join_next().await {
+                if let Ok((addr, Ok(r))) = r
+                    && r["caught_up"] != json!(true)
+                {
+                    tracing::warn!(peer = %addr, "a peer did not deliver everything in time");
+                }
+            }
+            me.takeover.store(false, SeqCst);
+            me.takeover_done.notify_waiters();
+            tracing::info!("takeover sync done");
+        });
+    }
+
+    /// Whether this node reaches a majority of the voting nodes (itself included). A node
+    /// that does not (a network partition cut it off) leads nothing: the majority side may be
+    /// taking writes for its partitions, and serving its own copy would lose them.
+    pub fn majority_reachable(&self, l: &Layout) -> bool {
+        let voters = paxos::voters(l);
+        if !voters.contains(&self.me) {
+            return true;
+        }
+        let reachable = l
+            .nodes
+            .iter()
+            .filter(|n| voters.contains(&n.name))
+            .filter(|n| n.name == self.me || self.peer_up(&n.addr))
+            .count();
+        reachable > voters.len() / 2
+    }
+
     /// The heartbeat loop is alive (see [`Cluster::check_pause`]).
     fn tick(&self) {
         self.last_tick
@@ -414,6 +515,11 @@ impl Cluster {
     /// hold arrives when they return).
     async fn catch_up(self: &Arc<Self>) {
         let l = self.layout();
+        if !self.majority_reachable(&l) {
+            // Cut off: whatever the majority wrote meanwhile is not here yet; stay out.
+            return;
+        }
+        self.flushing.store(true, SeqCst);
         let mut set = tokio::task::JoinSet::new();
         for n in l.nodes.iter().filter(|n| n.addr != self.addr) {
             let me = self.clone();
@@ -423,12 +529,40 @@ impl Cluster {
                 (addr.clone(), me.call(&addr, req).await)
             });
         }
+        let mut answered = std::collections::HashSet::new();
         while let Some(r) = set.join_next().await {
-            if let Ok((addr, Err(e))) = r {
-                tracing::debug!(peer = %addr, error = %e, "no flush from peer");
+            match r {
+                Ok((addr, Ok(r))) if r["caught_up"] == json!(true) => {
+                    answered.insert(addr);
+                }
+                Ok((addr, Ok(_))) => {
+                    tracing::debug!(peer = %addr, "peer did not deliver everything in time");
+                }
+                Ok((addr, Err(e))) => {
+                    tracing::debug!(peer = %addr, error = %e, "no flush from peer");
+                }
+                Err(_) => {}
             }
         }
+        let voters = paxos::voters(&l);
+        let flushed = l
+            .nodes
+            .iter()
+            .filter(|n| voters.contains(&n.name))
+            .filter(|n| n.name == self.me || answered.contains(&n.addr))
+            .count();
+        if voters.contains(&self.me) && flushed < voters.len() / 2 + 1 {
+            self.flushing.store(false, SeqCst);
+            tracing::info!(
+                flushed,
+                voters = voters.len(),
+                "caught up with too few nodes; trying again"
+            );
+            return;
+        }
         self.catching_up.store(false, SeqCst);
+        self.flushing.store(false, SeqCst);
+        self.takeover_done.notify_waiters();
         tracing::info!("caught up; leading again");
     }
 
@@ -521,6 +655,15 @@ impl Cluster {
                     return err("flush_to needs addr");
                 };
                 let p = self.peer(addr);
+                if req["force"] == json!(true) {
+                    p.force_release.store(true, SeqCst);
+                } else if p.catching_up.swap(false, SeqCst) {
+                    // It is catching up and will lead its partitions next: stop leading them
+                    // here now (requests for them go to it, which holds them until it is
+                    // done), and let what runs here already finish before the position
+                    // that must reach it is taken.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
                 let last = self.store.last_seq();
                 let deadline = tokio::time::Instant::now() + self.request_timeout();
                 let done = || p.acked.load(SeqCst) >= last && p.held_from.load(SeqCst) > last;
@@ -599,7 +742,9 @@ impl Cluster {
             "addr": self.addr,
             "memcached": self.memcached,
             "gateway": self.gateway(),
-            "catching_up": self.catching_up(),
+            // Once it asks the others to flush, they hand its partitions back (requests wait
+            // here until it is done), so it no longer asks to be routed around.
+            "catching_up": self.catching_up() && !self.flushing.load(SeqCst),
             "version": l.version,
             "uptime_secs": self.started.elapsed().as_secs(),
             "items": st.records,
@@ -1115,6 +1260,7 @@ impl Cluster {
                         let dead = last.is_none_or(|t| t.elapsed() > timeout);
                         if dead && p.up.swap(false, SeqCst) {
                             tracing::warn!(peer = %p.addr, "peer is down");
+                            self.begin_takeover("a peer is down");
                         }
                     }
                 }
@@ -1123,6 +1269,12 @@ impl Cluster {
             // pause of this process.
             self.tick();
             self.prune_origins();
+            if !self.gateway() && !self.majority_reachable(&l) && !self.catching_up() {
+                tracing::warn!(
+                    "cut off from the majority of the cluster; leading nothing until it is back"
+                );
+                self.catching_up.store(true, SeqCst);
+            }
             // Transfers of the movement in progress.
             if l.moving() && !self.gateway() {
                 let fin = self.transfers_finished.load(SeqCst);

@@ -331,6 +331,21 @@ pub async fn stream(cluster: Arc<Cluster>, peer: Arc<Peer>) {
                 continue;
             }
         };
+        // The peer takes over partitions: everything held back for it goes now.
+        if peer.force_release.swap(false, SeqCst) && !held.changes.is_empty() {
+            let all: Vec<Arc<Change>> = held.changes.drain(..).map(|(c, _)| c).collect();
+            held.bytes = 0;
+            let position = peer.acked.load(SeqCst).max(1);
+            if let Err(e) = send_all_at(&cluster, &peer, &all, position).await {
+                tracing::debug!(peer = %peer.addr, error = %e, "held changes not sent yet");
+                for c in all {
+                    held.bytes += c.weight();
+                    held.changes.push((c, Origin::Unknown));
+                }
+            }
+            held.publish(&peer);
+            cluster.acked.notify_waiters();
+        }
         // Held changes whose fate is now known: send or drop them.
         if !held.changes.is_empty()
             && peer.up()
