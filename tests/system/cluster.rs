@@ -84,6 +84,20 @@ fn start_node(
     memcached: SocketAddr,
     seed: SocketAddr,
 ) -> Node {
+    start_node_with(dir, name, native, memcached, seed, "batch")
+}
+
+/// [`start_node`] with an fsync policy: with `always` a restarted node lost nothing it
+/// acknowledged, so it pulls only what changed; with `batch` it also pulls the records of the
+/// second before its newest one (a crash may have lost them).
+fn start_node_with(
+    dir: &Path,
+    name: &str,
+    native: SocketAddr,
+    memcached: SocketAddr,
+    seed: SocketAddr,
+    fsync: &str,
+) -> Node {
     let args: Vec<String> = [
         "server",
         "--name",
@@ -91,7 +105,7 @@ fn start_node(
         "--storage",
         "file",
         "--fsync",
-        "batch",
+        fsync,
         "--data-dir",
         &dir.join(name).to_string_lossy(),
         "--listen",
@@ -507,9 +521,23 @@ fn load(addr: SocketAddr, keys: impl Iterator<Item = (String, String)>) -> usize
 fn attach_and_return_move_little_data() {
     let dir = system_tests::test_dir();
     let seed = free_addr();
-    let mut nodes: Vec<Node> = vec![start_node(dir.path(), "n1", seed, free_addr(), seed)];
+    let mut nodes: Vec<Node> = vec![start_node_with(
+        dir.path(),
+        "n1",
+        seed,
+        free_addr(),
+        seed,
+        "always",
+    )];
     for name in ["n2", "n3"] {
-        nodes.push(start_node(dir.path(), name, free_addr(), free_addr(), seed));
+        nodes.push(start_node_with(
+            dir.path(),
+            name,
+            free_addr(),
+            free_addr(),
+            seed,
+            "always",
+        ));
     }
     wait_status(
         seed,
@@ -538,7 +566,14 @@ fn attach_and_return_move_little_data() {
     assert_eq!(stored, keys);
 
     // One replica, a 4th node: it should receive about a quarter of the keys, no more.
-    nodes.push(start_node(dir.path(), "n4", free_addr(), free_addr(), seed));
+    nodes.push(start_node_with(
+        dir.path(),
+        "n4",
+        free_addr(),
+        free_addr(),
+        seed,
+        "always",
+    ));
     wait_status(seed, "n4 recognised", Duration::from_secs(20), |s| {
         s["nodes"].as_array().map_or(0, Vec::len) == 4
     });
@@ -636,7 +671,7 @@ fn attach_and_return_move_little_data() {
         .count();
     assert!(owned > changed / 2, "n3 owns {owned} of the changed keys");
     let n3 = &nodes[2];
-    let back = start_node(dir.path(), "n3", n3.native, n3.memcached, seed);
+    let back = start_node_with(dir.path(), "n3", n3.native, n3.memcached, seed, "always");
     nodes[2] = back;
     // Wait until what n3 received stops growing.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -997,4 +1032,101 @@ fn partitioned_node_loses_nothing() {
         log.contains("caught up; leading again"),
         "n3 never caught up:\n{log}"
     );
+}
+
+/// A memory-mode node that restarts comes back empty: its catch-up asks the others for the
+/// whole state of its partitions, not only for what changed while it was away, and it leads
+/// again only with all of it.
+#[test]
+fn memory_node_restart_refetches_everything() {
+    let dir = system_tests::test_dir();
+    let start = |name: &str, native: SocketAddr, mc: SocketAddr, seed: SocketAddr| {
+        let args: Vec<String> = [
+            "server",
+            "--name",
+            name,
+            "--storage",
+            "memory",
+            "--listen",
+            &native.to_string(),
+            "--memcached-listen",
+            &mc.to_string(),
+            "--join",
+            &seed.to_string(),
+            "--secret-file",
+            &secret().to_string_lossy(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let p = Proc::start(
+            &bin("k2hdkc"),
+            &args,
+            Some(&dir.path().join(format!("{name}.log"))),
+        );
+        assert!(wait_listening(native, Duration::from_secs(10)), "{name}");
+        p
+    };
+    let addrs: Vec<(SocketAddr, SocketAddr)> = (0..3).map(|_| (free_addr(), free_addr())).collect();
+    let seed = addrs[0].0;
+    let mut procs: Vec<Proc> = (0..3)
+        .map(|i| start(&format!("n{}", i + 1), addrs[i].0, addrs[i].1, seed))
+        .collect();
+    wait_status(
+        seed,
+        "three recognised nodes",
+        Duration::from_secs(20),
+        |s| s["nodes"].as_array().map_or(0, Vec::len) == 3,
+    );
+    ctl(
+        seed,
+        &[
+            "set-replicas",
+            "3",
+            "--write-quorum",
+            "2",
+            "--read-quorum",
+            "2",
+        ],
+    );
+    ctl(seed, &["attach", "--wait"]);
+    let keys = 2000;
+    let stored = load(
+        addrs[0].1,
+        (0..keys).map(|i| (format!("m{i:05}"), format!("value-{i}"))),
+    );
+    assert_eq!(stored, keys);
+    // n3 dies and comes back empty; 200 more writes happen meanwhile.
+    procs[2].kill9();
+    std::thread::sleep(Duration::from_millis(300));
+    let more = load(
+        addrs[0].1,
+        (0..200).map(|i| (format!("late{i:03}"), "x".to_string())),
+    );
+    assert_eq!(more, 200);
+    procs[2] = start("n3", addrs[2].0, addrs[2].1, seed);
+    // With three copies on three nodes, n3 holds every key once it caught up.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let items = node_stats(addrs[2].0)["cluster"]["items"]
+            .as_u64()
+            .unwrap_or(0);
+        if items == (keys + 200) as u64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "n3 holds {items} of {} items after its restart",
+            keys + 200
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // And serves them as their primary where it is one.
+    let mut c = Mc::connect(addrs[2].1).expect("n3");
+    for i in (0..keys).step_by(97) {
+        assert_eq!(
+            c.get(&format!("m{i:05}")).expect("get"),
+            Some(format!("value-{i}"))
+        );
+    }
 }

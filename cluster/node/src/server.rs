@@ -132,8 +132,12 @@ impl Server {
                 name,
                 addr,
                 memcached,
-                store.clone(),
-                state_dir,
+                crate::cluster::LocalStore {
+                    store: store.clone(),
+                    state_dir,
+                    acks_durable: config.storage.mode == crate::config::StorageMode::File
+                        && config.storage.fsync == "always",
+                },
             )
             .map_err(|e| ServerError::Config(ConfigError::Invalid(e)))?;
             Some(c)

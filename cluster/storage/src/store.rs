@@ -1144,6 +1144,25 @@ impl Store {
         out
     }
 
+    /// The newest version of any record or queue item here (`Version::ZERO` when empty): after
+    /// a restart, what a node may have lost (a write acknowledged before its last fsync) is
+    /// newer than this.
+    pub fn max_version(&self) -> Version {
+        let mut max = Version::ZERO;
+        for i in 0..self.inner.state.shard_count() {
+            let s = self.inner.state.read_shard(i);
+            for r in s.records.iter() {
+                max = max.max(r.view().version());
+            }
+            for q in s.queues.values() {
+                for it in q.items.values() {
+                    max = max.max(it.version);
+                }
+            }
+        }
+        max
+    }
+
     /// Visit the state newer than `since`, shard by shard, as one change per record and per
     /// queue item (each under a short read lock).
     pub(crate) fn for_each_state(

@@ -93,6 +93,12 @@ pub struct Peer {
     pub view: Mutex<Option<Arc<PeerView>>>,
     /// The peer takes over partitions and asked for everything held back for it.
     pub force_release: AtomicBool,
+    /// The peer restarted and may have lost what it had not yet written to disk (or started
+    /// empty): send it the state of its partitions newer than `resync_since`, not only what
+    /// changed since its acknowledged position.
+    pub resync_all: AtomicBool,
+    /// See `resync_all` (an HLC timestamp; 0 for everything).
+    pub resync_since: AtomicU64,
     /// The peer's last reported status (ping reply).
     pub status: Mutex<Json>,
     /// The peer said it is catching up (after a start or a pause): do not route to it.
@@ -147,6 +153,17 @@ impl PeerView {
             streams,
         }
     }
+}
+
+/// The node's own storage, as the cluster layer needs it.
+pub struct LocalStore {
+    /// The store.
+    pub store: Store,
+    /// Where the layout and the consensus state are kept (`None`: nowhere).
+    pub state_dir: Option<std::path::PathBuf>,
+    /// Whether every acknowledged write was on disk first (file mode, `fsync = always`): a
+    /// restarted node then lost nothing it acknowledged.
+    pub acks_durable: bool,
 }
 
 /// Who delivered an imported change (kept per feed position, see [`replicate`]).
@@ -221,6 +238,12 @@ pub struct Cluster {
     takeover_done: tokio::sync::Notify,
     /// The catch-up asked the others to flush (see `ping_reply`).
     flushing: AtomicBool,
+    /// The first catch-up after this process started asks for everything newer than this
+    /// (an HLC timestamp: the newest version here at start, less a margin; 0 when empty;
+    /// nothing when acknowledged writes were durable).
+    resync_from: Option<u64>,
+    /// Whether that first catch-up is still to come.
+    fresh_start: AtomicBool,
 }
 
 /// Errors of cluster control requests.
@@ -237,9 +260,13 @@ impl Cluster {
         me: String,
         addr: String,
         memcached: Option<String>,
-        store: Store,
-        state_dir: Option<std::path::PathBuf>,
+        local: LocalStore,
     ) -> Result<Arc<Cluster>, String> {
+        let LocalStore {
+            store,
+            state_dir,
+            acks_durable,
+        } = local;
         let state = StateDir(state_dir);
         let (layout, acceptor) = state.load()?;
         let layout = layout.unwrap_or_else(|| Layout::new(&cfg.cluster));
@@ -249,6 +276,17 @@ impl Cluster {
                 layout.cluster, cfg.cluster
             ));
         }
+        // What a crash may have lost (writes acknowledged before they reached the disk) is newer
+        // than the newest version recovered; imports carry other nodes' clocks, a little
+        // behind, hence a margin of a second of HLC time. Nothing is lost where every
+        // acknowledgement waited for fsync; everything where nothing is kept.
+        let resync_from = if store.last_seq() == 0 && store.stats().records == 0 {
+            Some(0)
+        } else if acks_durable {
+            None
+        } else {
+            Some(store.max_version().ts.saturating_sub(1000 << 16))
+        };
         Ok(Arc::new(Cluster {
             me,
             addr,
@@ -276,6 +314,8 @@ impl Cluster {
             takeover: AtomicBool::new(false),
             takeover_done: tokio::sync::Notify::new(),
             flushing: AtomicBool::new(false),
+            resync_from,
+            fresh_start: AtomicBool::new(true),
         }))
     }
 
@@ -332,6 +372,8 @@ impl Cluster {
             held_from: AtomicU64::new(u64::MAX),
             view: Mutex::new(None),
             force_release: AtomicBool::new(false),
+            resync_all: AtomicBool::new(false),
+            resync_since: AtomicU64::new(0),
             status: Mutex::new(Json::Null),
             catching_up: AtomicBool::new(false),
             streaming: AtomicBool::new(false),
@@ -515,17 +557,32 @@ impl Cluster {
     /// hold arrives when they return).
     async fn catch_up(self: &Arc<Self>) {
         let l = self.layout();
+        if !l.nodes.iter().any(|n| n.name == self.me) {
+            // Not joined yet (a memory-mode node learns the layout from its peers): what
+            // to ask for depends on the partitions it holds there.
+            return;
+        }
         if !self.majority_reachable(&l) {
             // Cut off: whatever the majority wrote meanwhile is not here yet; stay out.
             return;
         }
         self.flushing.store(true, SeqCst);
         let mut set = tokio::task::JoinSet::new();
+        // After a start, a node that holds partitions needs what it may have lost: everything
+        // of them newer than what it recovered (all of it for a memory-mode node), not only
+        // what the others' streams think it lacks. (A node being added gets transfers.)
+        let resync_since = (self.fresh_start.load(SeqCst)
+            && l.nodes
+                .iter()
+                .any(|n| n.name == self.me && n.holds_data() && n.action != Action::Add))
+        .then_some(self.resync_from)
+        .flatten();
         for n in l.nodes.iter().filter(|n| n.addr != self.addr) {
             let me = self.clone();
             let addr = n.addr.clone();
             set.spawn(async move {
-                let req = json!({"method": "flush_to", "addr": me.addr});
+                let req =
+                    json!({"method": "flush_to", "addr": me.addr, "resync_since": resync_since});
                 (addr.clone(), me.call(&addr, req).await)
             });
         }
@@ -562,6 +619,7 @@ impl Cluster {
         }
         self.catching_up.store(false, SeqCst);
         self.flushing.store(false, SeqCst);
+        self.fresh_start.store(false, SeqCst);
         self.takeover_done.notify_waiters();
         tracing::info!("caught up; leading again");
     }
@@ -655,6 +713,12 @@ impl Cluster {
                     return err("flush_to needs addr");
                 };
                 let p = self.peer(addr);
+                if let Some(since) = req["resync_since"].as_u64() {
+                    // It restarted: resend what it may have lost, and count nothing as
+                    // delivered until that is done.
+                    p.resync_since.store(since, SeqCst);
+                    p.resync_all.store(true, SeqCst);
+                }
                 if req["force"] == json!(true) {
                     p.force_release.store(true, SeqCst);
                 } else if p.catching_up.swap(false, SeqCst) {
@@ -666,7 +730,11 @@ impl Cluster {
                 }
                 let last = self.store.last_seq();
                 let deadline = tokio::time::Instant::now() + self.request_timeout();
-                let done = || p.acked.load(SeqCst) >= last && p.held_from.load(SeqCst) > last;
+                let done = || {
+                    p.acked.load(SeqCst) >= last
+                        && p.held_from.load(SeqCst) > last
+                        && !p.resync_all.load(SeqCst)
+                };
                 while !done() && tokio::time::Instant::now() < deadline {
                     let n = self.acked.notified();
                     let _ = tokio::time::timeout(Duration::from_millis(50), n).await;

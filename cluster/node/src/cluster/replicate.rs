@@ -311,7 +311,7 @@ pub async fn stream(cluster: Arc<Cluster>, peer: Arc<Peer>) {
                 // The feed moved past this peer's position while it was away: send the state
                 // newer than what it acknowledged, then go on from the end of the feed.
                 let resume = store.last_seq() + 1;
-                match resync(&cluster, &peer, &layout, me_in_layout).await {
+                match resync(&cluster, &peer, &layout, me_in_layout, None).await {
                     Ok(()) => {
                         peer.acked.store(resume - 1, SeqCst);
                         from = resume;
@@ -331,6 +331,27 @@ pub async fn stream(cluster: Arc<Cluster>, peer: Arc<Peer>) {
                 continue;
             }
         };
+        // The peer started empty: send it the whole state of its partitions.
+        // (The flag stays set until it is done: `flush_to` waits for that.)
+        if peer.resync_all.load(SeqCst) {
+            let resume = store.last_seq() + 1;
+            let since = peer.resync_since.load(SeqCst);
+            match resync(&cluster, &peer, &layout, me_in_layout, Some(since)).await {
+                Ok(()) => {
+                    tracing::info!(peer = %peer.addr, since, "resent what a restarted peer may have lost");
+                    peer.acked.store(resume - 1, SeqCst);
+                    from = resume;
+                    peer.resync_all.store(false, SeqCst);
+                    cluster.acked.notify_waiters();
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %peer.addr, error = %e, "full resync failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+            continue;
+        }
         // The peer takes over partitions: everything held back for it goes now.
         if peer.force_release.swap(false, SeqCst) && !held.changes.is_empty() {
             let all: Vec<Arc<Change>> = held.changes.drain(..).map(|(c, _)| c).collect();
@@ -447,15 +468,17 @@ pub async fn stream(cluster: Arc<Cluster>, peer: Arc<Peer>) {
     }
 }
 
-/// Send `peer` every record and queue item of its partitions newer than what it acknowledged.
+/// Send `peer` every record and queue item of its partitions newer than what it acknowledged
+/// (or than `since`).
 async fn resync(
     cluster: &Cluster,
     peer: &Peer,
     layout: &Layout,
     idx: NodeIdx,
+    since: Option<u64>,
 ) -> Result<(), String> {
     let since = Version {
-        ts: peer.acked_version.load(SeqCst),
+        ts: since.unwrap_or_else(|| peer.acked_version.load(SeqCst)),
         node: 0,
     };
     let store = cluster.store.clone();
