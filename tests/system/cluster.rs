@@ -604,6 +604,40 @@ fn attach_and_return_move_little_data() {
             "k{i:05}"
         );
     }
+    // A scan through any node covers the whole cluster (each node holds about a quarter),
+    // page by page (the shell asks for pages of at most 1,000), in order, once each.
+    let out = Command::new(bin("k2hdkc"))
+        .args([
+            "shell",
+            &nodes[2].native.to_string(),
+            "-c",
+            "scan k",
+            "--json",
+        ])
+        .output()
+        .expect("run k2hdkc shell");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("shell JSON: {e}: {}", String::from_utf8_lossy(&out.stdout)));
+    let scanned: Vec<String> = j["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|k| k.as_str().map(str::to_string))
+        .collect();
+    let want: Vec<String> = (0..keys).map(|i| format!("k{i:05}")).collect();
+    assert_eq!(
+        scanned.len(),
+        want.len(),
+        "cluster-wide scan: {}",
+        &String::from_utf8_lossy(&out.stdout)[..300.min(out.stdout.len())]
+    );
+    assert_eq!(scanned, want);
 
     // Three replicas; then n3 misses 1,000 changes while it is down.
     ctl(

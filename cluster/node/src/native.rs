@@ -602,6 +602,18 @@ fn dispatch(
             });
             true
         }
+        Op::Scan if !local_only && a.level != Some(1) => {
+            // Cluster-wide: every node's keys of the partitions it leads, merged (Level one
+            // asks for this node's keys only: what the merge sends to each node).
+            deferred.push(Deferred::Scan {
+                at: out.len(),
+                id,
+                prefix: a.prefix.unwrap_or_default().to_vec(),
+                after: a.after.map(<[u8]>::to_vec),
+                limit: a.limit.unwrap_or(1000).clamp(1, 100_000),
+            });
+            true
+        }
         Op::Noop | Op::Hello | Op::Stats | Op::Scan => exec(shared, header.code, id, body, out),
         Op::FlushAll => {
             if !local_only {

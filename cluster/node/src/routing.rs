@@ -66,6 +66,14 @@ pub(crate) enum Deferred {
     },
     /// Send `bytes` to every other node and ignore the replies (flush_all).
     Broadcast { mode: u8, bytes: Vec<u8> },
+    /// A cluster-wide scan page (native request id `id`), inserted at `at`.
+    Scan {
+        at: usize,
+        id: u32,
+        prefix: Vec<u8>,
+        after: Option<Vec<u8>>,
+        limit: u32,
+    },
     /// Run the native `frame` once this node's takeover sync is done (see
     /// `Cluster::begin_takeover`) and insert its reply at `at`.
     Later { at: usize, frame: Vec<u8> },
@@ -78,7 +86,8 @@ impl Deferred {
             | Deferred::Forward { at, .. }
             | Deferred::Control { at, .. }
             | Deferred::Nested { at, .. }
-            | Deferred::Later { at, .. } => *at,
+            | Deferred::Later { at, .. }
+            | Deferred::Scan { at, .. } => *at,
             Deferred::Broadcast { .. } => usize::MAX,
         }
     }
@@ -339,6 +348,32 @@ pub(crate) fn resolve<'a>(
                         let s = wire::begin_response(&mut o, Status::Ok, id);
                         wire::put(&mut o, Tag::Value, &inner);
                         wire::finish_response(&mut o, s);
+                        (k, Some(o))
+                    });
+                }
+                Deferred::Scan {
+                    at,
+                    id,
+                    prefix,
+                    after,
+                    limit,
+                } => {
+                    edits.push((at, 0, None));
+                    set.spawn(async move {
+                        let mut o = Vec::new();
+                        match c.scan_all(&prefix, after.as_deref(), limit).await {
+                            Ok((keys, next)) => {
+                                let s = wire::begin_response(&mut o, Status::Ok, id);
+                                for k in &keys {
+                                    wire::put(&mut o, Tag::Key, k);
+                                }
+                                if let Some(n) = &next {
+                                    wire::put(&mut o, Tag::Next, n);
+                                }
+                                wire::finish_response(&mut o, s);
+                            }
+                            Err(e) => wire::write_error(&mut o, Status::Unavailable, id, &e),
+                        }
                         (k, Some(o))
                     });
                 }

@@ -461,6 +461,98 @@ impl Cluster {
         }
     }
 
+    /// A page of the cluster-wide scan: keys with `prefix` after `after`, in order, at most
+    /// `limit`, and where the next page starts. Every node that holds data is asked for its
+    /// own page; a key counts only from the node that leads its partition in this node's
+    /// view (stale copies elsewhere do not show), and a page is cut at the smallest last key
+    /// of the nodes whose pages were full, so no key between pages is skipped.
+    pub async fn scan_all(
+        self: &Arc<Self>,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: u32,
+    ) -> Result<(Vec<Vec<u8>>, Option<Vec<u8>>), String> {
+        let l = self.layout();
+        let mut set = tokio::task::JoinSet::new();
+        for n in l.nodes.iter() {
+            if n.addr == self.addr {
+                if self.gateway() {
+                    continue;
+                }
+                let page = self
+                    .store
+                    .scan(prefix, after, limit as usize)
+                    .map_err(|e| e.to_string())?;
+                let full = page.next.is_some();
+                set.spawn(std::future::ready(Ok((n.addr.clone(), page.keys, full))));
+                continue;
+            }
+            if !self.peer_up(&n.addr) {
+                // Its partitions are led by others now: they are asked.
+                continue;
+            }
+            let peer = self.peer(&n.addr);
+            let (prefix, after) = (prefix.to_vec(), after.map(<[u8]>::to_vec));
+            let timeout = self.request_timeout();
+            set.spawn(async move {
+                let a = Args {
+                    prefix: Some(&prefix),
+                    after: after.as_deref(),
+                    limit: Some(limit),
+                    level: Some(1),
+                    ..Default::default()
+                };
+                let r = tokio::time::timeout(timeout, peer.forwards.request(Op::Scan, &a))
+                    .await
+                    .map_err(|_| format!("{} did not answer the scan in time", peer.addr))?
+                    .map_err(|e| format!("{}: {e}", peer.addr))?;
+                if r.status() != Some(Status::Ok) {
+                    return Err(format!(
+                        "{}: {}",
+                        peer.addr,
+                        r.message.unwrap_or_else(|| "scan refused".into())
+                    ));
+                }
+                let full = r.next.is_some();
+                Ok((peer.addr.clone(), r.keys, full))
+            });
+        }
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        let mut cut: Option<Vec<u8>> = None;
+        while let Some(r) = set.join_next().await {
+            let (addr, page, full) = r.map_err(|e| e.to_string())??;
+            if full && let Some(last) = page.last() {
+                cut = Some(match cut {
+                    Some(c) if c <= *last => c,
+                    _ => last.clone(),
+                });
+            }
+            for k in page {
+                let leader = match self.route_partition(&l, partition_of(&k)) {
+                    Route::Local => self.addr.clone(),
+                    Route::Remote(p) => p.addr.clone(),
+                    Route::Unavailable(_) => continue,
+                };
+                if leader == addr {
+                    keys.push(k);
+                }
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        if let Some(c) = &cut {
+            keys.retain(|k| k <= c);
+        }
+        let truncated = keys.len() > limit as usize;
+        keys.truncate(limit as usize);
+        let next = if truncated || cut.is_some() {
+            keys.last().cloned().or(cut)
+        } else {
+            None
+        };
+        Ok((keys, next))
+    }
+
     /// Whether this node leads partition `p` now.
     pub fn leads(&self, p: usize) -> bool {
         matches!(self.route_partition(&self.layout(), p), Route::Local)
