@@ -1164,3 +1164,193 @@ fn memory_node_restart_refetches_everything() {
         );
     }
 }
+
+/// Mutual TLS on the native port: nodes, the gateway and `ctl` present certificates from the
+/// cluster CA; `ctl` without a certificate, or with one from another CA, is refused during the
+/// handshake, and memcached clients of the gateway notice nothing. Needs the `openssl` command
+/// (skipped with a message otherwise).
+#[test]
+fn tls_cluster_refuses_strangers() {
+    let dir = system_tests::test_dir();
+    let d = dir.path();
+    let sh = |args: &[String]| {
+        Command::new("openssl")
+            .args(args)
+            .current_dir(d)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<String>>();
+    let ec = v(&[
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ]);
+    let mut ok = true;
+    for (ca, who) in [("ca", "node"), ("other", "stranger")] {
+        let mut a = v(&["req", "-x509"]);
+        a.extend(ec.clone());
+        a.extend(v(&[
+            "-keyout",
+            &format!("{ca}.key"),
+            "-out",
+            &format!("{ca}.pem"),
+        ]));
+        a.extend(v(&["-days", "2", "-subj", "/CN=test-ca"]));
+        ok &= sh(&a);
+        let mut r = v(&["req"]);
+        r.extend(ec.clone());
+        r.extend(v(&[
+            "-keyout",
+            &format!("{who}.key"),
+            "-out",
+            &format!("{who}.csr"),
+        ]));
+        r.extend(v(&["-subj", "/CN=k2hdkc"]));
+        ok &= sh(&r);
+        ok &= sh(&v(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{who}.csr"),
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-out",
+            &format!("{who}.pem"),
+            "-days",
+            "2",
+        ]));
+    }
+    if !ok {
+        eprintln!(
+            "skipped: tls_cluster_refuses_strangers needs the openssl command to make certificates"
+        );
+        return;
+    }
+    let p = |f: &str| d.join(f).to_string_lossy().to_string();
+    let tls = |who: &str| -> Vec<String> {
+        vec![
+            "--tls-ca".into(),
+            p("ca.pem"),
+            "--tls-cert".into(),
+            p(&format!("{who}.pem")),
+            "--tls-key".into(),
+            p(&format!("{who}.key")),
+        ]
+    };
+    let addrs: Vec<(SocketAddr, SocketAddr)> = (0..3).map(|_| (free_addr(), free_addr())).collect();
+    let seed = addrs[0].0;
+    let _procs: Vec<Proc> = (0..3)
+        .map(|i| {
+            let name = format!("n{}", i + 1);
+            let mut args: Vec<String> = [
+                "server",
+                "--name",
+                &name,
+                "--storage",
+                "memory",
+                "--listen",
+                &addrs[i].0.to_string(),
+                "--memcached-listen",
+                &addrs[i].1.to_string(),
+                "--join",
+                &seed.to_string(),
+                "--secret-file",
+                &secret().to_string_lossy(),
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            args.extend(tls("node"));
+            let pr = Proc::start(&bin("k2hdkc"), &args, Some(&d.join(format!("{name}.log"))));
+            assert!(
+                wait_listening(addrs[i].0, Duration::from_secs(10)),
+                "{name}"
+            );
+            pr
+        })
+        .collect();
+    let ctl_as = |who: Option<&str>, args: &[&str]| {
+        let mut c = Command::new(bin("k2hdkc"));
+        c.arg("ctl")
+            .arg(seed.to_string())
+            .args(args)
+            .args(["--timeout", "20"]);
+        c.arg("--secret-file").arg(secret());
+        c.env_remove("K2HDKC_TLS_CA")
+            .env_remove("K2HDKC_TLS_CERT")
+            .env_remove("K2HDKC_TLS_KEY");
+        if let Some(w) = who {
+            c.args(tls(w));
+        }
+        c.output().expect("run k2hdkc ctl")
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = ctl_as(Some("node"), &["status", "--json"]);
+        let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        if s["nodes"].as_array().map_or(0, Vec::len) == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nodes did not join over TLS: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let o = ctl_as(Some("node"), &["attach", "--wait"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Strangers are refused: no certificate, or one from another CA.
+    for who in [None, Some("stranger")] {
+        let o = ctl_as(who, &["status"]);
+        assert!(
+            !o.status.success(),
+            "ctl as {who:?} got in: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+    }
+    let log = std::fs::read_to_string(d.join("n1.log")).unwrap_or_default();
+    assert!(
+        log.contains("refused a connection without a valid cluster certificate"),
+        "{log}"
+    );
+    // A gateway with the cluster's certificate serves plain memcached clients.
+    let gw_mc = free_addr();
+    let mut gargs: Vec<String> = vec![
+        "gateway".into(),
+        "--join".into(),
+        seed.to_string(),
+        "--memcached-listen".into(),
+        gw_mc.to_string(),
+        "--secret-file".into(),
+        secret().to_string_lossy().to_string(),
+    ];
+    gargs.extend(tls("node"));
+    let _gw = Proc::start(&bin("k2hdkc"), &gargs, Some(&d.join("gateway.log")));
+    assert!(wait_listening(gw_mc, Duration::from_secs(10)));
+    let stored = (0..200)
+        .filter(|i| {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Ok(mut c) = Mc::connect(gw_mc)
+                    && c.set(&format!("t{i}"), "v").is_ok_and(|r| r == "STORED")
+                {
+                    return true;
+                }
+                if Instant::now() > deadline {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+        .count();
+    assert_eq!(stored, 200);
+    let mut c = Mc::connect(addrs[1].1).expect("n2");
+    assert_eq!(c.get("t42").expect("get"), Some("v".into()));
+}

@@ -17,10 +17,14 @@ async fn client(addr: SocketAddr, timeout: Duration) -> anyhow::Result<Client> {
     let mut cfg = ClientConfig::new(addr);
     cfg.connections = 1;
     cfg.request_timeout = timeout;
+    cfg.tls = TLS.get().cloned().flatten();
     Client::connect(cfg)
         .await
         .with_context(|| format!("cannot reach {addr}"))
 }
+
+/// TLS of this command's connections (set once from `--tls-*` or `K2HDKC_TLS_*`).
+static TLS: std::sync::OnceLock<Option<k2hdkc_client::TlsConnector>> = std::sync::OnceLock::new();
 
 /// The cluster credential of this command (set once from `--secret-file`).
 static TOKEN: std::sync::OnceLock<Option<Vec<u8>>> = std::sync::OnceLock::new();
@@ -34,6 +38,15 @@ pub struct AuthArgs {
     /// Cluster name (the credential is bound to it).
     #[arg(long = "cluster", default_value = "k2hdkc", global = true)]
     pub cluster_name: String,
+    /// Cluster CA (PEM), when the nodes require TLS; with --tls-cert and --tls-key.
+    #[arg(long, env = "K2HDKC_TLS_CA", global = true)]
+    pub tls_ca: Option<PathBuf>,
+    /// This tool's certificate (PEM), signed by the cluster CA.
+    #[arg(long, env = "K2HDKC_TLS_CERT", global = true)]
+    pub tls_cert: Option<PathBuf>,
+    /// This tool's private key (PEM).
+    #[arg(long, env = "K2HDKC_TLS_KEY", global = true)]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl AuthArgs {
@@ -45,6 +58,21 @@ impl AuthArgs {
         };
         let t = cc.token().context("cluster secret")?;
         let _ = TOKEN.set(t);
+        let tls = match (&self.tls_ca, &self.tls_cert, &self.tls_key) {
+            (Some(ca), Some(cert), Some(key)) => Some(
+                k2hdkc_client::TlsFiles {
+                    ca: ca.clone(),
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    min_version: None,
+                }
+                .connector()
+                .map_err(|e| anyhow!("TLS: {e}"))?,
+            ),
+            (None, None, None) => None,
+            _ => bail!("--tls-ca, --tls-cert and --tls-key go together"),
+        };
+        let _ = TLS.set(tls);
         Ok(())
     }
 }

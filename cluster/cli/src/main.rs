@@ -97,6 +97,18 @@ struct ServerArgs {
     /// SVRNODE, SLVNODE, K2HDKC); re-read when it changes.
     #[arg(long, visible_alias = "conf")]
     chmpx_conf: Option<PathBuf>,
+    /// Mutual TLS on the native port: the cluster CA (PEM); needs --tls-cert and --tls-key.
+    #[arg(long, env = "K2HDKC_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// This node's certificate (PEM), signed by the cluster CA.
+    #[arg(long, env = "K2HDKC_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, env = "K2HDKC_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Lowest TLS version: 1.2 (default) or 1.3.
+    #[arg(long, env = "K2HDKC_TLS_MIN_VERSION")]
+    tls_min_version: Option<String>,
     /// Which SVRNODE of --chmpx-conf is this node: its CTLPORT.
     #[arg(long)]
     ctlport: Option<u16>,
@@ -166,6 +178,18 @@ impl ServerArgs {
         }
         if let Some(v) = self.ctlport {
             c.cluster.self_ctlport = Some(v);
+        }
+        match (&self.tls_ca, &self.tls_cert, &self.tls_key) {
+            (Some(ca), Some(cert), Some(key)) => {
+                c.cluster.tls = Some(k2hdkc_node::config::TlsConfig {
+                    ca: ca.clone(),
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    min_version: self.tls_min_version.clone(),
+                });
+            }
+            (None, None, None) => {}
+            _ => anyhow::bail!("--tls-ca, --tls-cert and --tls-key go together"),
         }
         if let Some(v) = &self.cuk {
             c.cluster.self_cuk = Some(v.clone());

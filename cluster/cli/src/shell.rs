@@ -775,6 +775,10 @@ pub async fn run(a: ShellArgs) -> anyhow::Result<i32> {
     let mut cfg = ClientConfig::new(a.addr);
     cfg.connections = 1;
     cfg.request_timeout = Duration::from_secs(a.timeout.max(1));
+    // A cluster that requires TLS: K2HDKC_TLS_CA / _CERT / _KEY name the files.
+    if let Some(f) = k2hdkc_client::TlsFiles::from_env() {
+        cfg.tls = Some(f.connector().map_err(|e| anyhow::anyhow!("TLS: {e}"))?);
+    }
     let client = Client::connect(cfg).await?;
     let mut sh = Shell {
         client,

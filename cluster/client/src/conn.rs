@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use k2hdkc_proto::native::{self as wire, FrameParse, HEADER_LEN, MAGIC_RESPONSE, Reply};
 use parking_lot::Mutex;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
@@ -50,7 +50,11 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub async fn connect(addr: SocketAddr, max_reply: usize) -> Result<Conn, ClientError> {
+    pub async fn connect(
+        addr: SocketAddr,
+        max_reply: usize,
+        tls: Option<&crate::TlsConnector>,
+    ) -> Result<Conn, ClientError> {
         let sock = TcpStream::connect(addr)
             .await
             .map_err(|e| ClientError::Connect {
@@ -58,14 +62,27 @@ impl Conn {
                 message: e.to_string(),
             })?;
         let _ = sock.set_nodelay(true);
-        let (rd, wr) = sock.into_split();
         let shared = Arc::new(Shared {
             pending: Mutex::new(VecDeque::new()),
             dead: AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(writer(wr, rx, shared.clone()));
-        tokio::spawn(reader(rd, shared.clone(), max_reply));
+        match tls {
+            None => {
+                let (rd, wr) = sock.into_split();
+                tokio::spawn(writer(wr, rx, shared.clone()));
+                tokio::spawn(reader(rd, shared.clone(), max_reply));
+            }
+            Some(t) => {
+                let s = t
+                    .connect(sock)
+                    .await
+                    .map_err(|message| ClientError::Connect { addr, message })?;
+                let (rd, wr) = tokio::io::split(s);
+                tokio::spawn(writer(wr, rx, shared.clone()));
+                tokio::spawn(reader(rd, shared.clone(), max_reply));
+            }
+        }
         Ok(Conn { tx, shared })
     }
 
@@ -81,8 +98,8 @@ impl Conn {
     }
 }
 
-async fn writer(
-    mut wr: tokio::net::tcp::OwnedWriteHalf,
+async fn writer<W: AsyncWrite + Unpin>(
+    mut wr: W,
     mut rx: mpsc::UnboundedReceiver<Batch>,
     shared: Arc<Shared>,
 ) {
@@ -116,7 +133,7 @@ async fn writer(
     shared.fail_all(&ClientError::Closed);
 }
 
-async fn reader(mut rd: tokio::net::tcp::OwnedReadHalf, shared: Arc<Shared>, max_reply: usize) {
+async fn reader<R: AsyncRead + Unpin>(mut rd: R, shared: Arc<Shared>, max_reply: usize) {
     let mut buf: Vec<u8> = Vec::with_capacity(16 << 10);
     let err = loop {
         if buf.capacity() - buf.len() < 4096 {

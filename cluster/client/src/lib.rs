@@ -32,6 +32,7 @@
 //! ```
 
 mod conn;
+pub mod tls;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -41,6 +42,7 @@ use std::time::Duration;
 
 use k2hdkc_proto::native::{self as wire};
 pub use k2hdkc_proto::native::{Args, Expiry, Op, Reply, Status};
+pub use tls::{TlsAcceptor, TlsConnector, TlsFiles};
 use tokio::sync::oneshot;
 
 use conn::{Batch, Conn};
@@ -113,6 +115,8 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// Largest reply accepted.
     pub max_reply_bytes: usize,
+    /// TLS (mutual, with the cluster's CA), when the server requires it.
+    pub tls: Option<TlsConnector>,
 }
 
 impl ClientConfig {
@@ -124,6 +128,7 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(5),
             max_reply_bytes: 80 << 20,
+            tls: None,
         }
     }
 }
@@ -361,7 +366,7 @@ impl Client {
         let cfg = &self.inner.cfg;
         let c = tokio::time::timeout(
             cfg.connect_timeout,
-            Conn::connect(cfg.addr, cfg.max_reply_bytes),
+            Conn::connect(cfg.addr, cfg.max_reply_bytes, cfg.tls.as_ref()),
         )
         .await
         .map_err(|_| ClientError::Connect {

@@ -107,6 +107,8 @@ pub struct ChmpxConfig {
     pub read_quorum: Option<u8>,
     /// `AUTOMERGE`, if given.
     pub automerge: Option<bool>,
+    /// `SSL = yes` with its files.
+    pub tls: Option<ChmpxTls>,
     /// `SELFCTLPORT`.
     pub self_ctlport: Option<u16>,
     /// `SELFCUK`.
@@ -119,6 +121,21 @@ pub struct ChmpxConfig {
     pub slaves: Vec<SlaveNode>,
     /// The `K2HDKC` section.
     pub k2hdkc: K2hdkcSection,
+}
+
+/// GLOBAL's TLS settings: `CAPATH` (a PEM file of the cluster CA), `SERVER_CERT` /
+/// `SERVER_PRIKEY` (what servers present), `SLAVE_CERT` / `SLAVE_PRIKEY` (what gateways
+/// present), `SSL_MIN_VER`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChmpxTls {
+    /// CA file.
+    pub ca: PathBuf,
+    /// Server certificate and key.
+    pub server: Option<(PathBuf, PathBuf)>,
+    /// Slave (gateway) certificate and key.
+    pub slave: Option<(PathBuf, PathBuf)>,
+    /// "1.3" for TLSv1.3 only.
+    pub min_version: Option<String>,
 }
 
 /// What a re-read file asks of the running cluster.
@@ -180,14 +197,8 @@ const GLOBAL_IGNORED: &[&str] = &[
     "K2HMASKBIT",
     "K2HCMASKBIT",
     "K2HMAXELE",
-    "SSL_MIN_VER",
     "SSL_VERIFY_PEER",
-    "CAPATH",
     "NSSDB_DIR",
-    "SERVER_CERT",
-    "SERVER_PRIKEY",
-    "SLAVE_CERT",
-    "SLAVE_PRIKEY",
 ];
 const GLOBAL_USED: &[&str] = &[
     "GROUP",
@@ -202,6 +213,12 @@ const GLOBAL_USED: &[&str] = &[
     "AUTOMERGE",
     "MEMCACHED_PORT",
     "SSL",
+    "SSL_MIN_VER",
+    "CAPATH",
+    "SERVER_CERT",
+    "SERVER_PRIKEY",
+    "SLAVE_CERT",
+    "SLAVE_PRIKEY",
 ];
 const SVRNODE_KEYS: &[&str] = &[
     "NAME",
@@ -573,13 +590,35 @@ fn from_doc(doc: &Json) -> Result<ChmpxConfig, ConfigError> {
         })
         .transpose()?;
     let automerge = flag(&g, "AUTOMERGE", "GLOBAL")?;
-    if flag(&g, "SSL", "GLOBAL")? == Some(true) {
-        return Err(invalid(
-            "GLOBAL",
-            "SSL = yes: TLS between nodes is not supported yet; the cluster secret \
-             (cluster.secret_file) authenticates nodes",
-        ));
-    }
+    let tls = if flag(&g, "SSL", "GLOBAL")? == Some(true) {
+        let need = |k: &str| {
+            text(&g, k, "GLOBAL")?
+                .map(PathBuf::from)
+                .ok_or_else(|| invalid("GLOBAL", format!("SSL = yes needs {k}")))
+        };
+        let min_version = match text(&g, "SSL_MIN_VER", "GLOBAL")?
+            .map(|v| v.to_ascii_uppercase())
+            .as_deref()
+        {
+            None | Some("DEFAULT") | Some("TLSV1.2") => None,
+            Some("TLSV1.3") => Some("1.3".to_string()),
+            Some(v) => {
+                return Err(invalid(
+                    "GLOBAL",
+                    format!("SSL_MIN_VER = {v}: this implementation speaks TLSv1.2 and TLSv1.3"),
+                ));
+            }
+        };
+        let opt = |k: &str| text(&g, k, "GLOBAL").map(|v| v.map(PathBuf::from));
+        Some(ChmpxTls {
+            ca: need("CAPATH")?,
+            server: opt("SERVER_CERT")?.zip(opt("SERVER_PRIKEY")?),
+            slave: opt("SLAVE_CERT")?.zip(opt("SLAVE_PRIKEY")?),
+            min_version,
+        })
+    } else {
+        None
+    };
     let replica: Option<u8> = number(&g, "REPLICA", "GLOBAL")?;
     let replicas = replica
         .map(|r| {
@@ -615,10 +654,11 @@ fn from_doc(doc: &Json) -> Result<ChmpxConfig, ConfigError> {
     for (i, s) in list(get("SVRNODE")).iter().enumerate() {
         let path = format!("SVRNODE #{}", i + 1);
         let m = section(s, &path, &[SVRNODE_KEYS])?;
-        if flag(&m, "SSL", &path)? == Some(true) {
+        if flag(&m, "SSL", &path)? == Some(true) && tls.is_none() {
             return Err(invalid(
                 &path,
-                "SSL = yes: TLS between nodes is not supported yet",
+                "SSL = yes on one server: set SSL, CAPATH and the certificates in GLOBAL (all \
+                 nodes of a cluster speak TLS or none does)",
             ));
         }
         let name = text(&m, "NAME", &path)?.ok_or_else(|| invalid(&path, "NAME is required"))?;
@@ -724,6 +764,7 @@ fn from_doc(doc: &Json) -> Result<ChmpxConfig, ConfigError> {
         write_quorum,
         read_quorum,
         automerge,
+        tls,
         self_ctlport: number(&g, "SELFCTLPORT", "GLOBAL")?,
         self_cuk: text(&g, "SELFCUK", "GLOBAL")?,
         memcached_port,
@@ -828,7 +869,26 @@ impl ChmpxConfig {
             cfg.cluster.auto_complete = a;
         }
         let addrs: Vec<String> = self.servers.iter().map(ServerNode::addr).collect();
-        if self.mode == Some(Mode::Slave) || cfg.cluster.gateway {
+        let slave = self.mode == Some(Mode::Slave) || cfg.cluster.gateway;
+        if let Some(t) = &self.tls
+            && cfg.cluster.tls.is_none()
+        {
+            let (which, pair) = if slave {
+                ("SLAVE_CERT and SLAVE_PRIKEY", &t.slave)
+            } else {
+                ("SERVER_CERT and SERVER_PRIKEY", &t.server)
+            };
+            let (cert, key) = pair
+                .clone()
+                .ok_or_else(|| invalid("GLOBAL", format!("SSL = yes needs {which} here")))?;
+            cfg.cluster.tls = Some(crate::config::TlsConfig {
+                ca: t.ca.clone(),
+                cert,
+                key,
+                min_version: t.min_version.clone(),
+            });
+        }
+        if slave {
             cfg.cluster.gateway = true;
             cfg.cluster.join = addrs;
             if cfg.listen.memcached.is_none()
@@ -1001,7 +1061,11 @@ K2HDKC:
                 "PORT is required",
             ),
             ("[GLOBAL]\nGROUP = x\nPORT = 99999\n", "not a valid number"),
-            ("[GLOBAL]\nGROUP = x\nSSL = yes\n", "TLS"),
+            ("[GLOBAL]\nGROUP = x\nSSL = yes\n", "needs CAPATH"),
+            (
+                "[GLOBAL]\nGROUP = x\nSSL = yes\nCAPATH = /ca.pem\nSSL_MIN_VER = TLSV1.0\n",
+                "TLSv1.2 and TLSv1.3",
+            ),
             ("[GLOBAL]\nGROUP = x\nAUTOMERGE = maybe\n", "yes or no"),
             (
                 "[GLOBAL]\nGROUP = x\nREPLICA = 1\nWRITE_QUORUM = 3\n",
@@ -1087,5 +1151,23 @@ K2HDKC:
             c.desired().servers,
             ["n1", "n2", "10.0.0.3:8021", "10.0.0.4:8021"]
         );
+        // CHMPX's SSL keys become the node's TLS (servers and slaves use their own pair).
+        let ssl = INI.replace(
+            "AUTOMERGE = on",
+            "AUTOMERGE = on\nSSL = yes\nCAPATH = /etc/k2hdkc/ca.pem\nSERVER_CERT = /s.pem\n\
+             SERVER_PRIKEY = /s.key\nSLAVE_CERT = /g.pem\nSLAVE_PRIKEY = /g.key\nSSL_MIN_VER = TLSv1.3",
+        );
+        let t = parse(&ssl, Syntax::Ini).unwrap();
+        let mut cfg = ServerConfig::default();
+        t.apply(&mut cfg, &sel).unwrap();
+        let tls = cfg.cluster.tls.unwrap();
+        assert_eq!(tls.cert, PathBuf::from("/s.pem"));
+        assert_eq!(tls.min_version.as_deref(), Some("1.3"));
+        let mut gw = ServerConfig::default();
+        parse(&ssl.replace("MODE = SERVER", "MODE = SLAVE"), Syntax::Ini)
+            .unwrap()
+            .apply(&mut gw, &SelfSelector::default())
+            .unwrap();
+        assert_eq!(gw.cluster.tls.unwrap().key, PathBuf::from("/g.key"));
     }
 }

@@ -214,6 +214,36 @@ pub struct ClusterConfig {
     pub self_cuk: Option<String>,
     /// How often `chmpx_file` is checked for changes, in milliseconds.
     pub config_poll_ms: u64,
+    /// Mutual TLS on the native port (`[cluster.tls]`): nodes, gateways and tools present
+    /// certificates signed by one cluster CA; connections without one are refused.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[cluster.tls]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// CA certificate (PEM) that signs every node's, gateway's and tool's certificate.
+    pub ca: PathBuf,
+    /// This node's certificate chain (PEM).
+    pub cert: PathBuf,
+    /// This node's private key (PEM).
+    pub key: PathBuf,
+    /// Lowest TLS version: "1.2" (default) or "1.3".
+    #[serde(default)]
+    pub min_version: Option<String>,
+}
+
+impl TlsConfig {
+    /// As the client library takes it.
+    pub fn files(&self) -> k2hdkc_client::TlsFiles {
+        k2hdkc_client::TlsFiles {
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            min_version: self.min_version.clone(),
+        }
+    }
 }
 
 impl Default for ClusterConfig {
@@ -234,6 +264,7 @@ impl Default for ClusterConfig {
             self_ctlport: None,
             self_cuk: None,
             config_poll_ms: 1000,
+            tls: None,
         }
     }
 }
@@ -316,6 +347,13 @@ impl ServerConfig {
             return bad("storage.mode = \"file\" needs storage.data_dir (--data-dir)");
         }
         s.fsync.parse::<Fsync>().map_err(ConfigError::Invalid)?;
+        if let Some(t) = &self.cluster.tls {
+            // Both sides are built now, so unreadable or mismatched files stop the start.
+            let f = t.files();
+            f.acceptor()
+                .and_then(|_| f.connector())
+                .map_err(|e| ConfigError::Invalid(format!("cluster.tls: {e}")))?;
+        }
         if s.max_value_bytes == 0 || s.max_value_bytes > k2hdkc_storage::MAX_VALUE_CEILING {
             return bad("storage.max_value_bytes must be between 1 and 67108864");
         }

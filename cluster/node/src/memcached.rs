@@ -16,8 +16,7 @@ use k2hdkc_proto::memcached::binary::{self, BinParsed, BinRequest, Opcode, Statu
 use k2hdkc_proto::memcached::text::{self, StoreCmd, TextRequest};
 use k2hdkc_proto::memcached::{Limits, Parsed, ProtoError};
 use k2hdkc_storage::{DeleteOutcome, Error as StoreError, Expire, SetMode, SetOutcome, WriteOpts};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::metrics::Cmd;
@@ -156,8 +155,8 @@ pub(crate) fn limits_of(shared: &Shared) -> Limits {
 
 /// Serve one client connection until it closes, errs, or the server stops: the native
 /// protocol when `native`, else memcached text/meta or binary by the first byte.
-pub async fn serve(
-    mut sock: TcpStream,
+pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    mut sock: S,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
     native: bool,

@@ -50,6 +50,8 @@ pub struct Shared {
     pub access: crate::access::Access,
     /// Cluster membership and routing, when the node is part of a cluster.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// TLS of the native listener (mutual, `[cluster.tls]`).
+    pub tls: Option<k2hdkc_client::TlsAcceptor>,
     shutting_down: AtomicBool,
     /// Addresses actually bound (port 0 resolved), by listener name.
     bound: std::sync::Mutex<Vec<(&'static str, SocketAddr)>>,
@@ -98,6 +100,19 @@ impl Server {
             Some(a) => Some(bind(a).await?),
             None => None,
         };
+        let (tls_acceptor, tls_connector) = match &config.cluster.tls {
+            Some(t) => {
+                let f = t.files();
+                let bad = |e: String| {
+                    ServerError::Config(ConfigError::Invalid(format!("cluster.tls: {e}")))
+                };
+                (
+                    Some(f.acceptor().map_err(bad)?),
+                    Some(f.connector().map_err(bad)?),
+                )
+            }
+            None => (None, None),
+        };
         let cluster = if config.cluster.enabled() {
             let addr = nat_l
                 .as_ref()
@@ -140,6 +155,9 @@ impl Server {
                 },
             )
             .map_err(|e| ServerError::Config(ConfigError::Invalid(e)))?;
+            if let Some(t) = tls_connector {
+                c.set_tls(t);
+            }
             Some(c)
         } else {
             None
@@ -151,6 +169,7 @@ impl Server {
             blocking_writes,
             access: Default::default(),
             cluster: cluster.clone(),
+            tls: tls_acceptor,
             shutting_down: AtomicBool::new(false),
             bound: Default::default(),
         });
@@ -313,7 +332,24 @@ async fn accept_loop(
                 Proto::Memcached => {
                     crate::memcached::serve(sock, shared.clone(), stop, false).await
                 }
-                Proto::Native => crate::memcached::serve(sock, shared.clone(), stop, true).await,
+                Proto::Native => match &shared.tls {
+                    None => crate::memcached::serve(sock, shared.clone(), stop, true).await,
+                    Some(t) => {
+                        match tokio::time::timeout(Duration::from_secs(10), t.accept(sock)).await {
+                            Ok(Ok(s)) => {
+                                crate::memcached::serve(s, shared.clone(), stop, true).await
+                            }
+                            Ok(Err(e)) => {
+                                tracing::warn!(%peer, error = %e, "refused a connection without a valid cluster certificate");
+                                Ok(())
+                            }
+                            Err(_) => {
+                                tracing::warn!(%peer, "TLS handshake timed out");
+                                Ok(())
+                            }
+                        }
+                    }
+                },
             };
             if let Err(e) = r {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");

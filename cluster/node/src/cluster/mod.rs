@@ -238,6 +238,8 @@ pub struct Cluster {
     takeover_done: tokio::sync::Notify,
     /// The catch-up asked the others to flush (see `ping_reply`).
     flushing: AtomicBool,
+    /// TLS for connections to peers (`[cluster.tls]`).
+    tls: std::sync::OnceLock<k2hdkc_client::TlsConnector>,
     /// The first catch-up after this process started asks for everything newer than this
     /// (an HLC timestamp: the newest version here at start, less a margin; 0 when empty;
     /// nothing when acknowledged writes were durable).
@@ -314,6 +316,7 @@ impl Cluster {
             takeover: AtomicBool::new(false),
             takeover_done: tokio::sync::Notify::new(),
             flushing: AtomicBool::new(false),
+            tls: std::sync::OnceLock::new(),
             resync_from,
             fresh_start: AtomicBool::new(true),
         }))
@@ -359,6 +362,7 @@ impl Cluster {
         cc.connections = 2;
         cc.connect_timeout = Duration::from_millis(self.cfg.failure_timeout_ms.min(2000));
         cc.request_timeout = self.request_timeout();
+        cc.tls = self.tls.get().cloned();
         let p = Arc::new(Peer {
             addr: addr.to_string(),
             client: Client::lazy(cc.clone()),
@@ -1472,6 +1476,11 @@ impl Cluster {
             tokio::time::sleep(hb).await;
             self.check_pause();
         }
+    }
+
+    /// Use TLS for every connection to peers (set before the node starts).
+    pub fn set_tls(&self, t: k2hdkc_client::TlsConnector) {
+        let _ = self.tls.set(t);
     }
 
     /// Record what the cluster description asks for; the reconciling node acts on it.
