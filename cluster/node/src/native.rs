@@ -453,8 +453,6 @@ use std::sync::Arc;
 use crate::cluster::{Cluster, Route};
 use crate::routing::{Deferred, MODE_NATIVE, error_reply};
 
-/// The error a node that is catching up answers forwarded requests with.
-pub(crate) const CATCHING_UP: &str = "catching up after a start or a pause; ask the next owner";
 
 /// Keys whose partitions a request writes (for the write quorum).
 fn written_partitions(a: &Args<'_>) -> Vec<usize> {

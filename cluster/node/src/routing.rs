@@ -197,16 +197,7 @@ async fn forward_all(
     pieces
         .into_iter()
         .map(|piece| {
-            let reply = replies.next();
-            if let Some(Ok(r)) = &reply
-                && r.status() == Some(Status::Unavailable)
-                && r.message.as_deref() == Some(crate::native::CATCHING_UP)
-            {
-                // It ran nothing: route around it until it says it caught up.
-                peer.catching_up.store(true, Relaxed);
-                return (piece.k, Err(piece));
-            }
-            let r = match reply {
+            let r = match replies.next() {
                 Some(Ok(r)) if r.status() == Some(Status::Ok) => {
                     let mut v = r.values.into_iter().next().unwrap_or_default();
                     if piece.strip_end && v.ends_with(b"END\r\n") {
