@@ -70,8 +70,7 @@ impl Conn {
         match tls {
             None => {
                 let (rd, wr) = sock.into_split();
-                tokio::spawn(writer(wr, rx, shared.clone()));
-                tokio::spawn(reader(rd, shared.clone(), max_reply));
+                spawn_io(rd, wr, rx, &shared, max_reply);
             }
             Some(t) => {
                 let s = t
@@ -79,8 +78,7 @@ impl Conn {
                     .await
                     .map_err(|message| ClientError::Connect { addr, message })?;
                 let (rd, wr) = tokio::io::split(s);
-                tokio::spawn(writer(wr, rx, shared.clone()));
-                tokio::spawn(reader(rd, shared.clone(), max_reply));
+                spawn_io(rd, wr, rx, &shared, max_reply);
             }
         }
         Ok(Conn { tx, shared })
@@ -96,6 +94,21 @@ impl Conn {
         }
         self.tx.send(batch).map_err(|_| ClientError::Closed)
     }
+}
+
+/// The writer and reader tasks of a connection's two halves.
+fn spawn_io<R, W>(
+    rd: R,
+    wr: W,
+    rx: mpsc::UnboundedReceiver<Batch>,
+    shared: &Arc<Shared>,
+    max_reply: usize,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(writer(wr, rx, shared.clone()));
+    tokio::spawn(reader(rd, shared.clone(), max_reply));
 }
 
 async fn writer<W: AsyncWrite + Unpin>(

@@ -308,7 +308,7 @@ impl Syntax {
         let first = text
             .lines()
             .map(str::trim)
-            .find(|l| !l.is_empty() && !l.starts_with('#'))
+            .find(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with(';'))
             .unwrap_or("");
         if first.starts_with('{') {
             Syntax::Json
@@ -332,6 +332,7 @@ pub fn load(path: &Path) -> Result<ChmpxConfig, ConfigError> {
 
 /// Parse and validate a text.
 pub fn parse(text: &str, syntax: Syntax) -> Result<ChmpxConfig, ConfigError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let doc = match syntax {
         Syntax::Ini => parse_ini(text)?,
         Syntax::Json => {

@@ -453,7 +453,6 @@ use std::sync::Arc;
 use crate::cluster::{Cluster, Route};
 use crate::routing::{Deferred, MODE_NATIVE, error_reply};
 
-
 /// Keys whose partitions a request writes (for the write quorum).
 fn written_partitions(a: &Args<'_>) -> Vec<usize> {
     let mut p: Vec<usize> = a
@@ -549,41 +548,18 @@ fn dispatch(
             });
             true
         }
-        Op::Forward
-            if !local_only
-                && a.count.is_some_and(|p| {
-                    p < k2hdkc_layout::PARTITIONS as u64 && !c.leads(p as usize)
-                }) =>
-        {
-            // The sender routes this partition here, but in this node's view another node
-            // leads it: route it on from here, so one node leads a partition at a time as
-            // far as this node can tell (if that node is gone, the retry lands here after a
-            // takeover).
-            let (Some(v), Some(mode)) = (a.value, a.mode) else {
-                wire::write_error(out, Status::BadRequest, id, "Forward needs Value and Mode");
-                return false;
-            };
-            let m = match mode {
-                0 => crate::memcached::Mode::Text,
-                1 => crate::memcached::Mode::Binary,
-                _ => crate::memcached::Mode::Native,
-            };
-            let limits = crate::memcached::limits_of(shared);
-            let mut inner = Vec::new();
-            let batch = crate::memcached::process(shared, m, &limits, v, &mut inner, false);
-            deferred.push(Deferred::Nested {
-                at: out.len(),
-                id,
-                inner,
-                pending: batch.deferred,
-            });
-            true
-        }
         Op::Forward => {
             let (Some(v), Some(mode)) = (a.value, a.mode) else {
                 wire::write_error(out, Status::BadRequest, id, "Forward needs Value and Mode");
                 return false;
             };
+            // The sender routes this partition here. If in this node's view another node leads
+            // it, route it on from here, so one node leads a partition at a time as far as
+            // this node can tell (if that node is gone, the retry lands here after a
+            // takeover); else run it here.
+            let here = local_only
+                || a.count
+                    .is_none_or(|p| p >= k2hdkc_layout::PARTITIONS as u64 || c.leads(p as usize));
             let m = match mode {
                 0 => crate::memcached::Mode::Text,
                 1 => crate::memcached::Mode::Binary,
@@ -591,7 +567,7 @@ fn dispatch(
             };
             let limits = crate::memcached::limits_of(shared);
             let mut inner = Vec::new();
-            let batch = crate::memcached::process(shared, m, &limits, v, &mut inner, true);
+            let batch = crate::memcached::process(shared, m, &limits, v, &mut inner, here);
             deferred.push(Deferred::Nested {
                 at: out.len(),
                 id,

@@ -372,6 +372,12 @@ pub(crate) fn resolve<'a>(
                     edits.push((at, 0, None));
                     set.spawn(async move {
                         c.wait_takeover().await;
+                        if c.in_takeover() || c.catching_up() {
+                            // Still not ready (cut off from the majority, say): the sender's
+                            // own timeout has passed by now; say so instead of waiting again.
+                            let msg = "this node is catching up and cannot run requests yet";
+                            return (k, Some(error_reply(MODE_NATIVE, &frame, msg)));
+                        }
                         let mut inner = Vec::new();
                         let batch = crate::native::process(&sh, &frame, &mut inner, false);
                         (k, Some(resolve(&sh, inner, batch.deferred).await))
@@ -423,10 +429,14 @@ pub(crate) fn resolve<'a>(
         // next owner, or here) once.
         for piece in retries {
             let k = piece.k;
-            let l = cluster.layout();
-            let r = match cluster.route_partition(&l, piece.partition) {
+            let mut route = cluster.route_partition(&cluster.layout(), piece.partition);
+            if matches!(route, Route::Local) && cluster.in_takeover() {
+                // Collect first; then the partition may have a leader elsewhere again.
+                cluster.wait_takeover().await;
+                route = cluster.route_partition(&cluster.layout(), piece.partition);
+            }
+            let r = match route {
                 Route::Local => {
-                    cluster.wait_takeover().await;
                     let m = match piece.mode {
                         MODE_TEXT => crate::memcached::Mode::Text,
                         MODE_BINARY => crate::memcached::Mode::Binary,

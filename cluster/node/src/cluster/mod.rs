@@ -72,8 +72,12 @@ pub struct ClusterStats {
 pub struct Peer {
     /// Native address.
     pub addr: String,
-    /// Connections for replication and control (heartbeats, consensus, flushes).
+    /// Connections for replication and heartbeats: never held up by a request that waits.
     pub client: Client,
+    /// Connections for control requests (consensus, flushes, status), which may wait at the
+    /// peer for seconds: a connection is served in order, so they must not share one with
+    /// replication batches or heartbeats.
+    pub control: Client,
     /// Connections for forwarded requests: these may wait at the peer (while it takes over
     /// partitions), and must not hold up replication or heartbeats behind them.
     pub forwards: Client,
@@ -246,6 +250,10 @@ pub struct Cluster {
     resync_from: Option<u64>,
     /// Whether that first catch-up is still to come.
     fresh_start: AtomicBool,
+    /// Peers that delivered that resync already (a catch-up that is retried skips them).
+    resynced: Mutex<std::collections::HashSet<String>>,
+    /// A round of layout upkeep (auto-complete, the cluster description) is running.
+    admin_busy: AtomicBool,
 }
 
 /// Errors of cluster control requests.
@@ -319,6 +327,8 @@ impl Cluster {
             tls: std::sync::OnceLock::new(),
             resync_from,
             fresh_start: AtomicBool::new(true),
+            resynced: Mutex::new(Default::default()),
+            admin_busy: AtomicBool::new(false),
         }))
     }
 
@@ -366,6 +376,7 @@ impl Cluster {
         let p = Arc::new(Peer {
             addr: addr.to_string(),
             client: Client::lazy(cc.clone()),
+            control: Client::lazy(cc.clone()),
             forwards: Client::lazy(cc),
             last_ok: Mutex::new(None),
             // Optimistic until heartbeats say otherwise, so a fresh node routes at once.
@@ -428,7 +439,11 @@ impl Cluster {
                 if !self.catching_up() {
                     return Route::Local;
                 }
-                fallback.get_or_insert(Route::Local);
+                // A node cut off from the majority serves nothing, not even as a last resort:
+                // the majority may be writing these keys.
+                if self.majority_reachable(l) {
+                    fallback.get_or_insert(Route::Local);
+                }
                 continue;
             }
             let peer = self.peer(&n.addr);
@@ -549,11 +564,9 @@ impl Cluster {
         }
         let truncated = keys.len() > limit as usize;
         keys.truncate(limit as usize);
-        let next = if truncated || cut.is_some() {
-            keys.last().cloned().or(cut)
-        } else {
-            None
-        };
+        // Cut by the limit: go on after the last key given. Cut by a full page: everything up
+        // to that page's last key is covered, so go on after it.
+        let next = if truncated { keys.last().cloned() } else { cut };
         Ok((keys, next))
     }
 
@@ -676,9 +689,11 @@ impl Cluster {
         for n in l.nodes.iter().filter(|n| n.addr != self.addr) {
             let me = self.clone();
             let addr = n.addr.clone();
+            // A peer that already delivered the resync in an earlier round is not asked again.
+            let since =
+                resync_since.filter(|_| !self.resynced.lock().expect("lock").contains(&addr));
             set.spawn(async move {
-                let req =
-                    json!({"method": "flush_to", "addr": me.addr, "resync_since": resync_since});
+                let req = json!({"method": "flush_to", "addr": me.addr, "resync_since": since});
                 (addr.clone(), me.call(&addr, req).await)
             });
         }
@@ -686,6 +701,9 @@ impl Cluster {
         while let Some(r) = set.join_next().await {
             match r {
                 Ok((addr, Ok(r))) if r["caught_up"] == json!(true) => {
+                    if resync_since.is_some() {
+                        self.resynced.lock().expect("lock").insert(addr.clone());
+                    }
                     answered.insert(addr);
                 }
                 Ok((addr, Ok(_))) => {
@@ -1135,7 +1153,7 @@ impl Cluster {
     pub async fn call(&self, addr: &str, req: Json) -> Result<Json, String> {
         let peer = self.peer(addr);
         call_client(
-            &peer.client,
+            &peer.control,
             &req,
             self.token.as_deref(),
             self.request_timeout(),
@@ -1464,14 +1482,23 @@ impl Cluster {
                         transfer = Some((l.version, tokio::spawn(replicate::transfer(me, l2))));
                     }
                 }
-                if self.cfg.auto_complete {
-                    self.maybe_complete(&l).await;
-                }
             }
-            if self.gateway() {
-                self.refind(&l).await;
-            } else {
-                self.reconcile(&l).await;
+            // Layout changes wait for a quorum (seconds when a voter hangs): off the heartbeat
+            // loop, which would otherwise look paused, one round at a time.
+            if !self.admin_busy.swap(true, SeqCst) {
+                let me = self.clone();
+                let l2 = l.clone();
+                tokio::spawn(async move {
+                    if me.gateway() {
+                        me.refind(&l2).await;
+                    } else {
+                        if l2.moving() && me.cfg.auto_complete {
+                            me.maybe_complete(&l2).await;
+                        }
+                        me.reconcile(&l2).await;
+                    }
+                    me.admin_busy.store(false, SeqCst);
+                });
             }
             tokio::time::sleep(hb).await;
             self.check_pause();
@@ -1587,17 +1614,7 @@ impl Cluster {
     /// The lowest-named live voter completes a movement once every live node finished its
     /// transfers for this version (CHMPX's automatic COMPMERGE).
     async fn maybe_complete(self: &Arc<Self>, l: &Layout) {
-        let voters = paxos::voters(l);
-        let leader = voters
-            .iter()
-            .filter(|v| {
-                l.nodes
-                    .iter()
-                    .find(|n| &&n.name == v)
-                    .is_some_and(|n| self.peer_up(&n.addr))
-            })
-            .min();
-        if leader != Some(&self.me) {
+        if !self.leads_reconciliation(l) {
             return;
         }
         for n in &l.nodes {

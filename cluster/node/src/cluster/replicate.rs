@@ -334,13 +334,12 @@ pub async fn stream(cluster: Arc<Cluster>, peer: Arc<Peer>) {
         // The peer started empty: send it the whole state of its partitions.
         // (The flag stays set until it is done: `flush_to` waits for that.)
         if peer.resync_all.load(SeqCst) {
-            let resume = store.last_seq() + 1;
             let since = peer.resync_since.load(SeqCst);
             match resync(&cluster, &peer, &layout, me_in_layout, Some(since)).await {
                 Ok(()) => {
+                    // In addition to what its position says it lacks, which the stream
+                    // goes on sending from there.
                     tracing::info!(peer = %peer.addr, since, "resent what a restarted peer may have lost");
-                    peer.acked.store(resume - 1, SeqCst);
-                    from = resume;
                     peer.resync_all.store(false, SeqCst);
                     cluster.acked.notify_waiters();
                 }
@@ -403,37 +402,54 @@ pub async fn stream(cluster: Arc<Cluster>, peer: Arc<Peer>) {
         let mut out: Vec<Arc<Change>> = Vec::new();
         let mut bytes = 0usize;
         let mut max_version = Version::ZERO;
+        // Held back only once this batch's position is passed (a batch that fails is read
+        // again, and must not hold its copies twice).
         let mut hold: Vec<(Arc<Change>, Origin)> = Vec::new();
-        {
-            let mut views = Views::default();
-            let origins = cluster.origins.lock().expect("lock");
-            for c in &batch.changes {
-                if let Some(c) = for_peer(c, &layout, me_in_layout) {
-                    if c.kind == ChangeKind::Import {
-                        let o = origins.get(&c.seq);
-                        match fate(&cluster, &mut views, o, &peer.addr, layout.version) {
-                            Fate::Skip => continue,
-                            Fate::Hold if held.bytes + c.weight() <= HELD_BYTES => {
-                                held.bytes += c.weight();
-                                hold.push((c, o.cloned().expect("held changes have an origin")));
-                                continue;
-                            }
-                            Fate::Hold | Fate::Send => {}
-                        }
+        let mut hold_bytes = 0usize;
+        // The origins of this batch's imports, looked up in one short critical section
+        // (imports insert into the same map).
+        let origins: Vec<Option<Origin>> = {
+            let o = cluster.origins.lock().expect("lock");
+            batch
+                .changes
+                .iter()
+                .map(|c| {
+                    (c.kind == ChangeKind::Import)
+                        .then(|| o.get(&c.seq).cloned())
+                        .flatten()
+                })
+                .collect()
+        };
+        let mut views = Views::default();
+        for (c, o) in batch.changes.iter().zip(origins) {
+            let Some(c) = for_peer(c, &layout, me_in_layout) else {
+                continue;
+            };
+            if c.kind == ChangeKind::Import {
+                match fate(&cluster, &mut views, o.as_ref(), &peer.addr, layout.version) {
+                    Fate::Skip => continue,
+                    Fate::Hold if held.bytes + hold_bytes + c.weight() <= HELD_BYTES => {
+                        hold_bytes += c.weight();
+                        hold.push((c, o.expect("held changes have an origin")));
+                        continue;
                     }
-                    bytes += c.weight();
-                    max_version = max_version.max(c.version);
-                    out.push(c);
-                    if bytes > BATCH_BYTES {
-                        break;
-                    }
+                    Fate::Hold | Fate::Send => {}
                 }
             }
+            bytes += c.weight();
+            max_version = max_version.max(c.version);
+            out.push(c);
+            if bytes > BATCH_BYTES {
+                break;
+            }
         }
-        if !hold.is_empty() {
-            held.changes.extend(hold);
-            held.publish(&peer);
-        }
+        let keep = |held: &mut Held, hold: Vec<(Arc<Change>, Origin)>| {
+            if !hold.is_empty() {
+                held.bytes += hold_bytes;
+                held.changes.extend(hold);
+                held.publish(&peer);
+            }
+        };
         // When the byte cap cut the batch, resume after the last change taken.
         let next = if bytes > BATCH_BYTES {
             out.last().map_or(batch.next_seq, |c| c.seq + 1)
@@ -441,6 +457,7 @@ pub async fn stream(cluster: Arc<Cluster>, peer: Arc<Peer>) {
             batch.next_seq
         };
         if out.is_empty() {
+            keep(&mut held, hold);
             peer.acked.store(next - 1, SeqCst);
             from = next;
             cluster.acked.notify_waiters();
@@ -453,6 +470,7 @@ pub async fn stream(cluster: Arc<Cluster>, peer: Arc<Peer>) {
         }
         match send(&cluster, &peer, &out, next - 1).await {
             Ok(()) => {
+                keep(&mut held, hold);
                 peer.acked.store(next - 1, SeqCst);
                 peer.acked_version.store(max_version.ts, SeqCst);
                 from = next;
