@@ -338,14 +338,7 @@ pub fn parse(text: &str, syntax: Syntax) -> Result<ChmpxConfig, ConfigError> {
         Syntax::Json => {
             serde_json::from_str(text).map_err(|e| ConfigError::Invalid(format!("JSON: {e}")))?
         }
-        Syntax::Yaml => {
-            let docs = yaml_rust2::YamlLoader::load_from_str(text)
-                .map_err(|e| ConfigError::Invalid(format!("YAML: {e}")))?;
-            match docs.into_iter().next() {
-                Some(d) => yaml_to_json(d)?,
-                None => return Err(ConfigError::Invalid("YAML: empty document".into())),
-            }
-        }
+        Syntax::Yaml => yaml_doc(text)?,
     };
     from_doc(&doc)
 }
@@ -417,34 +410,70 @@ fn parse_ini(text: &str) -> Result<Json, ConfigError> {
     Ok(Json::Object(doc))
 }
 
-fn yaml_to_json(y: yaml_rust2::Yaml) -> Result<Json, ConfigError> {
-    use yaml_rust2::Yaml;
-    Ok(match y {
-        Yaml::Real(s) | Yaml::String(s) => Json::String(s),
-        Yaml::Integer(i) => Json::from(i),
-        Yaml::Boolean(b) => Json::Bool(b),
-        Yaml::Array(a) => Json::Array(a.into_iter().map(yaml_to_json).collect::<Result<_, _>>()?),
-        Yaml::Hash(h) => {
-            let mut m = Map::new();
-            for (k, v) in h {
-                let k = match k {
-                    Yaml::String(s) | Yaml::Real(s) => s,
-                    Yaml::Integer(i) => i.to_string(),
-                    other => {
-                        return Err(ConfigError::Invalid(format!(
-                            "YAML: unsupported key {other:?}"
-                        )));
+/// YAML into the same document as INI: every scalar kept as its source text (so `CUK: 0001`
+/// or a pass phrase `0123` stay what they say; numbers and yes/no are read later, as for INI).
+fn yaml_doc(text: &str) -> Result<Json, ConfigError> {
+    use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+    use yaml_rust2::scanner::Marker;
+    enum Frame {
+        Seq(Vec<Json>),
+        Map(Map<String, Json>, Option<String>),
+    }
+    #[derive(Default)]
+    struct Builder {
+        stack: Vec<Frame>,
+        root: Option<Json>,
+        error: Option<String>,
+    }
+    impl Builder {
+        fn value(&mut self, v: Json) {
+            match self.stack.last_mut() {
+                None => {
+                    if self.root.is_none() {
+                        self.root = Some(v);
                     }
-                };
-                m.insert(k, yaml_to_json(v)?);
+                }
+                Some(Frame::Seq(items)) => items.push(v),
+                Some(Frame::Map(m, key)) => match key.take() {
+                    None => match v {
+                        Json::String(k) => *key = Some(k),
+                        _ => self.error = Some("YAML: keys must be plain text".into()),
+                    },
+                    Some(k) => {
+                        m.insert(k, v);
+                    }
+                },
             }
-            Json::Object(m)
         }
-        Yaml::Null => Json::Null,
-        Yaml::Alias(_) | Yaml::BadValue => {
-            return Err(ConfigError::Invalid("YAML: unsupported value".into()));
+    }
+    impl MarkedEventReceiver for Builder {
+        fn on_event(&mut self, ev: Event, _mark: Marker) {
+            match ev {
+                Event::Scalar(s, ..) => self.value(Json::String(s)),
+                Event::SequenceStart(..) => self.stack.push(Frame::Seq(Vec::new())),
+                Event::MappingStart(..) => self.stack.push(Frame::Map(Map::new(), None)),
+                Event::SequenceEnd | Event::MappingEnd => {
+                    let v = match self.stack.pop() {
+                        Some(Frame::Seq(items)) => Json::Array(items),
+                        Some(Frame::Map(m, _)) => Json::Object(m),
+                        None => return,
+                    };
+                    self.value(v);
+                }
+                Event::Alias(_) => self.error = Some("YAML: aliases are not supported".into()),
+                _ => {}
+            }
         }
-    })
+    }
+    let mut b = Builder::default();
+    Parser::new_from_str(text)
+        .load(&mut b, false)
+        .map_err(|e| ConfigError::Invalid(format!("YAML: {e}")))?;
+    if let Some(e) = b.error {
+        return Err(ConfigError::Invalid(e));
+    }
+    b.root
+        .ok_or_else(|| ConfigError::Invalid("YAML: empty document".into()))
 }
 
 /// A section's keys, upper-cased, checked against what this section may hold.
@@ -1034,6 +1063,13 @@ K2HDKC:
   EXPIRE: 60
 ";
         assert_eq!(parse(yaml, Syntax::Yaml).unwrap(), ini);
+        // Scalars keep their text: a CUK of 0001 is not the number 1.
+        let zeros = parse(
+            &yaml.replace("CUSTOM_ID_SEED: n1", "CUK: 0001"),
+            Syntax::Yaml,
+        )
+        .unwrap();
+        assert_eq!(zeros.servers[0].cuk.as_deref(), Some("0001"));
         let json = r#"{"GLOBAL": {"GROUP": "demo", "MODE": "SERVER", "REPLICA": 2, "PORT": 8020,
             "CTLPORT": 8021, "MEMCACHED_PORT": 11211, "AUTOMERGE": "on"},
           "SVRNODE": [{"NAME": "127.0.0.1", "PORT": 18020, "CTLPORT": 18021, "CUSTOM_ID_SEED": "n1"},
