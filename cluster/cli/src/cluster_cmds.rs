@@ -158,6 +158,9 @@ pub enum CtlCmd {
     Complete,
     /// The layout as JSON.
     Layout,
+    /// Compare every partition's copies across its live owners (digests of versions older
+    /// than 5 s); exits with 1 when some differ.
+    Verify,
 }
 
 fn print_status(s: &Json) {
@@ -263,6 +266,33 @@ pub async fn ctl(a: CtlArgs) -> anyhow::Result<()> {
         CtlCmd::Layout => {
             let s = call(&c, json!({"method": "layout"}), t).await?;
             println!("{}", s["layout"]);
+            return Ok(());
+        }
+        CtlCmd::Verify => {
+            let s = call(&c, json!({"method": "verify"}), t).await?;
+            if s["ok"] != json!(true) {
+                bail!("{}", s["error"].as_str().unwrap_or("verify failed"));
+            }
+            let differ = s["differ"].as_array().cloned().unwrap_or_default();
+            if a.json {
+                println!("{s}");
+            } else {
+                println!(
+                    "layout version {}: {} partitions compared, {} differ",
+                    s["version"],
+                    s["compared"],
+                    differ.len()
+                );
+                for d in &differ {
+                    println!("  partition {} owners {}", d["partition"], d["owners"]);
+                }
+                for k in s["skipped"].as_array().into_iter().flatten() {
+                    println!("  skipped {}: {}", k["node"], k["error"]);
+                }
+            }
+            if !differ.is_empty() {
+                std::process::exit(1);
+            }
             return Ok(());
         }
         CtlCmd::Attach { names, wait } => (

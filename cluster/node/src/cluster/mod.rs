@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use k2hdkc_client::{Client, ClientConfig};
 use k2hdkc_layout::{Action, Change, Layout, Node, NodeIdx, PARTITIONS, Ring, partition_of};
 use k2hdkc_proto::native::{Args, Op, Status};
-use k2hdkc_storage::Store;
+use k2hdkc_storage::{Store, Version};
 use serde_json::{Value as Json, json};
 
 use crate::chmpx::Desired;
@@ -570,6 +570,96 @@ impl Cluster {
         Ok((keys, next))
     }
 
+    /// This node's digest of every partition over versions older than `before` (an HLC
+    /// timestamp), as hex strings.
+    async fn digests(&self, before: u64) -> Vec<String> {
+        let store = self.store.clone();
+        let before = Version {
+            ts: before,
+            node: 0,
+        };
+        tokio::task::spawn_blocking(move || store.digests(PARTITIONS, &partition_of, before))
+            .await
+            .unwrap_or_default()
+            .iter()
+            .map(|x| format!("{x:016x}"))
+            .collect()
+    }
+
+    /// Compare the copies of every partition across its live owners (`ctl verify`): digests
+    /// of versions older than a few seconds, so writes in flight do not count. Returns the
+    /// partitions whose copies differ, with the owners that answered.
+    pub async fn verify(self: &Arc<Self>) -> Result<Json, String> {
+        let l = self.layout();
+        if l.moving() {
+            return Err("data is moving; verify once it is done".into());
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let before = now_ms.saturating_sub(5_000) << 16;
+        let mut set = tokio::task::JoinSet::new();
+        for n in l.nodes.iter().filter(|n| n.holds_data()) {
+            let me = self.clone();
+            let (name, addr) = (n.name.clone(), n.addr.clone());
+            set.spawn(async move {
+                let req = json!({"method": "digests", "before": before});
+                let r = if addr == me.addr {
+                    Ok(json!({"ok": true, "digests": me.digests(before).await}))
+                } else if me.peer_up(&addr) {
+                    me.call(&addr, req).await
+                } else {
+                    Err("down".into())
+                };
+                (name, r)
+            });
+        }
+        let mut digests: HashMap<String, Vec<String>> = HashMap::new();
+        let mut skipped = Vec::new();
+        while let Some(r) = set.join_next().await {
+            let (name, r) = r.map_err(|e| e.to_string())?;
+            match r {
+                Ok(j) if j["ok"] == json!(true) => {
+                    let d = j["digests"]
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|x| x.as_str().map(str::to_string))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    digests.insert(name, d);
+                }
+                Ok(j) => skipped.push(json!({"node": name, "error": j["error"]})),
+                Err(e) => skipped.push(json!({"node": name, "error": e})),
+            }
+        }
+        let mut differ = Vec::new();
+        let mut compared = 0;
+        for p in 0..PARTITIONS {
+            let owners: Vec<&str> = l.assignment[p]
+                .iter()
+                .map(|&i| l.node(i).name.as_str())
+                .filter(|n| digests.contains_key(*n))
+                .collect();
+            if owners.len() < 2 {
+                continue;
+            }
+            compared += 1;
+            let first = digests[owners[0]].get(p);
+            if owners.iter().any(|o| digests[*o].get(p) != first) {
+                differ.push(json!({"partition": p, "owners": owners}));
+            }
+        }
+        Ok(json!({
+            "ok": true,
+            "version": l.version,
+            "compared": compared,
+            "differ": differ,
+            "skipped": skipped,
+        }))
+    }
+
     /// Whether this node leads partition `p` now.
     pub fn leads(&self, p: usize) -> bool {
         matches!(self.route_partition(&self.layout(), p), Route::Local)
@@ -856,7 +946,15 @@ impl Cluster {
                 json!({"ok": true, "caught_up": done()})
             }
             "status" => self.status().await,
+            "verify" => match self.verify().await {
+                Ok(j) => j,
+                Err(e) => err(e),
+            },
             "stats" => self.ping_reply(),
+            "digests" => {
+                let before = req["before"].as_u64().unwrap_or(u64::MAX);
+                json!({"ok": true, "digests": self.digests(before).await})
+            }
             "" => err("missing method"),
             other => err(format!("unknown method {other:?}")),
         }
