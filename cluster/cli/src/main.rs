@@ -109,6 +109,9 @@ struct ServerArgs {
     /// Lowest TLS version: 1.2 (default) or 1.3.
     #[arg(long, env = "K2HDKC_TLS_MIN_VERSION")]
     tls_min_version: Option<String>,
+    /// Seconds between anti-entropy rounds (0 = never).
+    #[arg(long)]
+    anti_entropy_secs: Option<u64>,
     /// Which SVRNODE of --chmpx-conf is this node: its CTLPORT.
     #[arg(long)]
     ctlport: Option<u16>,
@@ -178,6 +181,9 @@ impl ServerArgs {
         }
         if let Some(v) = self.ctlport {
             c.cluster.self_ctlport = Some(v);
+        }
+        if let Some(v) = self.anti_entropy_secs {
+            c.cluster.anti_entropy_secs = v;
         }
         match (&self.tls_ca, &self.tls_cert, &self.tls_key) {
             (Some(ca), Some(cert), Some(key)) => {

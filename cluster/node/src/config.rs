@@ -200,6 +200,10 @@ pub struct ClusterConfig {
     pub request_timeout_ms: u64,
     /// Complete data movements automatically once every transfer is done (CHMPX AUTOMERGE).
     pub auto_complete: bool,
+    /// Every this many seconds the leading node compares the copies of every partition
+    /// (`ctl verify`) and has the owners of each differing partition exchange their records
+    /// newer than the tombstone grace time (0 = never).
+    pub anti_entropy_secs: u64,
     /// File holding the cluster secret: nodes, gateways and `ctl` prove they know it (an
     /// HMAC-SHA256 token derived from it travels, never the secret); requests between nodes
     /// without it are refused. Without a secret, cluster traffic is not authenticated.
@@ -259,6 +263,7 @@ impl Default for ClusterConfig {
             failure_timeout_ms: 3000,
             request_timeout_ms: 5000,
             auto_complete: true,
+            anti_entropy_secs: 60,
             secret_file: None,
             chmpx_file: None,
             self_ctlport: None,

@@ -1190,6 +1190,12 @@ impl Store {
         out
     }
 
+    /// How long tombstones are kept, in seconds: a copy of a record older than this may be a
+    /// value whose delete was already forgotten here.
+    pub fn tombstone_grace_secs(&self) -> u32 {
+        self.inner.grace
+    }
+
     /// The newest version of any record or queue item here (`Version::ZERO` when empty): after
     /// a restart, what a node may have lost (a write acknowledged before its last fsync) is
     /// newer than this.

@@ -64,6 +64,10 @@ pub struct ClusterStats {
     pub imported: AtomicU64,
     /// Changes received from peers (applied or not: older than what is here).
     pub received: AtomicU64,
+    /// Anti-entropy rounds run by this node.
+    pub anti_entropy_rounds: AtomicU64,
+    /// Partitions found different and resent by anti-entropy.
+    pub anti_entropy_repairs: AtomicU64,
     /// Bytes of replication batches received.
     pub received_bytes: AtomicU64,
 }
@@ -254,6 +258,8 @@ pub struct Cluster {
     resynced: Mutex<std::collections::HashSet<String>>,
     /// A round of layout upkeep (auto-complete, the cluster description) is running.
     admin_busy: AtomicBool,
+    /// When the last anti-entropy round started (seconds since `started`).
+    last_anti_entropy: AtomicU64,
 }
 
 /// Errors of cluster control requests.
@@ -329,6 +335,7 @@ impl Cluster {
             fresh_start: AtomicBool::new(true),
             resynced: Mutex::new(Default::default()),
             admin_busy: AtomicBool::new(false),
+            last_anti_entropy: AtomicU64::new(0),
         }))
     }
 
@@ -660,6 +667,65 @@ impl Cluster {
         }))
     }
 
+    /// One anti-entropy round (by the leading node): compare every partition's copies and have
+    /// every live owner of a differing partition send its recent state (see
+    /// `replicate::push_partitions`) to the others; last-writer-wins merges them.
+    async fn anti_entropy(self: &Arc<Self>) {
+        let v = match self.verify().await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::debug!(error = %e, "anti-entropy skipped");
+                return;
+            }
+        };
+        let differ = v["differ"].as_array().cloned().unwrap_or_default();
+        self.stats.anti_entropy_rounds.fetch_add(1, Relaxed);
+        if differ.is_empty() {
+            return;
+        }
+        let l = self.layout();
+        // (primary address, target address) -> partitions
+        let mut jobs: HashMap<(String, String), Vec<usize>> = HashMap::new();
+        for d in &differ {
+            let Some(p) = d["partition"].as_u64().map(|p| p as usize) else {
+                continue;
+            };
+            let owners: Vec<String> = l.assignment[p]
+                .iter()
+                .map(|&i| l.node(i).addr.clone())
+                .filter(|a| self.peer_up(a))
+                .collect();
+            for from in &owners {
+                for to in owners.iter().filter(|t| *t != from) {
+                    jobs.entry((from.clone(), to.clone())).or_default().push(p);
+                }
+            }
+        }
+        tracing::warn!(
+            partitions = differ.len(),
+            "copies differ; their owners exchange them"
+        );
+        self.stats
+            .anti_entropy_repairs
+            .fetch_add(differ.len() as u64, Relaxed);
+        for ((from, to), parts) in jobs {
+            let r = if from == self.addr {
+                replicate::push_partitions(self, &to, &parts).await
+            } else {
+                let req = json!({"method": "push_partitions", "to": to, "partitions": parts});
+                self.call(&from, req).await.and_then(|r| {
+                    r["records"]
+                        .as_u64()
+                        .map(|n| n as usize)
+                        .ok_or_else(|| r["error"].as_str().unwrap_or("refused").to_string())
+                })
+            };
+            if let Err(e) = r {
+                tracing::warn!(from = %from, to = %to, error = %e, "anti-entropy repair failed");
+            }
+        }
+    }
+
     /// Whether this node leads partition `p` now.
     pub fn leads(&self, p: usize) -> bool {
         matches!(self.route_partition(&self.layout(), p), Route::Local)
@@ -946,6 +1012,22 @@ impl Cluster {
                 json!({"ok": true, "caught_up": done()})
             }
             "status" => self.status().await,
+            "push_partitions" => {
+                // Anti-entropy: send this node's copy of these partitions to `to`.
+                let (Some(to), Some(parts)) = (req["to"].as_str(), req["partitions"].as_array())
+                else {
+                    return err("push_partitions needs to and partitions");
+                };
+                let parts: Vec<usize> = parts
+                    .iter()
+                    .filter_map(|p| p.as_u64().map(|p| p as usize))
+                    .filter(|&p| p < PARTITIONS)
+                    .collect();
+                match replicate::push_partitions(self, to, &parts).await {
+                    Ok(n) => json!({"ok": true, "records": n}),
+                    Err(e) => err(e),
+                }
+            }
             "verify" => match self.verify().await {
                 Ok(j) => j,
                 Err(e) => err(e),
@@ -1038,6 +1120,8 @@ impl Cluster {
             "imported": self.stats.imported.load(Relaxed),
             "received": self.stats.received.load(Relaxed),
             "received_bytes": self.stats.received_bytes.load(Relaxed),
+            "anti_entropy_rounds": self.stats.anti_entropy_rounds.load(Relaxed),
+            "anti_entropy_repairs": self.stats.anti_entropy_repairs.load(Relaxed),
             "incarnation": self.incarnation,
             "streams": self.stream_positions(),
         })
@@ -1061,7 +1145,7 @@ impl Cluster {
         use std::fmt::Write as _;
         let mut o = String::new();
         let l = self.layout();
-        let gauges: [(&str, &str, &str, u64); 11] = [
+        let gauges: [(&str, &str, &str, u64); 13] = [
             (
                 "k2hdkc_cluster_layout_version",
                 "gauge",
@@ -1109,6 +1193,18 @@ impl Cluster {
                 "counter",
                 "Bytes of replication batches received from peers.",
                 self.stats.received_bytes.load(Relaxed),
+            ),
+            (
+                "k2hdkc_cluster_anti_entropy_rounds_total",
+                "counter",
+                "Anti-entropy rounds this node ran.",
+                self.stats.anti_entropy_rounds.load(Relaxed),
+            ),
+            (
+                "k2hdkc_cluster_anti_entropy_repairs_total",
+                "counter",
+                "Partitions whose copies differed and were resent.",
+                self.stats.anti_entropy_repairs.load(Relaxed),
             ),
             (
                 "k2hdkc_cluster_moving_partitions",
@@ -1594,6 +1690,18 @@ impl Cluster {
                             me.maybe_complete(&l2).await;
                         }
                         me.reconcile(&l2).await;
+                        let every = me.cfg.anti_entropy_secs;
+                        let now = me.started.elapsed().as_secs();
+                        let last = me.last_anti_entropy.load(SeqCst);
+                        if every > 0
+                            && now >= last + every
+                            && !l2.moving()
+                            && !me.catching_up()
+                            && me.leads_reconciliation(&l2)
+                        {
+                            me.last_anti_entropy.store(now, SeqCst);
+                            me.anti_entropy().await;
+                        }
                     }
                     me.admin_busy.store(false, SeqCst);
                 });

@@ -543,6 +543,42 @@ async fn send_all_at<C: std::borrow::Borrow<Change>>(
     Ok(())
 }
 
+/// Send this node's state of partitions `parts` newer than the tombstone grace time to
+/// `target` (anti-entropy repair; receivers keep what is newer). Older records stay: a node
+/// that lacks one may have forgotten its delete, and resending it would bring it back.
+pub async fn push_partitions(
+    cluster: &Cluster,
+    target: &str,
+    parts: &[usize],
+) -> Result<usize, String> {
+    let store = cluster.store.clone();
+    let wanted: std::collections::HashSet<usize> = parts.iter().copied().collect();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let grace_ms = u64::from(store.tombstone_grace_secs()) * 1000;
+    let since = Version {
+        ts: now_ms.saturating_sub(grace_ms) << 16,
+        node: 0,
+    };
+    let state = tokio::task::spawn_blocking(move || {
+        store.changes_since_version(since, &ChangeFilter::default())
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let mine: Vec<Change> = state
+        .into_iter()
+        .filter(|c| {
+            c.ops
+                .first()
+                .is_some_and(|op| wanted.contains(&partition_of(op.key())))
+        })
+        .collect();
+    let peer = cluster.peer(target);
+    send_all(cluster, &peer, &mine).await?;
+    Ok(mine.len())
+}
+
 /// Transfers for the movement of layout `l` that this node is the source of: for every
 /// partition whose owners changed, the first live previous owner sends the partition's state to
 /// each new owner. Returns when all are done (or the layout changed, or the cluster stops).
