@@ -98,28 +98,15 @@ fn start_node_with(
     seed: SocketAddr,
     fsync: &str,
 ) -> Node {
-    let args: Vec<String> = [
-        "server",
-        "--name",
+    let data = dir.join(name).to_string_lossy().to_string();
+    let args = server_args(
         name,
-        "--storage",
-        "file",
-        "--fsync",
-        fsync,
-        "--data-dir",
-        &dir.join(name).to_string_lossy(),
-        "--listen",
-        &native.to_string(),
-        "--memcached-listen",
-        &memcached.to_string(),
-        "--join",
-        &seed.to_string(),
-        "--secret-file",
-        &secret().to_string_lossy(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+        &["--storage", "file", "--fsync", fsync, "--data-dir", &data],
+        native,
+        memcached,
+        seed,
+        &[],
+    );
     let proc = Proc::start(
         &bin("k2hdkc"),
         &args,
@@ -135,6 +122,32 @@ fn start_node_with(
         memcached,
         proc,
     }
+}
+
+/// The arguments of `k2hdkc server` for test node `name`: `storage` (mode, fsync, data dir),
+/// its listeners, the seed to join, the test's cluster secret, and `extra`.
+fn server_args(
+    name: &str,
+    storage: &[&str],
+    native: SocketAddr,
+    memcached: SocketAddr,
+    seed: SocketAddr,
+    extra: &[&str],
+) -> Vec<String> {
+    let mut a: Vec<String> = vec!["server".into(), "--name".into(), name.into()];
+    a.extend(storage.iter().map(|s| s.to_string()));
+    a.extend([
+        "--listen".into(),
+        native.to_string(),
+        "--memcached-listen".into(),
+        memcached.to_string(),
+        "--join".into(),
+        seed.to_string(),
+        "--secret-file".into(),
+        secret().to_string_lossy().to_string(),
+    ]);
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
 }
 
 /// The cluster secret shared by nodes, gateways and tools of these tests (one file per test
@@ -190,6 +203,28 @@ fn wait_status(
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Wait until `nodes` nodes are recognised, then three copies with quorums of two, attached.
+fn form_cluster(seed: SocketAddr, nodes: usize) {
+    wait_status(
+        seed,
+        "every node recognised",
+        Duration::from_secs(20),
+        |s| s["nodes"].as_array().map_or(0, Vec::len) == nodes,
+    );
+    ctl(
+        seed,
+        &[
+            "set-replicas",
+            "3",
+            "--write-quorum",
+            "2",
+            "--read-quorum",
+            "2",
+        ],
+    );
+    ctl(seed, &["attach", "--wait"]);
 }
 
 #[derive(Default)]
@@ -967,28 +1002,15 @@ fn partitioned_node_loses_nothing() {
     let memcached = |i: usize| SocketAddr::new(lab.addr(i), 11211);
     let start = |i: usize| {
         let name = format!("n{}", i + 1);
-        let args: Vec<String> = [
-            "server",
-            "--name",
+        let data = dir.path().join(&name).to_string_lossy().to_string();
+        let args = server_args(
             &name,
-            "--storage",
-            "file",
-            "--fsync",
-            "batch",
-            "--data-dir",
-            &dir.path().join(&name).to_string_lossy(),
-            "--listen",
-            &native(i).to_string(),
-            "--memcached-listen",
-            &memcached(i).to_string(),
-            "--join",
-            &native(0).to_string(),
-            "--secret-file",
-            &secret().to_string_lossy(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+            &["--storage", "file", "--fsync", "batch", "--data-dir", &data],
+            native(i),
+            memcached(i),
+            native(0),
+            &[],
+        );
         let p = lab.start(
             i,
             &bin("k2hdkc"),
@@ -1004,24 +1026,7 @@ fn partitioned_node_loses_nothing() {
     // Declared after `lab`, so they stop before the namespaces go.
     let _procs: Vec<Proc> = (0..3).map(start).collect();
     let seed = native(0);
-    wait_status(
-        seed,
-        "three recognised nodes",
-        Duration::from_secs(20),
-        |s| s["nodes"].as_array().map_or(0, Vec::len) == 3,
-    );
-    ctl(
-        seed,
-        &[
-            "set-replicas",
-            "3",
-            "--write-quorum",
-            "2",
-            "--read-quorum",
-            "2",
-        ],
-    );
-    ctl(seed, &["attach", "--wait"]);
+    form_cluster(seed, 3);
     let gw_mc = free_addr();
     let _gw = Proc::start(
         &bin("k2hdkc"),
@@ -1080,24 +1085,7 @@ fn partitioned_node_loses_nothing() {
 fn memory_node_restart_refetches_everything() {
     let dir = system_tests::test_dir();
     let start = |name: &str, native: SocketAddr, mc: SocketAddr, seed: SocketAddr| {
-        let args: Vec<String> = [
-            "server",
-            "--name",
-            name,
-            "--storage",
-            "memory",
-            "--listen",
-            &native.to_string(),
-            "--memcached-listen",
-            &mc.to_string(),
-            "--join",
-            &seed.to_string(),
-            "--secret-file",
-            &secret().to_string_lossy(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let args = server_args(name, &["--storage", "memory"], native, mc, seed, &[]);
         let p = Proc::start(
             &bin("k2hdkc"),
             &args,
@@ -1111,24 +1099,7 @@ fn memory_node_restart_refetches_everything() {
     let mut procs: Vec<Proc> = (0..3)
         .map(|i| start(&format!("n{}", i + 1), addrs[i].0, addrs[i].1, seed))
         .collect();
-    wait_status(
-        seed,
-        "three recognised nodes",
-        Duration::from_secs(20),
-        |s| s["nodes"].as_array().map_or(0, Vec::len) == 3,
-    );
-    ctl(
-        seed,
-        &[
-            "set-replicas",
-            "3",
-            "--write-quorum",
-            "2",
-            "--read-quorum",
-            "2",
-        ],
-    );
-    ctl(seed, &["attach", "--wait"]);
+    form_cluster(seed, 3);
     let keys = 2000;
     let stored = load(
         addrs[0].1,
@@ -1254,24 +1225,14 @@ fn tls_cluster_refuses_strangers() {
     let _procs: Vec<Proc> = (0..3)
         .map(|i| {
             let name = format!("n{}", i + 1);
-            let mut args: Vec<String> = [
-                "server",
-                "--name",
+            let mut args = server_args(
                 &name,
-                "--storage",
-                "memory",
-                "--listen",
-                &addrs[i].0.to_string(),
-                "--memcached-listen",
-                &addrs[i].1.to_string(),
-                "--join",
-                &seed.to_string(),
-                "--secret-file",
-                &secret().to_string_lossy(),
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+                &["--storage", "memory"],
+                addrs[i].0,
+                addrs[i].1,
+                seed,
+                &[],
+            );
             args.extend(tls("node"));
             let pr = Proc::start(&bin("k2hdkc"), &args, Some(&d.join(format!("{name}.log"))));
             assert!(
@@ -1372,30 +1333,22 @@ fn anti_entropy_repairs_a_stale_disk() {
     let seed = addrs[0].0;
     let start = |i: usize| {
         let name = format!("n{}", i + 1);
-        let args: Vec<String> = [
-            "server",
-            "--name",
+        let data = d.join(&name).to_string_lossy().to_string();
+        let args = server_args(
             &name,
-            "--storage",
-            "file",
-            "--fsync",
-            "always",
-            "--data-dir",
-            &d.join(&name).to_string_lossy(),
-            "--listen",
-            &addrs[i].0.to_string(),
-            "--memcached-listen",
-            &addrs[i].1.to_string(),
-            "--join",
-            &seed.to_string(),
-            "--anti-entropy-secs",
-            "2",
-            "--secret-file",
-            &secret().to_string_lossy(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+            &[
+                "--storage",
+                "file",
+                "--fsync",
+                "always",
+                "--data-dir",
+                &data,
+            ],
+            addrs[i].0,
+            addrs[i].1,
+            seed,
+            &["--anti-entropy-secs", "2"],
+        );
         let p = Proc::start(&bin("k2hdkc"), &args, Some(&d.join(format!("{name}.log"))));
         assert!(
             wait_listening(addrs[i].0, Duration::from_secs(10)),
@@ -1404,24 +1357,7 @@ fn anti_entropy_repairs_a_stale_disk() {
         p
     };
     let mut procs: Vec<Proc> = (0..3).map(start).collect();
-    wait_status(
-        seed,
-        "three recognised nodes",
-        Duration::from_secs(20),
-        |s| s["nodes"].as_array().map_or(0, Vec::len) == 3,
-    );
-    ctl(
-        seed,
-        &[
-            "set-replicas",
-            "3",
-            "--write-quorum",
-            "2",
-            "--read-quorum",
-            "2",
-        ],
-    );
-    ctl(seed, &["attach", "--wait"]);
+    form_cluster(seed, 3);
     let items = |i: usize| {
         node_stats(addrs[i].0)["cluster"]["items"]
             .as_u64()

@@ -9,7 +9,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use openssl::ssl::{SslAcceptor, SslConnector, SslFiletype, SslMethod, SslVerifyMode, SslVersion};
+use openssl::ssl::{
+    SslAcceptor, SslConnector, SslContextBuilder, SslFiletype, SslMethod, SslVerifyMode, SslVersion,
+};
 
 /// PEM files and settings of a node's or tool's TLS.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,9 +77,8 @@ impl TlsFiles {
         })
     }
 
-    /// The client side: presents this certificate, accepts only servers signed by the CA.
-    pub fn connector(&self) -> Result<TlsConnector, String> {
-        let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(|e| e.to_string())?;
+    /// The files and version into a context builder (both sides use the same).
+    fn load(&self, b: &mut SslContextBuilder) -> Result<(), String> {
         b.set_min_proto_version(Some(version(self.min_version.as_deref())?))
             .map_err(|e| e.to_string())?;
         ctx("CA", &self.ca, b.set_ca_file(&self.ca))?;
@@ -91,7 +92,13 @@ impl TlsFiles {
             &self.key,
             b.set_private_key_file(&self.key, SslFiletype::PEM),
         )?;
-        ctx("key", &self.key, b.check_private_key())?;
+        ctx("key", &self.key, b.check_private_key())
+    }
+
+    /// The client side: presents this certificate, accepts only servers signed by the CA.
+    pub fn connector(&self) -> Result<TlsConnector, String> {
+        let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(|e| e.to_string())?;
+        self.load(&mut b)?;
         b.set_verify(SslVerifyMode::PEER);
         Ok(TlsConnector(Arc::new(b.build())))
     }
@@ -101,20 +108,7 @@ impl TlsFiles {
     pub fn acceptor(&self) -> Result<TlsAcceptor, String> {
         let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())
             .map_err(|e| e.to_string())?;
-        b.set_min_proto_version(Some(version(self.min_version.as_deref())?))
-            .map_err(|e| e.to_string())?;
-        ctx("CA", &self.ca, b.set_ca_file(&self.ca))?;
-        ctx(
-            "certificate",
-            &self.cert,
-            b.set_certificate_chain_file(&self.cert),
-        )?;
-        ctx(
-            "key",
-            &self.key,
-            b.set_private_key_file(&self.key, SslFiletype::PEM),
-        )?;
-        ctx("key", &self.key, b.check_private_key())?;
+        self.load(&mut b)?;
         b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
         Ok(TlsAcceptor(Arc::new(b.build())))
     }
