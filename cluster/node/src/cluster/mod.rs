@@ -601,10 +601,7 @@ impl Cluster {
         if l.moving() {
             return Err("data is moving; verify once it is done".into());
         }
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let before = now_ms.saturating_sub(5_000) << 16;
+        let before = unix_millis().saturating_sub(5_000) << 16;
         let mut set = tokio::task::JoinSet::new();
         for n in l.nodes.iter().filter(|n| n.holds_data()) {
             let me = self.clone();
@@ -1983,6 +1980,13 @@ pub async fn watch_chmpx(cluster: Arc<Cluster>, path: std::path::PathBuf, every:
         }
         tokio::time::sleep(every).await;
     }
+}
+
+/// Wall-clock milliseconds since the Unix epoch (HLC timestamps are this << 16).
+pub(crate) fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A number that differs between process starts.

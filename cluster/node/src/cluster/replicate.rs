@@ -134,6 +134,22 @@ impl Held {
         peer.held_from.store(low.unwrap_or(u64::MAX), SeqCst);
     }
 
+    /// Send `due` to the peer; what does not get through is kept, to be sent whatever its
+    /// sender does.
+    async fn send_or_keep(&mut self, cluster: &Cluster, peer: &Peer, due: Vec<Arc<Change>>) {
+        if due.is_empty() {
+            return;
+        }
+        let position = peer.acked.load(SeqCst).max(1);
+        if let Err(e) = send_all_at(cluster, peer, &due, position).await {
+            tracing::debug!(peer = %peer.addr, error = %e, "held changes not sent yet");
+            for c in due {
+                self.bytes += c.weight();
+                self.changes.push((c, Origin::Unknown));
+            }
+        }
+    }
+
     /// Take the held changes that must be sent now; drop those delivered by their sender.
     fn release(&mut self, cluster: &Cluster, target: &str, version: u64) -> Vec<Arc<Change>> {
         let mut out = Vec::new();
@@ -331,8 +347,8 @@ pub async fn stream(cluster: Arc<Cluster>, peer: Arc<Peer>) {
                 continue;
             }
         };
-        // The peer started empty: send it the whole state of its partitions.
-        // (The flag stays set until it is done: `flush_to` waits for that.)
+        // The peer restarted and asked for what it may have lost (all of it when it started
+        // empty). The flag stays set until it is done: `flush_to` waits for that.
         if peer.resync_all.load(SeqCst) {
             let since = peer.resync_since.load(SeqCst);
             match resync(&cluster, &peer, &layout, me_in_layout, Some(since)).await {
@@ -355,14 +371,7 @@ pub async fn stream(cluster: Arc<Cluster>, peer: Arc<Peer>) {
         if peer.force_release.swap(false, SeqCst) && !held.changes.is_empty() {
             let all: Vec<Arc<Change>> = held.changes.drain(..).map(|(c, _)| c).collect();
             held.bytes = 0;
-            let position = peer.acked.load(SeqCst).max(1);
-            if let Err(e) = send_all_at(&cluster, &peer, &all, position).await {
-                tracing::debug!(peer = %peer.addr, error = %e, "held changes not sent yet");
-                for c in all {
-                    held.bytes += c.weight();
-                    held.changes.push((c, Origin::Unknown));
-                }
-            }
+            held.send_or_keep(&cluster, &peer, all).await;
             held.publish(&peer);
             cluster.acked.notify_waiters();
         }
@@ -372,17 +381,7 @@ pub async fn stream(cluster: Arc<Cluster>, peer: Arc<Peer>) {
             && held.checked.is_none_or(|t| t.elapsed() >= HELD_RECHECK)
         {
             let due = held.release(&cluster, &peer.addr, layout.version);
-            if !due.is_empty() {
-                let position = peer.acked.load(SeqCst).max(1);
-                if let Err(e) = send_all_at(&cluster, &peer, &due, position).await {
-                    tracing::debug!(peer = %peer.addr, error = %e, "held changes not sent yet");
-                    // Keep them, to be sent whatever their sender does.
-                    for c in due {
-                        held.bytes += c.weight();
-                        held.changes.push((c, Origin::Unknown));
-                    }
-                }
-            }
+            held.send_or_keep(&cluster, &peer, due).await;
             held.publish(&peer);
             if held.changes.is_empty() {
                 cluster.acked.notify_waiters();
@@ -499,12 +498,7 @@ async fn resync(
         ts: since.unwrap_or_else(|| peer.acked_version.load(SeqCst)),
         node: 0,
     };
-    let store = cluster.store.clone();
-    let changes = tokio::task::spawn_blocking(move || {
-        store.changes_since_version(since, &ChangeFilter::default())
-    })
-    .await
-    .map_err(|e| e.to_string())?;
+    let changes = state_since(cluster, since).await?;
     let mine: Vec<Arc<Change>> = changes
         .into_iter()
         .map(Arc::new)
@@ -543,6 +537,30 @@ async fn send_all_at<C: std::borrow::Borrow<Change>>(
     Ok(())
 }
 
+/// This node's records and queue items newer than `since`, read off the async threads.
+async fn state_since(cluster: &Cluster, since: Version) -> Result<Vec<Change>, String> {
+    let store = cluster.store.clone();
+    tokio::task::spawn_blocking(move || {
+        store.changes_since_version(since, &ChangeFilter::default())
+    })
+    .await
+    .map_err(|e| e.to_string())
+}
+
+/// State (one change per record or queue item) bucketed by partition, as imports.
+fn by_partition(state: Vec<Change>) -> Vec<Vec<Change>> {
+    let mut out: Vec<Vec<Change>> = vec![Vec::new(); PARTITIONS];
+    for c in state {
+        if let Some(op) = c.ops.first() {
+            out[partition_of(op.key())].push(Change {
+                kind: ChangeKind::Import,
+                ..c
+            });
+        }
+    }
+    out
+}
+
 /// Send this node's state of partitions `parts` newer than the tombstone grace time to
 /// `target` (anti-entropy repair; receivers keep what is newer). Older records stay: a node
 /// that lacks one may have forgotten its delete, and resending it would bring it back.
@@ -551,28 +569,16 @@ pub async fn push_partitions(
     target: &str,
     parts: &[usize],
 ) -> Result<usize, String> {
-    let store = cluster.store.clone();
-    let wanted: std::collections::HashSet<usize> = parts.iter().copied().collect();
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    let grace_ms = u64::from(store.tombstone_grace_secs()) * 1000;
+    let grace_ms = u64::from(cluster.store.tombstone_grace_secs()) * 1000;
     let since = Version {
-        ts: now_ms.saturating_sub(grace_ms) << 16,
+        ts: super::unix_millis().saturating_sub(grace_ms) << 16,
         node: 0,
     };
-    let state = tokio::task::spawn_blocking(move || {
-        store.changes_since_version(since, &ChangeFilter::default())
-    })
-    .await
-    .map_err(|e| e.to_string())?;
-    let mine: Vec<Change> = state
-        .into_iter()
-        .filter(|c| {
-            c.ops
-                .first()
-                .is_some_and(|op| wanted.contains(&partition_of(op.key())))
-        })
+    let mut by_partition = by_partition(state_since(cluster, since).await?);
+    let mine: Vec<Change> = parts
+        .iter()
+        .filter(|&&p| p < PARTITIONS)
+        .flat_map(|&p| std::mem::take(&mut by_partition[p]))
         .collect();
     let peer = cluster.peer(target);
     send_all(cluster, &peer, &mine).await?;
@@ -610,22 +616,7 @@ pub async fn transfer(cluster: Arc<Cluster>, l: Arc<Layout>) -> Result<usize, St
     if jobs.is_empty() {
         return Ok(0);
     }
-    let store = cluster.store.clone();
-    let state = tokio::task::spawn_blocking(move || {
-        store.changes_since_version(Version::ZERO, &ChangeFilter::default())
-    })
-    .await
-    .map_err(|e| e.to_string())?;
-    // Bucket the state by partition once.
-    let mut by_partition: Vec<Vec<Change>> = vec![Vec::new(); PARTITIONS];
-    for c in state {
-        if let Some(op) = c.ops.first() {
-            by_partition[partition_of(op.key())].push(Change {
-                kind: ChangeKind::Import,
-                ..c
-            });
-        }
-    }
+    let by_partition = by_partition(state_since(&cluster, Version::ZERO).await?);
     let mut sent = 0usize;
     let mut by_target: std::collections::BTreeMap<NodeIdx, Vec<usize>> = Default::default();
     for (p, t) in jobs {
