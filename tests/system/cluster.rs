@@ -1325,10 +1325,35 @@ fn tls_cluster_refuses_strangers() {
 /// restart, and the others' streams believe it has everything) lacks what was written since
 /// the copy. `ctl verify` sees the difference and anti-entropy (every 2 s here) has the
 /// primaries resend the differing partitions until the copies agree again.
-#[test]
-fn anti_entropy_repairs_a_stale_disk() {
+/// Three file-mode nodes (fsync=always) whose n3 is then put back on an old copy of its disk:
+/// it holds `a000..a299 = old` while the others hold `a000..a299` and `b000..b299` = `new`, and
+/// with fsync=always it asks for nothing on restart (the others' streams believe it has
+/// everything). `extra` goes to every node.
+struct StaleCluster {
+    _dir: tempfile::TempDir,
+    procs: Vec<Proc>,
+    addrs: Vec<(SocketAddr, SocketAddr)>,
+}
+
+fn items_of(addr: SocketAddr) -> u64 {
+    node_stats(addr)["cluster"]["items"].as_u64().unwrap_or(0)
+}
+
+fn wait_items(addr: SocketAddr, n: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while items_of(addr) != n {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {addr} holds {}",
+            items_of(addr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn stale_cluster(extra: &[&str]) -> StaleCluster {
     let dir = system_tests::test_dir();
-    let d = dir.path();
+    let d = dir.path().to_path_buf();
     let addrs: Vec<(SocketAddr, SocketAddr)> = (0..3).map(|_| (free_addr(), free_addr())).collect();
     let seed = addrs[0].0;
     let start = |i: usize| {
@@ -1347,7 +1372,7 @@ fn anti_entropy_repairs_a_stale_disk() {
             addrs[i].0,
             addrs[i].1,
             seed,
-            &["--anti-entropy-secs", "2"],
+            extra,
         );
         let p = Proc::start(&bin("k2hdkc"), &args, Some(&d.join(format!("{name}.log"))));
         assert!(
@@ -1358,31 +1383,11 @@ fn anti_entropy_repairs_a_stale_disk() {
     };
     let mut procs: Vec<Proc> = (0..3).map(start).collect();
     form_cluster(seed, 3);
-    let items = |i: usize| {
-        node_stats(addrs[i].0)["cluster"]["items"]
-            .as_u64()
-            .unwrap_or(0)
+    let keys = |p: &'static str, v: &'static str| {
+        (0..300).map(move |i| (format!("{p}{i:03}"), v.to_string()))
     };
-    let wait_items = |i: usize, n: u64, what: &str| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while items(i) != n {
-            assert!(
-                Instant::now() < deadline,
-                "{what}: n{} holds {}",
-                i + 1,
-                items(i)
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    };
-    assert_eq!(
-        load(
-            addrs[0].1,
-            (0..300).map(|i| (format!("a{i:03}"), "old".to_string()))
-        ),
-        300
-    );
-    wait_items(2, 300, "first writes");
+    assert_eq!(load(addrs[0].1, keys("a", "old")), 300);
+    wait_items(addrs[2].0, 300, "first writes");
     // Copy n3's disk while it is stopped, bring it back, write more, then restore the copy.
     procs[2].terminate(Duration::from_secs(10));
     let copy = d.join("n3-copy");
@@ -1404,19 +1409,40 @@ fn anti_entropy_repairs_a_stale_disk() {
             .all(|n| n["live"] == "UP")
     });
     assert_eq!(
-        load(
-            addrs[0].1,
-            (0..300).map(|i| (format!("b{i:03}"), "new".to_string()))
-        ),
-        300
+        load(addrs[0].1, keys("a", "new").chain(keys("b", "new"))),
+        600
     );
-    wait_items(2, 600, "second writes");
+    wait_items(addrs[2].0, 600, "second writes");
     procs[2].terminate(Duration::from_secs(10));
     std::fs::remove_dir_all(d.join("n3")).unwrap();
     std::fs::rename(&copy, d.join("n3")).unwrap();
     procs[2] = start(2);
-    // Nothing else repairs it: only the anti-entropy rounds bring n3 back to 600 keys.
-    wait_items(2, 600, "anti-entropy");
+    wait_status(
+        seed,
+        "n3 back on its old disk",
+        Duration::from_secs(30),
+        |s| {
+            s["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|n| n["live"] == "UP" && n["catching_up"] != true)
+        },
+    );
+    StaleCluster {
+        _dir: dir,
+        procs,
+        addrs,
+    }
+}
+
+#[test]
+fn anti_entropy_repairs_a_stale_disk() {
+    let c = stale_cluster(&["--anti-entropy-secs", "2"]);
+    let (addrs, seed) = (&c.addrs, c.addrs[0].0);
+    // Nothing else repairs it (no reads here): only the anti-entropy rounds bring n3 back to
+    // 600 keys.
+    wait_items(addrs[2].0, 600, "anti-entropy");
     let repairs: u64 = (0..3)
         .map(|i| {
             node_stats(addrs[i].0)["cluster"]["anti_entropy_repairs"]
@@ -1435,6 +1461,85 @@ fn anti_entropy_repairs_a_stale_disk() {
         assert!(Instant::now() < deadline, "copies still differ: {v}");
         std::thread::sleep(Duration::from_millis(500));
     }
-    let mut c = Mc::connect(addrs[2].1).expect("n3");
-    assert_eq!(c.get("b123").expect("get"), Some("new".into()));
+    let mut m = Mc::connect(addrs[2].1).expect("n3");
+    assert_eq!(m.get("b123").expect("get"), Some("new".into()));
+    assert_eq!(m.get("a123").expect("get"), Some("new".into()));
+    drop(c.procs);
+}
+
+/// Reads every `a`/`b` key through `addr`; returns how many did not read `new`.
+fn stale_reads(addr: SocketAddr) -> usize {
+    let mut m = Mc::connect(addr).expect("connect");
+    (0..300)
+        .flat_map(|i| [format!("a{i:03}"), format!("b{i:03}")])
+        .filter(|k| m.get(k).expect("get").as_deref() != Some("new"))
+        .count()
+}
+
+#[test]
+fn quorum_reads_repair_a_stale_copy() {
+    // No anti-entropy: only reads can repair n3.
+    let c = stale_cluster(&["--anti-entropy-secs", "0"]);
+    let (addrs, seed) = (&c.addrs, c.addrs[0].0);
+    let quorum = |r: &str| {
+        ctl(
+            seed,
+            &[
+                "set-replicas",
+                "3",
+                "--write-quorum",
+                "2",
+                "--read-quorum",
+                r,
+            ],
+        );
+        wait_status(seed, "read quorum", Duration::from_secs(20), |s| {
+            s["read_quorum"].as_u64() == r.parse().ok()
+        });
+    };
+    // R = 1: reads of keys that n3 leads see its stale copy (old values and misses).
+    quorum("1");
+    let before = stale_reads(addrs[0].1);
+    assert!(
+        before > 0,
+        "n3 served no stale copy: the test shows nothing"
+    );
+    assert!(items_of(addrs[2].0) < 600);
+    // R = 2: every read compares two copies and returns the newest; the copies that were
+    // behind are repaired along the way.
+    quorum("2");
+    assert_eq!(
+        stale_reads(addrs[0].1),
+        0,
+        "a quorum read returned a stale value"
+    );
+    assert_eq!(
+        stale_reads(addrs[1].1),
+        0,
+        "a quorum read returned a stale value"
+    );
+    let repairs: u64 = (0..3)
+        .map(|i| {
+            node_stats(addrs[i].0)["cluster"]["read_repairs"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert!(repairs > 0, "no read repair counted");
+    // n3 itself now answers with the new values even at R = 1 where it leads, and holds
+    // more than before.
+    quorum("1");
+    let mut m = Mc::connect(addrs[2].1).expect("n3");
+    let fresh = (0..300)
+        .filter(|i| m.get(&format!("b{i:03}")).expect("get").as_deref() == Some("new"))
+        .count();
+    assert!(
+        fresh > 100,
+        "n3 holds {fresh} of the 300 b keys after read repair"
+    );
+    eprintln!(
+        "stale reads at R=1: {before}; read repairs: {repairs}; n3 holds {} items",
+        items_of(addrs[2].0)
+    );
+    drop(c.procs);
 }

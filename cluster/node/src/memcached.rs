@@ -13,6 +13,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use k2hdkc_proto::memcached::binary::{self, BinParsed, BinRequest, Opcode, Status};
+use k2hdkc_proto::memcached::meta::MetaCmd;
 use k2hdkc_proto::memcached::text::{self, StoreCmd, TextRequest};
 use k2hdkc_proto::memcached::{Limits, Parsed, ProtoError};
 use k2hdkc_storage::{DeleteOutcome, Error as StoreError, Expire, SetMode, SetOutcome, WriteOpts};
@@ -885,6 +886,35 @@ fn track_write(
     }
 }
 
+/// After a local read: if the read quorum asks for it, its reply waits for the other owners'
+/// versions (see `cluster::repair`).
+#[allow(clippy::too_many_arguments)]
+fn check_read(
+    shared: &Shared,
+    c: &Cluster,
+    at: usize,
+    out: &[u8],
+    key: &[u8],
+    mode: u8,
+    rerun: Vec<u8>,
+    error: Vec<u8>,
+    deferred: &mut Vec<Deferred>,
+) {
+    if crate::routing::read_checks_on() && crate::cluster::repair::wanted(c, 0) {
+        deferred.push(Deferred::ReadCheck {
+            at,
+            len: out.len() - at,
+            key: key.to_vec(),
+            version: shared.store.record_version(key).unwrap_or_default(),
+            all: false,
+            mode,
+            rerun,
+            strip_end: mode == MODE_TEXT && error.is_empty(),
+            error,
+        });
+    }
+}
+
 /// The key a text or meta request is about, if it has exactly one.
 fn text_key<'a>(req: &'a TextRequest<'_>) -> Option<&'a [u8]> {
     match req {
@@ -935,6 +965,21 @@ fn routed_text(
                         get_one(shared, key, *cas, touch.map(expire_of), out);
                         if touch.is_some() {
                             track_write(shared, before, at, out, key, MODE_TEXT, raw, deferred);
+                        } else {
+                            let cmd: &[u8] = if *cas { b"gets " } else { b"get " };
+                            let rerun = [cmd, key, b"\r\n"].concat();
+                            // A piece whose check fails reads as a miss, like a failed forward.
+                            check_read(
+                                shared,
+                                c,
+                                at,
+                                out,
+                                key,
+                                MODE_TEXT,
+                                rerun,
+                                Vec::new(),
+                                deferred,
+                            );
                         }
                     }
                     Route::Remote(peer) => {
@@ -993,8 +1038,24 @@ fn routed_text(
                 Route::Local => {
                     let before = shared.store.last_seq();
                     let at = out.len();
+                    let mg = matches!(&req, TextRequest::Meta(m) if m.cmd == MetaCmd::Get);
                     let close = exec_text(shared, req, out);
-                    track_write(shared, before, at, out, &key, MODE_TEXT, raw, deferred);
+                    if mg && shared.store.last_seq() == before {
+                        let error = error_reply(MODE_TEXT, raw, "read quorum not reached");
+                        check_read(
+                            shared,
+                            c,
+                            at,
+                            out,
+                            &key,
+                            MODE_TEXT,
+                            raw.to_vec(),
+                            error,
+                            deferred,
+                        );
+                    } else {
+                        track_write(shared, before, at, out, &key, MODE_TEXT, raw, deferred);
+                    }
                     close
                 }
                 Route::Remote(peer) => {
@@ -1068,7 +1129,23 @@ fn routed_binary(
             let before = shared.store.last_seq();
             let at = out.len();
             let close = exec_binary(shared, req, out);
-            track_write(shared, before, at, out, req.key, MODE_BINARY, raw, deferred);
+            let get = matches!(req.opcode.base(), Opcode::Get | Opcode::GetK);
+            if get && shared.store.last_seq() == before {
+                let error = error_reply(MODE_BINARY, raw, "");
+                check_read(
+                    shared,
+                    c,
+                    at,
+                    out,
+                    req.key,
+                    MODE_BINARY,
+                    raw.to_vec(),
+                    error,
+                    deferred,
+                );
+            } else {
+                track_write(shared, before, at, out, req.key, MODE_BINARY, raw, deferred);
+            }
             close
         }
         Route::Remote(peer) => {

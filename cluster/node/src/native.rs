@@ -179,7 +179,7 @@ fn cmd_of(op: Op) -> Cmd {
         CounterInit | CounterGet | CounterCas | CounterAdd => Cmd::Counter,
         Scan => Cmd::Scan,
         FlushAll => Cmd::Flush,
-        Noop | Hello | Stats | Cluster | Replicate | Forward => Cmd::Other,
+        Noop | Hello | Stats | Cluster | Replicate | Forward | Check => Cmd::Other,
     }
 }
 
@@ -436,7 +436,7 @@ fn run(shared: &Shared, op: Op, a: &Args<'_>, out: &mut Vec<u8>) -> Result<(), F
             let n = store.flush_all()?;
             wire::put_u64(out, Tag::Count, n as u64);
         }
-        Op::Cluster | Op::Replicate | Op::Forward => {
+        Op::Cluster | Op::Replicate | Op::Forward | Op::Check => {
             return Err(fail(
                 Status::Unavailable,
                 "this node is not part of a cluster (start it with --join)",
@@ -454,6 +454,14 @@ use crate::cluster::{Cluster, Route};
 use crate::routing::{Deferred, MODE_NATIVE, error_reply};
 
 /// Keys whose partitions a request writes (for the write quorum).
+/// Reads whose reply a quorum read compares across owners (see `cluster::repair`).
+fn is_read(op: Op) -> bool {
+    matches!(
+        op,
+        Op::Get | Op::Attrs | Op::ReadAt | Op::History | Op::Subkeys | Op::CounterGet
+    )
+}
+
 fn written_partitions(a: &Args<'_>) -> Vec<usize> {
     let mut p: Vec<usize> = a
         .key
@@ -488,7 +496,8 @@ fn dispatch(
         Ok(a) => a,
         Err(_) => return exec(shared, header.code, id, body, out),
     };
-    if matches!(op, Op::Cluster | Op::Replicate | Op::Forward) && !c.authorized(a.pass) {
+    if matches!(op, Op::Cluster | Op::Replicate | Op::Forward | Op::Check) && !c.authorized(a.pass)
+    {
         shared.metrics.protocol_errors.fetch_add(1, Relaxed);
         tracing::warn!(op = %op, "refused a cluster request without the cluster credential");
         wire::write_error(
@@ -538,6 +547,25 @@ fn dispatch(
                     false
                 }
             }
+        }
+        Op::Check => {
+            shared.metrics.cmd(Cmd::Other);
+            let Some(v) = a.value else {
+                wire::write_error(out, Status::BadRequest, id, "Check needs a Value");
+                return false;
+            };
+            match crate::cluster::repair::answer(c, v) {
+                Ok((versions, newer)) => {
+                    let s = wire::begin_response(out, Status::Ok, id);
+                    wire::put(out, Tag::Value, &versions);
+                    if let Some(b) = &newer {
+                        wire::put(out, Tag::Value, b);
+                    }
+                    wire::finish_response(out, s);
+                }
+                Err(e) => wire::write_error(out, Status::BadRequest, id, &e),
+            }
+            false
         }
         Op::Forward if !local_only && (c.in_takeover() || c.catching_up()) => {
             // This node is collecting what the other owners hold (a takeover, or catching up
@@ -623,8 +651,25 @@ fn dispatch(
                     }
                     let after = shared.store.last_seq();
                     // Level: 1 one (answer at once; replicas follow), 3 all owners, else the
-                    // cluster's write quorum.
+                    // cluster's write (or read) quorum.
                     let level = a.level.unwrap_or(0);
+                    if after == before
+                        && is_read(op)
+                        && crate::routing::read_checks_on()
+                        && crate::cluster::repair::wanted(c, level)
+                    {
+                        deferred.push(Deferred::ReadCheck {
+                            at,
+                            len: out.len() - at,
+                            key: key.to_vec(),
+                            version: shared.store.record_version(key).unwrap_or_default(),
+                            all: level == 3,
+                            mode: MODE_NATIVE,
+                            rerun: frame.to_vec(),
+                            strip_end: false,
+                            error: error_reply(MODE_NATIVE, frame, "read quorum not reached"),
+                        });
+                    }
                     if after > before && level != 1 {
                         deferred.push(Deferred::Quorum {
                             at,

@@ -77,6 +77,46 @@ pub(crate) enum Deferred {
     /// Run the native `frame` once this node's takeover sync is done (see
     /// `Cluster::begin_takeover`) and insert its reply at `at`.
     Later { at: usize, frame: Vec<u8> },
+    /// Keep `out[at..at + len]` (the reply of a local read of `key`, which found `version`)
+    /// if the read quorum's other owners have nothing newer (see `cluster::repair`); if one
+    /// had, run `rerun` (in `mode`) again and put its reply there; if too few answered, put
+    /// `error` there.
+    ReadCheck {
+        at: usize,
+        len: usize,
+        key: Vec<u8>,
+        version: k2hdkc_storage::Version,
+        all: bool,
+        mode: u8,
+        rerun: Vec<u8>,
+        strip_end: bool,
+        error: Vec<u8>,
+    },
+}
+
+thread_local! {
+    /// Off while a read that a quorum check found stale runs again (it must not check again).
+    static READ_CHECKS: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
+/// Whether local reads should record a [`Deferred::ReadCheck`] now.
+pub(crate) fn read_checks_on() -> bool {
+    READ_CHECKS.with(std::cell::Cell::get)
+}
+
+/// Run `bytes` (one request in `mode`) against this node's store only, without read checks.
+fn rerun_local(shared: &Arc<Shared>, mode: u8, bytes: &[u8]) -> (Vec<u8>, Vec<Deferred>) {
+    let m = match mode {
+        MODE_TEXT => crate::memcached::Mode::Text,
+        MODE_BINARY => crate::memcached::Mode::Binary,
+        _ => crate::memcached::Mode::Native,
+    };
+    let limits = crate::memcached::limits_of(shared);
+    let mut o = Vec::new();
+    READ_CHECKS.with(|c| c.set(false));
+    let b = crate::memcached::process(shared, m, &limits, bytes, &mut o, true);
+    READ_CHECKS.with(|c| c.set(true));
+    (o, b.deferred)
 }
 
 impl Deferred {
@@ -87,6 +127,7 @@ impl Deferred {
             | Deferred::Control { at, .. }
             | Deferred::Nested { at, .. }
             | Deferred::Later { at, .. }
+            | Deferred::ReadCheck { at, .. }
             | Deferred::Scan { at, .. } => *at,
             Deferred::Broadcast { .. } => usize::MAX,
         }
@@ -225,6 +266,10 @@ pub(crate) struct Piece {
     error: Vec<u8>,
 }
 
+/// A checked read's edit index, and how to run it again or fail it: (edit, mode, request
+/// bytes, strip a trailing `END`, error reply).
+type Rerun = (usize, u8, Vec<u8>, bool, Vec<u8>);
+
 type Boxed<'a> = Pin<Box<dyn Future<Output = Vec<u8>> + Send + 'a>>;
 
 /// Run every deferred item and splice the results into `out`.
@@ -269,6 +314,8 @@ pub(crate) fn resolve<'a>(
         let mut edits: Vec<(usize, usize, Option<Vec<u8>>)> = Vec::new();
         let mut forwards: std::collections::BTreeMap<String, (Arc<Peer>, Vec<Piece>)> =
             Default::default();
+        let mut checks: Vec<Rerun> = Vec::new();
+        let mut reads: Vec<crate::cluster::repair::Read> = Vec::new();
         for (k, d) in pending.into_iter().enumerate() {
             let c = cluster.clone();
             let sh = shared.clone();
@@ -368,6 +415,22 @@ pub(crate) fn resolve<'a>(
                         (k, Some(o))
                     });
                 }
+                Deferred::ReadCheck {
+                    at,
+                    len,
+                    key,
+                    version,
+                    all,
+                    mode,
+                    rerun,
+                    strip_end,
+                    error,
+                } => {
+                    // All checks of the batch go out together below.
+                    edits.push((at, len, None));
+                    checks.push((k, mode, rerun, strip_end, error));
+                    reads.push(crate::cluster::repair::Read { key, version, all });
+                }
                 Deferred::Later { at, frame } => {
                     edits.push((at, 0, None));
                     set.spawn(async move {
@@ -409,9 +472,34 @@ pub(crate) fn resolve<'a>(
             let c = cluster.clone();
             piped.spawn(async move { forward_all(&c, &peer, pieces).await });
         }
+        let checked = (!reads.is_empty()).then(|| {
+            let c = cluster.clone();
+            tokio::spawn(async move { crate::cluster::repair::check(&c, &reads).await })
+        });
         while let Some(r) = set.join_next().await {
             if let Ok((k, r)) = r {
                 edits[k].2 = r;
+            }
+        }
+        if let Some(h) = checked {
+            let verdicts = h.await.unwrap_or_default();
+            for (i, (k, mode, rerun, strip_end, error)) in checks.into_iter().enumerate() {
+                match verdicts.get(i) {
+                    Some(crate::cluster::repair::Verdict::Current) => {}
+                    Some(crate::cluster::repair::Verdict::Stale) => {
+                        let (o, more) = rerun_local(shared, mode, &rerun);
+                        let mut o = resolve(shared, o, more).await;
+                        if strip_end && o.ends_with(b"END\r\n") {
+                            o.truncate(o.len() - 5);
+                        }
+                        edits[k].2 = Some(o);
+                    }
+                    Some(crate::cluster::repair::Verdict::Failed(e)) => {
+                        tracing::debug!(error = %e, "read quorum failed");
+                        edits[k].2 = Some(error);
+                    }
+                    None => edits[k].2 = Some(error),
+                }
             }
         }
         let mut retries = Vec::new();

@@ -143,6 +143,11 @@ code_enum! {
         /// bytes (one text or meta request with its data block, or one binary packet).
         /// Reply: `Value` = the reply bytes, exactly as the owner answered.
         Forward = 0x82,
+        /// A quorum read's version check between nodes: `Value` = the keys and the sender's
+        /// versions of them (format-versioned; see the node's `cluster::repair`). Reply:
+        /// `Value` = this node's versions of those keys, then opt `Value` = a replication
+        /// batch of this node's records that are newer than the sender's.
+        Check = 0x83,
     }
 }
 

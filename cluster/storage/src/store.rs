@@ -1215,6 +1215,27 @@ impl Store {
         max
     }
 
+    /// The version of `key`'s record (live, expired or a tombstone), if there is one: what
+    /// replicas compare on a quorum read.
+    pub fn record_version(&self, key: &[u8]) -> Option<Version> {
+        self.inner.state.read(key, |r| r.map(|r| r.version()))
+    }
+
+    /// `key`'s record (tombstones included) as a change another store can import with
+    /// last-writer-wins: what read repair sends to a copy that is behind.
+    pub fn record_state(&self, key: &[u8]) -> Option<Change> {
+        let rec = self.inner.state.read(key, |r| {
+            r.map(|r| (r.version(), Record::from_bytes(r.as_bytes().into())))
+        })?;
+        let (version, rec) = rec;
+        Some(Change {
+            seq: 0,
+            version,
+            kind: ChangeKind::Import,
+            ops: vec![Op::Put(rec.ok()?)],
+        })
+    }
+
     /// Visit the state newer than `since`, shard by shard, as one change per record and per
     /// queue item (each under a short read lock).
     pub(crate) fn for_each_state(

@@ -18,6 +18,7 @@
 //! consensus), so a flapping network cannot reshuffle data.
 
 pub mod paxos;
+pub mod repair;
 pub mod replicate;
 
 use std::collections::HashMap;
@@ -70,6 +71,10 @@ pub struct ClusterStats {
     pub anti_entropy_repairs: AtomicU64,
     /// Bytes of replication batches received.
     pub received_bytes: AtomicU64,
+    /// Reads compared with other owners (quorum reads).
+    pub read_checks: AtomicU64,
+    /// Records repaired by quorum reads (imported here, or sent to an owner that was behind).
+    pub read_repairs: AtomicU64,
 }
 
 /// A peer node (by native address).
@@ -1119,6 +1124,8 @@ impl Cluster {
             "received_bytes": self.stats.received_bytes.load(Relaxed),
             "anti_entropy_rounds": self.stats.anti_entropy_rounds.load(Relaxed),
             "anti_entropy_repairs": self.stats.anti_entropy_repairs.load(Relaxed),
+            "read_checks": self.stats.read_checks.load(Relaxed),
+            "read_repairs": self.stats.read_repairs.load(Relaxed),
             "incarnation": self.incarnation,
             "streams": self.stream_positions(),
         })
@@ -1142,7 +1149,7 @@ impl Cluster {
         use std::fmt::Write as _;
         let mut o = String::new();
         let l = self.layout();
-        let gauges: [(&str, &str, &str, u64); 13] = [
+        let gauges: [(&str, &str, &str, u64); 15] = [
             (
                 "k2hdkc_cluster_layout_version",
                 "gauge",
@@ -1202,6 +1209,18 @@ impl Cluster {
                 "counter",
                 "Partitions whose copies differed and were resent.",
                 self.stats.anti_entropy_repairs.load(Relaxed),
+            ),
+            (
+                "k2hdkc_cluster_read_checks_total",
+                "counter",
+                "Reads compared with other owners' versions (read quorum).",
+                self.stats.read_checks.load(Relaxed),
+            ),
+            (
+                "k2hdkc_cluster_read_repairs_total",
+                "counter",
+                "Records repaired by quorum reads.",
+                self.stats.read_repairs.load(Relaxed),
             ),
             (
                 "k2hdkc_cluster_moving_partitions",
@@ -1288,6 +1307,7 @@ impl Cluster {
                 "operate": operate,
                 "partitions": partitions, "primaries": primaries,
                 "items": st.get("items").cloned().unwrap_or(Json::Null),
+                "catching_up": st.get("catching_up").cloned().unwrap_or(Json::Null),
                 "transfers": st.get("transfers").cloned().unwrap_or(Json::Null),
             }));
         }
