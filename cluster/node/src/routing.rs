@@ -198,7 +198,7 @@ async fn forward_all(
     cluster: &Arc<Cluster>,
     peer: &Peer,
     pieces: Vec<Piece>,
-) -> Vec<(usize, Result<Vec<u8>, Piece>)> {
+) -> Vec<(Slot, Result<Vec<u8>, Piece>)> {
     cluster
         .stats
         .forwarded
@@ -258,7 +258,7 @@ async fn forward_all(
 
 /// One request forwarded to a peer.
 pub(crate) struct Piece {
-    k: usize,
+    k: Slot,
     partition: usize,
     mode: u8,
     bytes: Vec<u8>,
@@ -266,248 +266,300 @@ pub(crate) struct Piece {
     error: Vec<u8>,
 }
 
-/// A checked read's edit index, and how to run it again or fail it: (edit, mode, request
-/// bytes, strip a trailing `END`, error reply).
-type Rerun = (usize, u8, Vec<u8>, bool, Vec<u8>);
+/// Where a deferred item's result goes: (piece, edit) in [`resolve_many`].
+type Slot = (usize, usize);
+
+/// A checked read's slot, and how to run it again or fail it: (slot, mode, request bytes,
+/// strip a trailing `END`, error reply).
+type Rerun = (Slot, u8, Vec<u8>, bool, Vec<u8>);
 
 type Boxed<'a> = Pin<Box<dyn Future<Output = Vec<u8>> + Send + 'a>>;
+type BoxedMany<'a> = Pin<Box<dyn Future<Output = Vec<Vec<u8>>> + Send + 'a>>;
 
 /// Run every deferred item and splice the results into `out`.
 pub(crate) fn resolve<'a>(
     shared: &'a Arc<Shared>,
     out: Vec<u8>,
-    mut pending: Vec<Deferred>,
+    pending: Vec<Deferred>,
 ) -> Boxed<'a> {
     Box::pin(async move {
-        let Some(cluster) = shared.cluster.clone() else {
+        if pending.is_empty() || shared.cluster.is_none() {
             return out;
+        }
+        resolve_many(shared, vec![(out, pending)])
+            .await
+            .pop()
+            .unwrap_or_default()
+    })
+}
+
+/// Resolve several replies at once (a connection batch, or every request a peer forwarded in
+/// one batch): their waits are shared — one write-quorum wait for all local writes (they
+/// are answered together anyway), one version check per owner for all quorum reads, one
+/// pipeline per peer for all forwards — then each reply is spliced on its own.
+fn resolve_many<'a>(
+    shared: &'a Arc<Shared>,
+    pieces: Vec<(Vec<u8>, Vec<Deferred>)>,
+) -> BoxedMany<'a> {
+    Box::pin(async move {
+        let Some(cluster) = shared.cluster.clone() else {
+            return pieces.into_iter().map(|(o, _)| o).collect();
         };
-        if pending
-            .iter()
-            .any(|d| matches!(d, Deferred::Quorum { .. } | Deferred::Nested { .. }))
-        {
-            cluster.written.notify_waiters();
-        }
-        // The common case of one local write: wait inline, without a task.
-        if pending.len() == 1 && matches!(pending[0], Deferred::Quorum { .. }) {
-            let Some(Deferred::Quorum {
-                at,
-                len,
-                seq,
-                partitions,
-                all,
-                error,
-            }) = pending.pop()
-            else {
-                unreachable!("checked above")
-            };
-            if cluster.wait_quorum(seq, &partitions, all).await.is_ok() {
-                return out;
-            }
-            let mut res = out[..at].to_vec();
-            res.extend_from_slice(&error);
-            res.extend_from_slice(&out[at + len..]);
-            return res;
-        }
-        pending.sort_by_key(Deferred::at);
+        let mut outs = Vec::with_capacity(pieces.len());
+        let mut edits: Vec<Vec<(usize, usize, Option<Vec<u8>>)>> = Vec::with_capacity(pieces.len());
         let mut set = tokio::task::JoinSet::new();
-        let mut edits: Vec<(usize, usize, Option<Vec<u8>>)> = Vec::new();
         let mut forwards: std::collections::BTreeMap<String, (Arc<Peer>, Vec<Piece>)> =
             Default::default();
         let mut checks: Vec<Rerun> = Vec::new();
         let mut reads: Vec<crate::cluster::repair::Read> = Vec::new();
-        for (k, d) in pending.into_iter().enumerate() {
-            let c = cluster.clone();
-            let sh = shared.clone();
-            match d {
-                Deferred::Quorum {
-                    at,
-                    len,
-                    seq,
-                    partitions,
-                    all,
-                    error,
-                } => {
-                    edits.push((at, len, None));
-                    set.spawn(async move {
-                        match c.wait_quorum(seq, &partitions, all).await {
-                            Ok(()) => (k, None),
-                            Err(e) => {
-                                tracing::debug!(error = %e, "write quorum failed");
-                                (k, Some(error))
-                            }
-                        }
-                    });
-                }
-                Deferred::Forward {
-                    at,
-                    peer,
-                    partition,
-                    mode,
-                    bytes,
-                    strip_end,
-                    error,
-                } => {
-                    // Grouped per peer below: one pipeline keeps their order.
-                    edits.push((at, 0, None));
-                    let e = forwards
-                        .entry(peer.addr.clone())
-                        .or_insert_with(|| (peer, Vec::new()));
-                    e.1.push(Piece {
-                        k,
+        // (slot, error) of every local write, and the wait they share.
+        let mut quorum_slots: Vec<(Slot, u64, Vec<usize>, bool, Vec<u8>)> = Vec::new();
+        let mut nested: Vec<(Slot, u32, Vec<u8>, Vec<Deferred>)> = Vec::new();
+        let mut wrote = false;
+        for (pi, (out, mut pending)) in pieces.into_iter().enumerate() {
+            pending.sort_by_key(Deferred::at);
+            let mut e = Vec::with_capacity(pending.len());
+            for (ei, d) in pending.into_iter().enumerate() {
+                let slot = (pi, ei);
+                let c = cluster.clone();
+                match d {
+                    Deferred::Quorum {
+                        at,
+                        len,
+                        seq,
+                        partitions,
+                        all,
+                        error,
+                    } => {
+                        wrote = true;
+                        e.push((at, len, None));
+                        quorum_slots.push((slot, seq, partitions, all, error));
+                    }
+                    Deferred::Forward {
+                        at,
+                        peer,
                         partition,
                         mode,
                         bytes,
                         strip_end,
                         error,
-                    });
-                }
-                Deferred::Control { at, id, request } => {
-                    edits.push((at, 0, None));
-                    set.spawn(async move {
-                        let j = c.control(&request).await;
-                        let mut o = Vec::new();
-                        let s = wire::begin_response(&mut o, Status::Ok, id);
-                        wire::put(&mut o, Tag::Message, j.to_string().as_bytes());
-                        wire::finish_response(&mut o, s);
-                        (k, Some(o))
-                    });
-                }
-                Deferred::Nested {
-                    at,
-                    id,
-                    inner,
-                    pending,
-                } => {
-                    edits.push((at, 0, None));
-                    set.spawn(async move {
-                        let inner = resolve(&sh, inner, pending).await;
-                        let mut o = Vec::new();
-                        let s = wire::begin_response(&mut o, Status::Ok, id);
-                        wire::put(&mut o, Tag::Value, &inner);
-                        wire::finish_response(&mut o, s);
-                        (k, Some(o))
-                    });
-                }
-                Deferred::Scan {
-                    at,
-                    id,
-                    prefix,
-                    after,
-                    limit,
-                } => {
-                    edits.push((at, 0, None));
-                    set.spawn(async move {
-                        let mut o = Vec::new();
-                        match c.scan_all(&prefix, after.as_deref(), limit).await {
-                            Ok((keys, next)) => {
-                                let s = wire::begin_response(&mut o, Status::Ok, id);
-                                for k in &keys {
-                                    wire::put(&mut o, Tag::Key, k);
+                    } => {
+                        // Grouped per peer below: one pipeline keeps their order.
+                        e.push((at, 0, None));
+                        let f = forwards
+                            .entry(peer.addr.clone())
+                            .or_insert_with(|| (peer, Vec::new()));
+                        f.1.push(Piece {
+                            k: slot,
+                            partition,
+                            mode,
+                            bytes,
+                            strip_end,
+                            error,
+                        });
+                    }
+                    Deferred::Control { at, id, request } => {
+                        e.push((at, 0, None));
+                        set.spawn(async move {
+                            let j = c.control(&request).await;
+                            let mut o = Vec::new();
+                            let s = wire::begin_response(&mut o, Status::Ok, id);
+                            wire::put(&mut o, Tag::Message, j.to_string().as_bytes());
+                            wire::finish_response(&mut o, s);
+                            (slot, Some(o))
+                        });
+                    }
+                    Deferred::Nested {
+                        at,
+                        id,
+                        inner,
+                        pending,
+                    } => {
+                        wrote = true;
+                        e.push((at, 0, None));
+                        nested.push((slot, id, inner, pending));
+                    }
+                    Deferred::Scan {
+                        at,
+                        id,
+                        prefix,
+                        after,
+                        limit,
+                    } => {
+                        e.push((at, 0, None));
+                        set.spawn(async move {
+                            let mut o = Vec::new();
+                            match c.scan_all(&prefix, after.as_deref(), limit).await {
+                                Ok((keys, next)) => {
+                                    let s = wire::begin_response(&mut o, Status::Ok, id);
+                                    for k in &keys {
+                                        wire::put(&mut o, Tag::Key, k);
+                                    }
+                                    if let Some(n) = &next {
+                                        wire::put(&mut o, Tag::Next, n);
+                                    }
+                                    wire::finish_response(&mut o, s);
                                 }
-                                if let Some(n) = &next {
-                                    wire::put(&mut o, Tag::Next, n);
+                                Err(e) => wire::write_error(&mut o, Status::Unavailable, id, &e),
+                            }
+                            (slot, Some(o))
+                        });
+                    }
+                    Deferred::ReadCheck {
+                        at,
+                        len,
+                        key,
+                        version,
+                        all,
+                        mode,
+                        rerun,
+                        strip_end,
+                        error,
+                    } => {
+                        // All checks go out together below.
+                        e.push((at, len, None));
+                        checks.push((slot, mode, rerun, strip_end, error));
+                        reads.push(crate::cluster::repair::Read { key, version, all });
+                    }
+                    Deferred::Later { at, frame } => {
+                        e.push((at, 0, None));
+                        let sh = shared.clone();
+                        set.spawn(async move {
+                            c.wait_takeover().await;
+                            if c.in_takeover() || c.catching_up() {
+                                // Still not ready (cut off from the majority, say): the
+                                // sender's own timeout has passed by now; say so instead of
+                                // waiting again.
+                                let msg = "this node is catching up and cannot run requests yet";
+                                return (slot, Some(error_reply(MODE_NATIVE, &frame, msg)));
+                            }
+                            let mut inner = Vec::new();
+                            let batch = crate::native::process(&sh, &frame, &mut inner, false);
+                            (slot, Some(resolve(&sh, inner, batch.deferred).await))
+                        });
+                    }
+                    Deferred::Broadcast { mode, bytes } => {
+                        e.push((usize::MAX, 0, None));
+                        let l = c.layout();
+                        let addrs: Vec<String> = l
+                            .nodes
+                            .iter()
+                            .map(|n| n.addr.clone())
+                            .filter(|a| *a != c.addr)
+                            .collect();
+                        set.spawn(async move {
+                            for a in addrs {
+                                let p = c.peer(&a);
+                                if let Err(e) = forward(&c, &p, mode, &bytes).await {
+                                    tracing::warn!(peer = %a, error = %e, "broadcast failed");
                                 }
-                                wire::finish_response(&mut o, s);
                             }
-                            Err(e) => wire::write_error(&mut o, Status::Unavailable, id, &e),
-                        }
-                        (k, Some(o))
-                    });
-                }
-                Deferred::ReadCheck {
-                    at,
-                    len,
-                    key,
-                    version,
-                    all,
-                    mode,
-                    rerun,
-                    strip_end,
-                    error,
-                } => {
-                    // All checks of the batch go out together below.
-                    edits.push((at, len, None));
-                    checks.push((k, mode, rerun, strip_end, error));
-                    reads.push(crate::cluster::repair::Read { key, version, all });
-                }
-                Deferred::Later { at, frame } => {
-                    edits.push((at, 0, None));
-                    set.spawn(async move {
-                        c.wait_takeover().await;
-                        if c.in_takeover() || c.catching_up() {
-                            // Still not ready (cut off from the majority, say): the sender's
-                            // own timeout has passed by now; say so instead of waiting again.
-                            let msg = "this node is catching up and cannot run requests yet";
-                            return (k, Some(error_reply(MODE_NATIVE, &frame, msg)));
-                        }
-                        let mut inner = Vec::new();
-                        let batch = crate::native::process(&sh, &frame, &mut inner, false);
-                        (k, Some(resolve(&sh, inner, batch.deferred).await))
-                    });
-                }
-                Deferred::Broadcast { mode, bytes } => {
-                    edits.push((usize::MAX, 0, None));
-                    let l = c.layout();
-                    let addrs: Vec<String> = l
-                        .nodes
-                        .iter()
-                        .map(|n| n.addr.clone())
-                        .filter(|a| *a != c.addr)
-                        .collect();
-                    set.spawn(async move {
-                        for a in addrs {
-                            let p = c.peer(&a);
-                            if let Err(e) = forward(&c, &p, mode, &bytes).await {
-                                tracing::warn!(peer = %a, error = %e, "broadcast failed");
-                            }
-                        }
-                        (k, None)
-                    });
+                            (slot, None)
+                        });
+                    }
                 }
             }
+            outs.push(out);
+            edits.push(e);
+        }
+        if wrote {
+            cluster.written.notify_waiters();
         }
         let mut piped = tokio::task::JoinSet::new();
         for (_, (peer, pieces)) in forwards {
             let c = cluster.clone();
             piped.spawn(async move { forward_all(&c, &peer, pieces).await });
         }
-        let checked = (!reads.is_empty()).then(|| {
-            let c = cluster.clone();
-            tokio::spawn(async move { crate::cluster::repair::check(&c, &reads).await })
-        });
-        while let Some(r) = set.join_next().await {
-            if let Ok((k, r)) = r {
-                edits[k].2 = r;
+        // The shared waits run together, here (no task each).
+        let quorum = async {
+            if quorum_slots.is_empty() {
+                return Vec::new();
             }
-        }
-        if let Some(h) = checked {
-            let verdicts = h.await.unwrap_or_default();
-            for (i, (k, mode, rerun, strip_end, error)) in checks.into_iter().enumerate() {
-                match verdicts.get(i) {
-                    Some(crate::cluster::repair::Verdict::Current) => {}
-                    Some(crate::cluster::repair::Verdict::Stale) => {
-                        let (o, more) = rerun_local(shared, mode, &rerun);
-                        let mut o = resolve(shared, o, more).await;
-                        if strip_end && o.ends_with(b"END\r\n") {
-                            o.truncate(o.len() - 5);
-                        }
-                        edits[k].2 = Some(o);
-                    }
-                    Some(crate::cluster::repair::Verdict::Failed(e)) => {
-                        tracing::debug!(error = %e, "read quorum failed");
-                        edits[k].2 = Some(error);
-                    }
-                    None => edits[k].2 = Some(error),
+            let seq = quorum_slots.iter().map(|q| q.1).max().unwrap_or(0);
+            let mut parts: Vec<usize> = quorum_slots
+                .iter()
+                .flat_map(|q| q.2.iter().copied())
+                .collect();
+            parts.sort_unstable();
+            parts.dedup();
+            let all = quorum_slots.iter().any(|q| q.3);
+            match cluster.wait_quorum(seq, &parts, all).await {
+                Ok(()) => Vec::new(),
+                // Some missed it: tell which, each by its own position and partitions.
+                Err(e) => {
+                    tracing::debug!(error = %e, "write quorum failed");
+                    quorum_slots
+                        .iter()
+                        .filter(|q| !cluster.quorum_met(q.1, &q.2, q.3))
+                        .map(|q| (q.0, q.4.clone()))
+                        .collect()
                 }
             }
+        };
+        let inner = async {
+            if nested.is_empty() {
+                return Vec::new();
+            }
+            let (meta, inners): (Vec<(Slot, u32)>, Vec<(Vec<u8>, Vec<Deferred>)>) = nested
+                .into_iter()
+                .map(|(slot, id, inner, pending)| ((slot, id), (inner, pending)))
+                .unzip();
+            let replies = resolve_many(shared, inners).await;
+            meta.into_iter()
+                .zip(replies)
+                .map(|((slot, id), inner)| {
+                    let mut o = Vec::with_capacity(inner.len() + 16);
+                    let s = wire::begin_response(&mut o, Status::Ok, id);
+                    wire::put(&mut o, Tag::Value, &inner);
+                    wire::finish_response(&mut o, s);
+                    (slot, o)
+                })
+                .collect()
+        };
+        let checked = async {
+            if reads.is_empty() {
+                Vec::new()
+            } else {
+                crate::cluster::repair::check(&cluster, &reads).await
+            }
+        };
+        let (failed_writes, wrapped, verdicts) = tokio::join!(quorum, inner, checked);
+        for (slot, error) in failed_writes {
+            edits[slot.0][slot.1].2 = Some(error);
+        }
+        for (slot, o) in wrapped {
+            edits[slot.0][slot.1].2 = Some(o);
+        }
+        while let Some(r) = set.join_next().await {
+            if let Ok((slot, r)) = r {
+                edits[slot.0][slot.1].2 = r;
+            }
+        }
+        for (i, (slot, mode, rerun, strip_end, error)) in checks.into_iter().enumerate() {
+            let r = match verdicts.get(i) {
+                Some(crate::cluster::repair::Verdict::Current) => continue,
+                Some(crate::cluster::repair::Verdict::Stale) => {
+                    let (o, more) = rerun_local(shared, mode, &rerun);
+                    let mut o = resolve(shared, o, more).await;
+                    if strip_end && o.ends_with(b"END\r\n") {
+                        o.truncate(o.len() - 5);
+                    }
+                    o
+                }
+                Some(crate::cluster::repair::Verdict::Failed(e)) => {
+                    tracing::debug!(error = %e, "read quorum failed");
+                    error
+                }
+                None => error,
+            };
+            edits[slot.0][slot.1].2 = Some(r);
         }
         let mut retries = Vec::new();
         while let Some(r) = piped.join_next().await {
             if let Ok(results) = r {
-                for (k, r) in results {
+                for (slot, r) in results {
                     match r {
-                        Ok(bytes) => edits[k].2 = Some(bytes),
+                        Ok(bytes) => edits[slot.0][slot.1].2 = Some(bytes),
                         Err(piece) => retries.push(piece),
                     }
                 }
@@ -516,7 +568,7 @@ pub(crate) fn resolve<'a>(
         // The peer refused the connection, so it ran none of them: route them again (the
         // next owner, or here) once.
         for piece in retries {
-            let k = piece.k;
+            let slot = piece.k;
             let mut route = cluster.route_partition(&cluster.layout(), piece.partition);
             if matches!(route, Route::Local) && cluster.in_takeover() {
                 // Collect first; then the partition may have a leader elsewhere again.
@@ -550,22 +602,30 @@ pub(crate) fn resolve<'a>(
                 }
                 Route::Unavailable(_) => piece.error,
             };
-            edits[k].2 = Some(r);
+            edits[slot.0][slot.1].2 = Some(r);
         }
-        let mut res = Vec::with_capacity(out.len() + 256);
-        let mut pos = 0;
-        for (at, len, insert) in edits {
-            if at == usize::MAX {
-                continue;
-            }
-            res.extend_from_slice(&out[pos..at]);
-            match insert {
-                Some(bytes) => res.extend_from_slice(&bytes),
-                None => res.extend_from_slice(&out[at..at + len]),
-            }
-            pos = at + len;
-        }
-        res.extend_from_slice(&out[pos..]);
-        res
+        outs.into_iter()
+            .zip(edits)
+            .map(|(out, edits)| splice(&out, edits))
+            .collect()
     })
+}
+
+/// `out` with each edit's range replaced by its result (kept where it has none).
+fn splice(out: &[u8], edits: Vec<(usize, usize, Option<Vec<u8>>)>) -> Vec<u8> {
+    let mut res = Vec::with_capacity(out.len() + 256);
+    let mut pos = 0;
+    for (at, len, insert) in edits {
+        if at == usize::MAX {
+            continue;
+        }
+        res.extend_from_slice(&out[pos..at]);
+        match insert {
+            Some(bytes) => res.extend_from_slice(&bytes),
+            None => res.extend_from_slice(&out[at..at + len]),
+        }
+        pos = at + len;
+    }
+    res.extend_from_slice(&out[pos..]);
+    res
 }

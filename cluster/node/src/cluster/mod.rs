@@ -909,29 +909,7 @@ impl Cluster {
             let notified = self.acked.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let l = self.layout();
-            let w = l.effective_write_quorum();
-            let mut short = None;
-            for &p in partitions {
-                let set = l.owners_of_partition(p).write_set();
-                let mut acks = 0usize;
-                for &i in &set {
-                    let n = l.node(i);
-                    if n.addr == self.addr || self.peer(&n.addr).acked.load(SeqCst) >= seq {
-                        acks += 1;
-                    }
-                }
-                let need = if all {
-                    set.len().max(1)
-                } else {
-                    w.min(set.len().max(1))
-                };
-                if acks < need {
-                    short = Some((p, acks, need));
-                    break;
-                }
-            }
-            let Some((p, acks, w)) = short else {
+            let Some((p, acks, w)) = self.quorum_short(seq, partitions, all) else {
                 return Ok(());
             };
             if self.stopping() || tokio::time::Instant::now() >= deadline {
@@ -942,6 +920,48 @@ impl Cluster {
             }
             let _ = tokio::time::timeout_at(deadline, notified).await;
         }
+    }
+
+    /// Whether the changes up to `seq` reached the write quorum (every owner with `all`) of
+    /// every one of `partitions` now.
+    pub fn quorum_met(&self, seq: u64, partitions: &[usize], all: bool) -> bool {
+        self.quorum_short(seq, partitions, all).is_none()
+    }
+
+    /// The first of `partitions` whose owners hold fewer than the quorum of the changes up
+    /// to `seq`: (partition, copies, copies needed).
+    fn quorum_short(
+        &self,
+        seq: u64,
+        partitions: &[usize],
+        all: bool,
+    ) -> Option<(usize, usize, usize)> {
+        let l = self.layout();
+        let w = l.effective_write_quorum();
+        // Whether each node holds `seq`, looked up once per node rather than per partition.
+        let mut holds: Vec<Option<bool>> = vec![None; l.nodes.len()];
+        for &p in partitions {
+            let set = l.owners_of_partition(p).write_set();
+            let mut acks = 0usize;
+            for &i in &set {
+                let h = *holds[i as usize].get_or_insert_with(|| {
+                    let n = l.node(i);
+                    n.addr == self.addr || self.peer(&n.addr).acked.load(SeqCst) >= seq
+                });
+                if h {
+                    acks += 1;
+                }
+            }
+            let need = if all {
+                set.len().max(1)
+            } else {
+                w.min(set.len().max(1))
+            };
+            if acks < need {
+                return Some((p, acks, need));
+            }
+        }
+        None
     }
 
     /// Run a cluster control request (the JSON of an `Op::Cluster` frame).
