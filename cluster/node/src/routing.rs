@@ -273,6 +273,13 @@ type Slot = (usize, usize);
 /// strip a trailing `END`, error reply).
 type Rerun = (Slot, u8, Vec<u8>, bool, Vec<u8>);
 
+/// An edit of a reply: (position, length, what replaces it; `None` keeps it).
+type Edit = (usize, usize, Option<Vec<u8>>);
+/// A reply with the items it waits for.
+type Pending = (Vec<u8>, Vec<Deferred>);
+/// A local write waiting for its quorum: (slot, feed position, partitions, all owners, error).
+type QuorumWait = (Slot, u64, Vec<usize>, bool, Vec<u8>);
+
 type Boxed<'a> = Pin<Box<dyn Future<Output = Vec<u8>> + Send + 'a>>;
 type BoxedMany<'a> = Pin<Box<dyn Future<Output = Vec<Vec<u8>>> + Send + 'a>>;
 
@@ -306,14 +313,14 @@ fn resolve_many<'a>(
             return pieces.into_iter().map(|(o, _)| o).collect();
         };
         let mut outs = Vec::with_capacity(pieces.len());
-        let mut edits: Vec<Vec<(usize, usize, Option<Vec<u8>>)>> = Vec::with_capacity(pieces.len());
+        let mut edits: Vec<Vec<Edit>> = Vec::with_capacity(pieces.len());
         let mut set = tokio::task::JoinSet::new();
         let mut forwards: std::collections::BTreeMap<String, (Arc<Peer>, Vec<Piece>)> =
             Default::default();
         let mut checks: Vec<Rerun> = Vec::new();
         let mut reads: Vec<crate::cluster::repair::Read> = Vec::new();
         // (slot, error) of every local write, and the wait they share.
-        let mut quorum_slots: Vec<(Slot, u64, Vec<usize>, bool, Vec<u8>)> = Vec::new();
+        let mut quorum_slots: Vec<QuorumWait> = Vec::new();
         let mut nested: Vec<(Slot, u32, Vec<u8>, Vec<Deferred>)> = Vec::new();
         let mut wrote = false;
         for (pi, (out, mut pending)) in pieces.into_iter().enumerate() {
@@ -500,7 +507,7 @@ fn resolve_many<'a>(
             if nested.is_empty() {
                 return Vec::new();
             }
-            let (meta, inners): (Vec<(Slot, u32)>, Vec<(Vec<u8>, Vec<Deferred>)>) = nested
+            let (meta, inners): (Vec<(Slot, u32)>, Vec<Pending>) = nested
                 .into_iter()
                 .map(|(slot, id, inner, pending)| ((slot, id), (inner, pending)))
                 .unzip();
@@ -612,7 +619,7 @@ fn resolve_many<'a>(
 }
 
 /// `out` with each edit's range replaced by its result (kept where it has none).
-fn splice(out: &[u8], edits: Vec<(usize, usize, Option<Vec<u8>>)>) -> Vec<u8> {
+fn splice(out: &[u8], edits: Vec<Edit>) -> Vec<u8> {
     let mut res = Vec::with_capacity(out.len() + 256);
     let mut pos = 0;
     for (at, len, insert) in edits {
