@@ -15,12 +15,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use k2hdkc_proto::native::{self as wire, FrameParse, HEADER_LEN, MAGIC_RESPONSE, Reply};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::ClientError;
 
-type Waiter = (u32, oneshot::Sender<Result<Reply, ClientError>>);
+/// A request's id, where its reply goes, and when it was queued.
+type Waiter = (
+    u32,
+    oneshot::Sender<Result<Reply, ClientError>>,
+    tokio::time::Instant,
+);
 
 /// Frames to send and their waiters, in order.
 pub(crate) struct Batch {
@@ -37,7 +41,7 @@ impl Shared {
     fn fail_all(&self, e: &ClientError) {
         self.dead.store(true, Ordering::SeqCst);
         let waiters: Vec<_> = self.pending.lock().drain(..).collect();
-        for (_, tx) in waiters {
+        for (_, tx, _) in waiters {
             let _ = tx.send(Err(e.clone()));
         }
     }
@@ -47,6 +51,15 @@ impl Shared {
 pub(crate) struct Conn {
     tx: mpsc::UnboundedSender<Batch>,
     shared: Arc<Shared>,
+    tasks: [tokio::task::AbortHandle; 2],
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // The writer ends on its own once every sender is gone; the reader may wait on a
+        // silent socket forever.
+        self.tasks[1].abort();
+    }
 }
 
 impl Conn {
@@ -54,23 +67,21 @@ impl Conn {
         addr: SocketAddr,
         max_reply: usize,
         tls: Option<&crate::TlsConnector>,
+        net: &crate::Net,
     ) -> Result<Conn, ClientError> {
-        let sock = TcpStream::connect(addr)
-            .await
-            .map_err(|e| ClientError::Connect {
-                addr,
-                message: e.to_string(),
-            })?;
-        let _ = sock.set_nodelay(true);
+        let sock = net.connect(addr).await.map_err(|e| ClientError::Connect {
+            addr,
+            message: e.to_string(),
+        })?;
         let shared = Arc::new(Shared {
             pending: Mutex::new(VecDeque::new()),
             dead: AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::unbounded_channel();
-        match tls {
+        let tasks = match tls {
             None => {
-                let (rd, wr) = sock.into_split();
-                spawn_io(rd, wr, rx, &shared, max_reply);
+                let (rd, wr) = sock.split();
+                spawn_io(rd, wr, rx, &shared, max_reply)
             }
             Some(t) => {
                 let s = t
@@ -78,10 +89,31 @@ impl Conn {
                     .await
                     .map_err(|message| ClientError::Connect { addr, message })?;
                 let (rd, wr) = tokio::io::split(s);
-                spawn_io(rd, wr, rx, &shared, max_reply);
+                spawn_io(rd, wr, rx, &shared, max_reply)
             }
+        };
+        Ok(Conn { tx, shared, tasks })
+    }
+
+    /// Give up on this connection: a request on it got no reply in time, and replies come
+    /// in order, so nothing queued behind it will be answered either (a peer that stopped,
+    /// or a link that silently drops). Every waiter gets `e`, the socket is closed, and the
+    /// pool opens a new connection for the next request.
+    pub fn kill(&self, e: &ClientError) {
+        self.shared.fail_all(e);
+        for t in &self.tasks {
+            t.abort();
         }
-        Ok(Conn { tx, shared })
+    }
+
+    /// Whether the oldest request still waiting was sent longer than `limit` ago: its
+    /// caller may have stopped waiting (its own timeout), but the connection is stuck.
+    pub fn stuck(&self, limit: std::time::Duration) -> bool {
+        self.shared
+            .pending
+            .lock()
+            .front()
+            .is_some_and(|w| w.2.elapsed() > limit)
     }
 
     pub fn is_dead(&self) -> bool {
@@ -103,12 +135,15 @@ fn spawn_io<R, W>(
     rx: mpsc::UnboundedReceiver<Batch>,
     shared: &Arc<Shared>,
     max_reply: usize,
-) where
+) -> [tokio::task::AbortHandle; 2]
+where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    tokio::spawn(writer(wr, rx, shared.clone()));
-    tokio::spawn(reader(rd, shared.clone(), max_reply));
+    [
+        tokio::spawn(writer(wr, rx, shared.clone())).abort_handle(),
+        tokio::spawn(reader(rd, shared.clone(), max_reply)).abort_handle(),
+    ]
 }
 
 async fn writer<W: AsyncWrite + Unpin>(
@@ -163,7 +198,7 @@ async fn reader<R: AsyncRead + Unpin>(mut rd: R, shared: Arc<Shared>, max_reply:
                 FrameParse::Incomplete => break None,
                 FrameParse::Frame { header, body } => {
                     used += HEADER_LEN + body.len();
-                    let Some((id, tx)) = shared.pending.lock().pop_front() else {
+                    let Some((id, tx, _)) = shared.pending.lock().pop_front() else {
                         break Some(ClientError::Protocol(format!(
                             "reply {} without a request",
                             header.id

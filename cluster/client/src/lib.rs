@@ -33,6 +33,7 @@
 
 mod conn;
 pub mod tls;
+pub mod transport;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -44,6 +45,7 @@ use k2hdkc_proto::native::{self as wire};
 pub use k2hdkc_proto::native::{Args, Expiry, Op, Reply, Status};
 pub use tls::{TlsAcceptor, TlsConnector, TlsFiles};
 use tokio::sync::oneshot;
+pub use transport::{BoxStream, Listener, Net, Tcp, Transport};
 
 use conn::{Batch, Conn};
 
@@ -117,6 +119,8 @@ pub struct ClientConfig {
     pub max_reply_bytes: usize,
     /// TLS (mutual, with the cluster's CA), when the server requires it.
     pub tls: Option<TlsConnector>,
+    /// How connections are made (TCP unless a simulation says otherwise).
+    pub net: Net,
 }
 
 impl ClientConfig {
@@ -129,6 +133,7 @@ impl ClientConfig {
             request_timeout: Duration::from_secs(5),
             max_reply_bytes: 80 << 20,
             tls: None,
+            net: Net::default(),
         }
     }
 }
@@ -360,13 +365,19 @@ impl Client {
     async fn conn(&self) -> Result<Arc<Conn>, ClientError> {
         let i = self.inner.next_slot.fetch_add(1, Ordering::Relaxed) % self.inner.slots.len();
         let mut slot = self.inner.slots[i].lock().await;
-        if let Some(c) = slot.as_ref().filter(|c| !c.is_dead()) {
-            return Ok(c.clone());
-        }
         let cfg = &self.inner.cfg;
+        if let Some(c) = slot.as_ref() {
+            if c.stuck(cfg.request_timeout) {
+                // Replies come in order: nothing more will come on this one (a stopped
+                // peer, a link that drops silently). Start over on a new connection.
+                c.kill(&ClientError::Timeout(cfg.request_timeout));
+            } else if !c.is_dead() {
+                return Ok(c.clone());
+            }
+        }
         let c = tokio::time::timeout(
             cfg.connect_timeout,
-            Conn::connect(cfg.addr, cfg.max_reply_bytes, cfg.tls.as_ref()),
+            Conn::connect(cfg.addr, cfg.max_reply_bytes, cfg.tls.as_ref(), &cfg.net),
         )
         .await
         .map_err(|_| ClientError::Connect {
@@ -894,7 +905,7 @@ impl Pipeline<'_> {
         let mut waiters = Vec::with_capacity(self.ids.len());
         for id in self.ids {
             let (tx, rx) = oneshot::channel();
-            waiters.push((id, tx));
+            waiters.push((id, tx, tokio::time::Instant::now()));
             rxs.push(rx);
         }
         conn.send(Batch {
@@ -909,8 +920,10 @@ impl Pipeline<'_> {
             }
             out
         };
-        tokio::time::timeout(limit, all)
-            .await
-            .map_err(|_| ClientError::Timeout(limit))
+        tokio::time::timeout(limit, all).await.map_err(|_| {
+            let e = ClientError::Timeout(limit);
+            conn.kill(&e);
+            e
+        })
     }
 }

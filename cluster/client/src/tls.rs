@@ -8,6 +8,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use openssl::ssl::{
     SslAcceptor, SslConnector, SslContextBuilder, SslFiletype, SslMethod, SslVerifyMode, SslVersion,
@@ -116,10 +117,10 @@ impl TlsFiles {
 
 impl TlsConnector {
     /// Handshake over `sock`.
-    pub async fn connect(
+    pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
-        sock: tokio::net::TcpStream,
-    ) -> Result<tokio_openssl::SslStream<tokio::net::TcpStream>, String> {
+        sock: S,
+    ) -> Result<tokio_openssl::SslStream<S>, String> {
         let ssl = self
             .0
             .configure()
@@ -138,10 +139,10 @@ impl TlsConnector {
 
 impl TlsAcceptor {
     /// Handshake over an accepted `sock`.
-    pub async fn accept(
+    pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
-        sock: tokio::net::TcpStream,
-    ) -> Result<tokio_openssl::SslStream<tokio::net::TcpStream>, String> {
+        sock: S,
+    ) -> Result<tokio_openssl::SslStream<S>, String> {
         let ssl = openssl::ssl::Ssl::new(self.0.context()).map_err(|e| e.to_string())?;
         let mut s = tokio_openssl::SslStream::new(ssl, sock).map_err(|e| e.to_string())?;
         std::pin::Pin::new(&mut s)

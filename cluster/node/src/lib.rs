@@ -16,4 +16,4 @@ pub(crate) mod routing;
 pub mod server;
 
 pub use config::{ConfigError, ServerConfig, StorageMode};
-pub use server::{Server, ServerError, run};
+pub use server::{Env, Server, ServerError, run};

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use k2hdkc_client::{BoxStream, Listener, Net};
 use k2hdkc_storage::Store;
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::config::{ConfigError, ServerConfig};
@@ -79,25 +79,43 @@ pub struct Server {
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    inline_blocking: bool,
 }
 
 impl Server {
     /// Open the store and bind every configured listener.
     pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
+        Server::start_with(config, Env::default()).await
+    }
+
+    /// [`Server::start`] on the given network and clock (the real ones, or a simulation's).
+    pub async fn start_with(config: ServerConfig, env: Env) -> Result<Server, ServerError> {
         config.validate()?;
-        let sc = config.store_config()?;
+        let net = env.net;
+        let mut sc = config.store_config()?;
+        if let Some(c) = env.clock {
+            sc.clock = c;
+        }
+        if net.inline_blocking() {
+            // No background thread in a simulation: expiry and compaction happen on access.
+            sc.maintenance_interval = None;
+        }
         let blocking_writes = matches!(&sc.engine, k2hdkc_storage::EngineConfig::File(o) if o.fsync == k2hdkc_storage::Fsync::Always)
             || matches!(&sc.engine, k2hdkc_storage::EngineConfig::Temporary { fsync, .. } if *fsync == k2hdkc_storage::Fsync::Always);
-        let store = tokio::task::spawn_blocking(move || Store::open(sc))
-            .await
-            .expect("open task")?;
+        let store = if net.inline_blocking() {
+            Store::open(sc)?
+        } else {
+            tokio::task::spawn_blocking(move || Store::open(sc))
+                .await
+                .expect("open task")?
+        };
         // Bind first: a cluster node advertises its bound native address.
         let mem_l = match config.listen.memcached {
-            Some(a) => Some(bind(a).await?),
+            Some(a) => Some(bind(&net, a).await?),
             None => None,
         };
         let nat_l = match config.listen.native {
-            Some(a) => Some(bind(a).await?),
+            Some(a) => Some(bind(&net, a).await?),
             None => None,
         };
         let (tls_acceptor, tls_connector) = match &config.cluster.tls {
@@ -153,6 +171,7 @@ impl Server {
                     acks_durable: config.storage.mode == crate::config::StorageMode::File
                         && config.storage.fsync == "always",
                 },
+                net.clone(),
             )
             .map_err(|e| ServerError::Config(ConfigError::Invalid(e)))?;
             if let Some(t) = tls_connector {
@@ -211,7 +230,10 @@ impl Server {
             }
         }
         if let Some(addr) = config.listen.admin {
-            let l = bind(addr).await?;
+            // The admin API is HTTP for operators and monitoring: always the real network.
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind { addr, source })?;
             shared
                 .bound
                 .lock()
@@ -233,6 +255,7 @@ impl Server {
             shared,
             stop,
             tasks,
+            inline_blocking: net.inline_blocking(),
         })
     }
 
@@ -270,11 +293,32 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let store = self.shared.store.clone();
-        tokio::task::spawn_blocking(move || store.close())
-            .await
-            .expect("close task")?;
+        if self.inline_blocking {
+            store.close()?;
+        } else {
+            tokio::task::spawn_blocking(move || store.close())
+                .await
+                .expect("close task")?;
+        }
         tracing::info!("store flushed and closed");
         Ok(())
+    }
+}
+
+/// What a server runs on: the network and the wall clock (the real ones by default; a
+/// simulation gives its own).
+#[derive(Clone, Default)]
+pub struct Env {
+    /// How connections are made and accepted.
+    pub net: Net,
+    /// The wall clock of the store (and so of versions, expiry and the cluster's timers that
+    /// compare wall time); the system clock when `None`.
+    pub clock: Option<Arc<dyn k2hdkc_storage::Clock>>,
+}
+
+impl std::fmt::Debug for Env {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Env").field("clock", &self.clock).finish()
     }
 }
 
@@ -283,8 +327,8 @@ pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(addr)
+async fn bind(net: &Net, addr: SocketAddr) -> Result<Box<dyn Listener>, ServerError> {
+    net.bind(addr)
         .await
         .map_err(|source| ServerError::Bind { addr, source })
 }
@@ -296,7 +340,7 @@ enum Proto {
 }
 
 async fn accept_loop(
-    l: TcpListener,
+    mut l: Box<dyn Listener>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
     proto: Proto,
@@ -327,7 +371,6 @@ async fn accept_loop(
         let shared = shared.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            let _ = sock.set_nodelay(true);
             let r = match proto {
                 Proto::Memcached => {
                     crate::memcached::serve(sock, shared.clone(), stop, false).await
@@ -362,7 +405,7 @@ async fn accept_loop(
     }
 }
 
-async fn reject(mut sock: TcpStream) {
+async fn reject(mut sock: BoxStream) {
     use tokio::io::AsyncWriteExt;
     let _ = sock
         .write_all(b"SERVER_ERROR too many open connections\r\n")

@@ -4,3 +4,4 @@
 mod config;
 mod memcached;
 mod native;
+mod sim;

@@ -494,6 +494,11 @@ impl Store {
         self.now()
     }
 
+    /// The store's clock, in unix milliseconds (HLC timestamps are this << 16).
+    pub fn now_ms(&self) -> u64 {
+        self.inner.hlc.clock().now_ms()
+    }
+
     pub(crate) fn check_key(&self, key: &[u8]) -> Result<()> {
         if key.is_empty() {
             return Err(Error::InvalidArgument("empty key".into()));

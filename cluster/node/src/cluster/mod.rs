@@ -21,11 +21,13 @@ pub mod paxos;
 pub mod repair;
 pub mod replicate;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use k2hdkc_client::{Client, ClientConfig};
 use k2hdkc_layout::{Action, Change, Layout, Node, NodeIdx, PARTITIONS, Ring, partition_of};
@@ -213,7 +215,7 @@ pub struct Cluster {
     /// The node's store.
     pub store: Store,
     layout: RwLock<Arc<Layout>>,
-    peers: Mutex<HashMap<String, Arc<Peer>>>,
+    peers: Mutex<BTreeMap<String, Arc<Peer>>>,
     acceptor: tokio::sync::Mutex<Acceptor>,
     state: StateDir,
     stop: AtomicBool,
@@ -265,6 +267,8 @@ pub struct Cluster {
     admin_busy: AtomicBool,
     /// When the last anti-entropy round started (seconds since `started`).
     last_anti_entropy: AtomicU64,
+    /// How this node connects to its peers.
+    net: k2hdkc_client::Net,
 }
 
 /// Errors of cluster control requests.
@@ -282,6 +286,7 @@ impl Cluster {
         addr: String,
         memcached: Option<String>,
         local: LocalStore,
+        net: k2hdkc_client::Net,
     ) -> Result<Arc<Cluster>, String> {
         let LocalStore {
             store,
@@ -308,6 +313,7 @@ impl Cluster {
         } else {
             Some(store.max_version().ts.saturating_sub(1000 << 16))
         };
+        let incarnation = incarnation(store.now_ms());
         Ok(Arc::new(Cluster {
             me,
             addr,
@@ -315,7 +321,7 @@ impl Cluster {
             cfg,
             store,
             layout: RwLock::new(Arc::new(layout)),
-            peers: Mutex::new(HashMap::new()),
+            peers: Mutex::new(BTreeMap::new()),
             acceptor: tokio::sync::Mutex::new(acceptor),
             state,
             stop: AtomicBool::new(false),
@@ -329,7 +335,7 @@ impl Cluster {
             catching_up: AtomicBool::new(true),
             last_tick: AtomicU64::new(0),
             started: Instant::now(),
-            incarnation: incarnation(),
+            incarnation,
             origins: Mutex::new(Default::default()),
             desired: Mutex::new(None),
             takeover: AtomicBool::new(false),
@@ -341,6 +347,7 @@ impl Cluster {
             resynced: Mutex::new(Default::default()),
             admin_busy: AtomicBool::new(false),
             last_anti_entropy: AtomicU64::new(0),
+            net,
         }))
     }
 
@@ -370,6 +377,20 @@ impl Cluster {
         Duration::from_millis(self.cfg.request_timeout_ms)
     }
 
+    /// Run blocking work (a scan of the store) off the async threads, or in place where the
+    /// transport asks for it (a simulation).
+    pub async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, String> {
+        if self.net.inline_blocking() {
+            return Ok(f());
+        }
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// The peer at a native address (created on first use).
     pub fn peer(&self, addr: &str) -> Arc<Peer> {
         let mut peers = self.peers.lock().expect("lock");
@@ -385,6 +406,7 @@ impl Cluster {
         cc.connect_timeout = Duration::from_millis(self.cfg.failure_timeout_ms.min(2000));
         cc.request_timeout = self.request_timeout();
         cc.tls = self.tls.get().cloned();
+        cc.net = self.net.clone();
         let p = Arc::new(Peer {
             addr: addr.to_string(),
             client: Client::lazy(cc.clone()),
@@ -590,7 +612,7 @@ impl Cluster {
             ts: before,
             node: 0,
         };
-        tokio::task::spawn_blocking(move || store.digests(PARTITIONS, &partition_of, before))
+        self.blocking(move || store.digests(PARTITIONS, &partition_of, before))
             .await
             .unwrap_or_default()
             .iter()
@@ -606,7 +628,7 @@ impl Cluster {
         if l.moving() {
             return Err("data is moving; verify once it is done".into());
         }
-        let before = unix_millis().saturating_sub(5_000) << 16;
+        let before = self.store.now_ms().saturating_sub(5_000) << 16;
         let mut set = tokio::task::JoinSet::new();
         for n in l.nodes.iter().filter(|n| n.holds_data()) {
             let me = self.clone();
@@ -838,12 +860,9 @@ impl Cluster {
         // After a start, a node that holds partitions needs what it may have lost: everything
         // of them newer than what it recovered (all of it for a memory-mode node), not only
         // what the others' streams think it lacks. (A node being added gets transfers.)
-        let resync_since = (self.fresh_start.load(SeqCst)
-            && l.nodes
-                .iter()
-                .any(|n| n.name == self.me && n.holds_data() && n.action != Action::Add))
-        .then_some(self.resync_from)
-        .flatten();
+        let resync_since = (self.fresh_start.load(SeqCst) && self.holds_data_in(&l))
+            .then_some(self.resync_from)
+            .flatten();
         for n in l.nodes.iter().filter(|n| n.addr != self.addr) {
             let me = self.clone();
             let addr = n.addr.clone();
@@ -891,7 +910,12 @@ impl Cluster {
         }
         self.catching_up.store(false, SeqCst);
         self.flushing.store(false, SeqCst);
-        self.fresh_start.store(false, SeqCst);
+        // What a start may have lost is fetched once the node holds data in the layout: a
+        // memory-mode node whose join list names only itself starts on a layout of its own
+        // (version 1, holding nothing) and learns the real one from its peers later.
+        let pending =
+            self.fresh_start.load(SeqCst) && !self.holds_data_in(&l) && self.resync_from.is_some();
+        self.fresh_start.store(pending, SeqCst);
         self.takeover_done.notify_waiters();
         tracing::info!("caught up; leading again");
     }
@@ -990,6 +1014,11 @@ impl Cluster {
                 .get("change")
                 .map(|c| serde_json::from_value::<Change>(c.clone()))
             {
+                // A node that has not started or joined a cluster yet must not start one
+                // around a joiner (a seed asked before it bootstrapped would leave itself out).
+                Some(Ok(_)) if self.layout().nodes.is_empty() => {
+                    err("this node has not joined a cluster yet; retry")
+                }
                 Some(Ok(c)) => match self.propose(c).await {
                     Ok(l) => json!({"ok": true, "version": l.version,
                                     "layout": serde_json::to_value(&*l).expect("layout")}),
@@ -1344,6 +1373,14 @@ impl Cluster {
         })
     }
 
+    /// Whether this node holds data in `l` that a restart may have lost (a node being added
+    /// gets transfers instead).
+    fn holds_data_in(&self, l: &Layout) -> bool {
+        l.nodes
+            .iter()
+            .any(|n| n.name == self.me && n.holds_data() && n.action != Action::Add)
+    }
+
     /// Install a newer layout (from a commit, a peer, or this node's own proposal).
     pub fn install(self: &Arc<Self>, l: Layout) -> Result<bool, String> {
         l.validate().map_err(|e| e.to_string())?;
@@ -1366,8 +1403,20 @@ impl Cluster {
             moving = l.moving(),
             "layout installed"
         );
+        let before = cur.clone();
         *cur = Arc::new(l);
+        let now = cur.clone();
         drop(cur);
+        if self.fresh_start.load(SeqCst)
+            && !self.gateway()
+            && !self.holds_data_in(&before)
+            && self.holds_data_in(&now)
+        {
+            // A fresh start that caught up while holding nothing (see `catch_up`) now holds
+            // data it never fetched: lead nothing until it has.
+            tracing::info!("this node holds data in the new layout: catching up first");
+            self.catching_up.store(true, SeqCst);
+        }
         self.acked.notify_waiters();
         self.spawn_streams();
         Ok(true)
@@ -2022,18 +2071,10 @@ pub async fn watch_chmpx(cluster: Arc<Cluster>, path: std::path::PathBuf, every:
     }
 }
 
-/// Wall-clock milliseconds since the Unix epoch (HLC timestamps are this << 16).
-pub(crate) fn unix_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// A number that differs between process starts.
-fn incarnation() -> u64 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
+/// A number that differs between process starts: the start time (by the store's clock,
+/// so a simulation's restarts differ too) mixed with the process id.
+fn incarnation(now_ms: u64) -> u64 {
+    let t = now_ms.wrapping_mul(1_000_000);
     t ^ (u64::from(std::process::id()) << 40) | 1
 }
 

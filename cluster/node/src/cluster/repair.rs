@@ -261,7 +261,7 @@ pub async fn check(cluster: &Arc<Cluster>, reads: &[Read]) -> Vec<Verdict> {
             (peer, idx, items, r)
         });
     }
-    let now = super::unix_millis();
+    let now = cluster.store.now_ms();
     while let Some(joined) = set.join_next().await {
         let Ok((peer, idx, items, r)) = joined else {
             continue;

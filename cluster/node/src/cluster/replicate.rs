@@ -125,7 +125,7 @@ fn fate(
 struct Held {
     changes: Vec<(Arc<Change>, Origin)>,
     bytes: usize,
-    checked: Option<std::time::Instant>,
+    checked: Option<tokio::time::Instant>,
 }
 
 impl Held {
@@ -164,7 +164,7 @@ impl Held {
         }
         self.bytes = keep.iter().map(|(c, _)| c.weight()).sum();
         self.changes = keep;
-        self.checked = Some(std::time::Instant::now());
+        self.checked = Some(tokio::time::Instant::now());
         out
     }
 }
@@ -540,11 +540,9 @@ async fn send_all_at<C: std::borrow::Borrow<Change>>(
 /// This node's records and queue items newer than `since`, read off the async threads.
 async fn state_since(cluster: &Cluster, since: Version) -> Result<Vec<Change>, String> {
     let store = cluster.store.clone();
-    tokio::task::spawn_blocking(move || {
-        store.changes_since_version(since, &ChangeFilter::default())
-    })
-    .await
-    .map_err(|e| e.to_string())
+    cluster
+        .blocking(move || store.changes_since_version(since, &ChangeFilter::default()))
+        .await
 }
 
 /// State (one change per record or queue item) bucketed by partition, as imports.
@@ -571,7 +569,7 @@ pub async fn push_partitions(
 ) -> Result<usize, String> {
     let grace_ms = u64::from(cluster.store.tombstone_grace_secs()) * 1000;
     let since = Version {
-        ts: super::unix_millis().saturating_sub(grace_ms) << 16,
+        ts: cluster.store.now_ms().saturating_sub(grace_ms) << 16,
         node: 0,
     };
     let mut by_partition = by_partition(state_since(cluster, since).await?);

@@ -1,0 +1,531 @@
+//! Deterministic simulation of the cluster protocols (turmoil).
+//!
+//! Three real server nodes — membership, the Paxos layout agreement, replication streams,
+//! hand-overs and takeovers, quorum reads — run on turmoil's simulated network and clock
+//! (through the `Transport` seam and the store's `Clock`), in memory mode. Two clients write
+//! their own keys and increment one shared counter through random nodes while a schedule drawn
+//! from the seed crashes and restarts nodes (memory mode: a restarted node has lost
+//! everything) and cuts one node off from the others; one fault at a time, each healed before
+//! the next. After the last heal a checker reads every key through every node and asks the
+//! cluster to compare its copies.
+//!
+//! What holds (and is asserted): every key reads back its last acknowledged value or a later
+//! value whose write had an unknown outcome (never an older or a never-written one); the
+//! counter is within [acknowledged increments, acknowledged + unknown]; no partition's copies
+//! differ. The network, the fault schedule and the clients' choices come from the seed;
+//! tokio's own scheduling choices (`select!` branch order) are not seeded without
+//! `--cfg tokio_unstable`, so a seed reproduces the schedule, not every interleaving.
+//!
+//! `K2HDKC_SIM_SEEDS=N` runs N seeds (default 10); `K2HDKC_SIM_SEED=S` runs only seed S;
+//! `K2HDKC_SIM_LOG=k2hdkc_node=debug` (a tracing filter) shows what the nodes log.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k2hdkc_client::transport::{BoxFuture, BoxStream, Listener};
+use k2hdkc_client::{Client, ClientConfig, Net, Transport};
+use k2hdkc_layout::Change;
+use k2hdkc_node::config::{ServerConfig, StorageMode};
+use k2hdkc_node::{Env, Server};
+use k2hdkc_proto::native::{Args, Op, Status};
+use k2hdkc_storage::Clock;
+use serde_json::{Value as Json, json};
+
+const NODES: usize = 3;
+const PORT: u16 = 8020;
+/// Keys per client.
+const KEYS: usize = 24;
+/// Simulated seconds of load (after the cluster formed).
+const LOAD_SECS: u64 = 40;
+/// 2026-01-01 in unix milliseconds: the simulated wall clock starts there.
+const EPOCH_MS: u64 = 1_767_225_600_000;
+
+/// turmoil's network as a [`Transport`]. turmoil listens only on the unspecified address,
+/// so a listener binds that and reports the host's own address (what the node advertises).
+struct SimNet;
+
+struct SimListener {
+    l: turmoil::net::TcpListener,
+    addr: SocketAddr,
+}
+
+impl Transport for SimNet {
+    fn connect(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<BoxStream>> {
+        Box::pin(async move {
+            let s = turmoil::net::TcpStream::connect(addr).await?;
+            Ok(Box::new(s) as BoxStream)
+        })
+    }
+
+    fn bind(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Box<dyn Listener>>> {
+        Box::pin(async move {
+            let l = turmoil::net::TcpListener::bind(("0.0.0.0", addr.port())).await?;
+            Ok(Box::new(SimListener { l, addr }) as Box<dyn Listener>)
+        })
+    }
+
+    fn inline_blocking(&self) -> bool {
+        true
+    }
+}
+
+impl Listener for SimListener {
+    fn accept(&mut self) -> BoxFuture<'_, io::Result<(BoxStream, SocketAddr)>> {
+        Box::pin(async move {
+            let (s, peer) = self.l.accept().await?;
+            Ok((Box::new(s) as BoxStream, peer))
+        })
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.addr)
+    }
+}
+
+/// The simulation's clock as the store's wall clock.
+#[derive(Debug)]
+struct SimClock;
+
+impl Clock for SimClock {
+    fn now_ms(&self) -> u64 {
+        EPOCH_MS + turmoil::sim_elapsed().map_or(0, |d| d.as_millis() as u64)
+    }
+}
+
+fn net() -> Net {
+    Net(Arc::new(SimNet))
+}
+
+fn node_config(i: usize, ip: IpAddr, seed_ip: IpAddr) -> ServerConfig {
+    let mut c = ServerConfig::default();
+    c.storage.mode = StorageMode::Memory;
+    c.listen.native = Some(SocketAddr::new(ip, PORT));
+    c.cluster.name = Some(format!("n{}", i + 1));
+    c.cluster.join = vec![SocketAddr::new(seed_ip, PORT).to_string()];
+    c.cluster.heartbeat_ms = 200;
+    c.cluster.failure_timeout_ms = 1_000;
+    c.cluster.request_timeout_ms = 2_000;
+    // Only the streams, hand-overs and read checks may make copies agree here.
+    c.cluster.anti_entropy_secs = 0;
+    c
+}
+
+fn client(addr: SocketAddr) -> Client {
+    let mut cc = ClientConfig::new(addr);
+    cc.connections = 1;
+    cc.connect_timeout = Duration::from_millis(500);
+    cc.request_timeout = Duration::from_secs(3);
+    cc.net = net();
+    Client::lazy(cc)
+}
+
+async fn control(c: &Client, req: Json) -> Result<Json, String> {
+    let body = serde_json::to_vec(&req).expect("json");
+    let args = Args {
+        message: Some(&body),
+        ..Default::default()
+    };
+    let r = c
+        .request(Op::Cluster, &args)
+        .await
+        .map_err(|e| e.to_string())?;
+    if r.status() != Some(Status::Ok) {
+        return Err(r.message.unwrap_or_default());
+    }
+    let j: Json =
+        serde_json::from_str(r.message.as_deref().unwrap_or("null")).map_err(|e| e.to_string())?;
+    if j["ok"] == json!(false) {
+        return Err(j["error"].to_string());
+    }
+    Ok(j)
+}
+
+/// What the clients saw.
+#[derive(Default, Debug)]
+struct History {
+    /// key -> last acknowledged value.
+    acked: BTreeMap<String, String>,
+    /// key -> values written after the last acknowledgement whose outcome is unknown.
+    maybe: BTreeMap<String, Vec<String>>,
+    incrs_acked: u64,
+    incrs_unknown: u64,
+    ops: u64,
+    failed: u64,
+    /// Things that must never happen (a counter that vanished, say).
+    violations: Vec<String>,
+}
+
+/// Form the cluster: N=3, W=2, R=2, every node in service.
+async fn form(nodes: &[SocketAddr]) -> Result<(), String> {
+    let c = client(nodes[0]);
+    for _ in 0..400 {
+        if let Ok(s) = control(&c, json!({"method": "status"})).await
+            && s["nodes"].as_array().map_or(0, Vec::len) == NODES
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let change = |ch: Change| json!({"method": "change", "change": ch});
+    control(
+        &c,
+        change(Change::SetReplication {
+            replicas: 3,
+            write_quorum: 2,
+            read_quorum: 2,
+        }),
+    )
+    .await?;
+    control(&c, change(Change::Attach { names: vec![] })).await?;
+    for _ in 0..600 {
+        if let Ok(s) = control(&c, json!({"method": "status"})).await {
+            let nodes = s["nodes"].as_array().cloned().unwrap_or_default();
+            if nodes.len() == NODES
+                && nodes.iter().all(|n| n["ring"] == "SERVICE IN")
+                && s["moving"] == false
+            {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err("the cluster did not form".into())
+}
+
+async fn worker(
+    id: usize,
+    seed: u64,
+    nodes: Vec<SocketAddr>,
+    history: Arc<Mutex<History>>,
+    ready: Arc<AtomicBool>,
+) -> turmoil::Result {
+    let mut rng = fastrand::Rng::with_seed(seed ^ ((id as u64 + 1) * 0x9e37_79b9));
+    let clients: Vec<Client> = nodes.iter().map(|&a| client(a)).collect();
+    while !ready.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let start = tokio::time::Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < Duration::from_secs(LOAD_SECS) {
+        let c = &clients[rng.usize(..clients.len())];
+        n += 1;
+        if rng.u8(..10) < 7 {
+            let key = format!("c{id}-k{}", rng.usize(..KEYS));
+            let value = format!("c{id}-v{n}");
+            let r = c.set(key.as_bytes(), value.as_bytes()).await;
+            let mut h = history.lock().unwrap();
+            h.ops += 1;
+            match r {
+                Ok(_) => {
+                    h.acked.insert(key.clone(), value);
+                    h.maybe.remove(&key);
+                }
+                Err(_) => {
+                    h.failed += 1;
+                    h.maybe.entry(key).or_default().push(value);
+                }
+            }
+        } else {
+            let r = c.incr(b"ctr", 1).await;
+            let mut h = history.lock().unwrap();
+            h.ops += 1;
+            match r {
+                Ok(Some(_)) => h.incrs_acked += 1,
+                Ok(None) => h
+                    .violations
+                    .push("the counter was not found (it was set before the load)".into()),
+                Err(_) => {
+                    h.failed += 1;
+                    h.incrs_unknown += 1;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(rng.u64(5..25))).await;
+    }
+    Ok(())
+}
+
+/// Read every key through every node and compare with the history; ask for a copy check.
+async fn check(
+    nodes: Vec<SocketAddr>,
+    history: Arc<Mutex<History>>,
+    go: Arc<AtomicBool>,
+) -> turmoil::Result {
+    while !go.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (mut problems, keys) = {
+        let h = history.lock().unwrap();
+        let keys: Vec<String> = h.acked.keys().chain(h.maybe.keys()).cloned().collect();
+        (h.violations.clone(), keys)
+    };
+    for &addr in &nodes {
+        let c = client(addr);
+        for key in &keys {
+            let got = match c.get(key.as_bytes()).await {
+                Ok(v) => v.map(|i| String::from_utf8_lossy(&i.value).into_owned()),
+                Err(e) => {
+                    problems.push(format!("{key} via {addr}: {e}"));
+                    continue;
+                }
+            };
+            let h = history.lock().unwrap();
+            let acked = h.acked.get(key);
+            let maybe = h.maybe.get(key).cloned().unwrap_or_default();
+            let fine = match &got {
+                Some(v) => acked == Some(v) || maybe.contains(v),
+                // Never acknowledged: only unknown writes, which may all have failed.
+                None => acked.is_none(),
+            };
+            if !fine {
+                problems.push(format!(
+                    "{key} via {addr} reads {got:?}; acknowledged {acked:?}, maybe {maybe:?}"
+                ));
+            }
+        }
+        let ctr = c
+            .get(b"ctr")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|i| String::from_utf8_lossy(&i.value).trim().parse::<u64>().ok());
+        let h = history.lock().unwrap();
+        let (lo, hi) = (h.incrs_acked, h.incrs_acked + h.incrs_unknown);
+        if !ctr.is_some_and(|v| (lo..=hi).contains(&v)) {
+            problems.push(format!(
+                "counter via {addr} reads {ctr:?}, expected {lo}..={hi}"
+            ));
+        }
+    }
+    match control(&client(nodes[0]), json!({"method": "verify"})).await {
+        Ok(v) if v["differ"].as_array().is_some_and(Vec::is_empty) => {}
+        Ok(v) => problems.push(format!("copies differ: {v}")),
+        Err(e) => problems.push(format!("verify: {e}")),
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        let n = problems.len();
+        let mut seen = std::collections::BTreeSet::new();
+        // The first problem of each kind and node.
+        problems.retain(|p| {
+            seen.insert(
+                p.split(": ")
+                    .nth(1)
+                    .unwrap_or(p)
+                    .chars()
+                    .take(40)
+                    .collect::<String>()
+                    + p.split(" via ")
+                        .nth(1)
+                        .unwrap_or("")
+                        .split(':')
+                        .next()
+                        .unwrap_or(""),
+            )
+        });
+        problems.truncate(12);
+        Err(format!("{n} problems, the first:\n{}", problems.join("\n")).into())
+    }
+}
+
+/// One fault of the schedule.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// Crash node `i` (it loses its memory), restart it later.
+    Crash(usize),
+    /// Cut node `i` off from the other nodes and the clients, heal later.
+    Isolate(usize),
+}
+
+/// Run one seed; returns a line describing the run, or the checker's findings.
+fn run_seed(seed: u64) -> Result<String, String> {
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(seed)
+        .simulation_duration(Duration::from_secs(LOAD_SECS + 180))
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(Duration::from_millis(4))
+        .tcp_capacity(1 << 16)
+        .build();
+    let names: Vec<String> = (0..NODES).map(|i| format!("n{}", i + 1)).collect();
+    for (i, name) in names.iter().enumerate() {
+        sim.host(name.as_str(), move || async move {
+            let ip = turmoil::lookup(format!("n{}", i + 1));
+            let seed_ip = turmoil::lookup("n1");
+            let env = Env {
+                net: net(),
+                clock: Some(Arc::new(SimClock)),
+            };
+            let _server = Server::start_with(node_config(i, ip, seed_ip), env).await?;
+            std::future::pending::<()>().await;
+            Ok(())
+        });
+    }
+    let nodes: Vec<SocketAddr> = names
+        .iter()
+        .map(|n| SocketAddr::new(sim.lookup(n.as_str()), PORT))
+        .collect();
+    let history = Arc::new(Mutex::new(History::default()));
+    let ready = Arc::new(AtomicBool::new(false));
+    {
+        let (nodes, ready) = (nodes.clone(), ready.clone());
+        sim.client("setup", async move {
+            form(&nodes).await?;
+            client(nodes[0]).set(b"ctr", b"0").await?;
+            ready.store(true, Ordering::SeqCst);
+            Ok(())
+        });
+    }
+    let workers: Vec<String> = (0..2).map(|i| format!("w{i}")).collect();
+    for (i, w) in workers.iter().enumerate() {
+        let (nodes, history, ready) = (nodes.clone(), history.clone(), ready.clone());
+        sim.client(w.as_str(), worker(i, seed, nodes, history, ready));
+    }
+    // The fault schedule: after the load starts, one fault every few seconds, each lasting
+    // 2-5 s, then at least 3 s of calm.
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut faults = Vec::new();
+    let mut t = 3_000u64;
+    while t + 8_000 < LOAD_SECS * 1000 {
+        let i = rng.usize(..NODES);
+        let f = if rng.bool() {
+            Fault::Crash(i)
+        } else {
+            Fault::Isolate(i)
+        };
+        let len = rng.u64(2_000..5_000);
+        faults.push((t, t + len, f));
+        t += len + rng.u64(3_000..6_000);
+    }
+    eprintln!("seed {seed}: faults (ms after the load started) {faults:?}");
+    let others = |i: usize| -> Vec<String> {
+        names
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, n)| n.clone())
+            .chain(workers.iter().cloned())
+            .collect()
+    };
+    let mut load_start: Option<Duration> = None;
+    let mut next = 0usize;
+    let mut active: Option<(u64, Fault)> = None;
+    let go = Arc::new(AtomicBool::new(false));
+    {
+        let (nodes, history, go) = (nodes.clone(), history.clone(), go.clone());
+        sim.client("checker", check(nodes, history, go));
+    }
+    let mut checker_started = false;
+    loop {
+        let done = sim.step().map_err(|e| format!("seed {seed}: {e}"))?;
+        if done {
+            break;
+        }
+        let now = sim.elapsed();
+        if load_start.is_none() && ready.load(Ordering::SeqCst) {
+            load_start = Some(now);
+        }
+        let Some(t0) = load_start else { continue };
+        let ms = (now - t0).as_millis() as u64;
+        if let Some((end, f)) = active
+            && ms >= end
+        {
+            match f {
+                Fault::Crash(i) => sim.bounce(names[i].as_str()),
+                Fault::Isolate(i) => {
+                    for o in others(i) {
+                        sim.repair(names[i].as_str(), o.as_str());
+                    }
+                }
+            }
+            active = None;
+        }
+        if active.is_none()
+            && let Some(&(at, end, f)) = faults.get(next)
+            && ms >= at
+        {
+            match f {
+                Fault::Crash(i) => sim.crash(names[i].as_str()),
+                Fault::Isolate(i) => {
+                    for o in others(i) {
+                        sim.partition(names[i].as_str(), o.as_str());
+                    }
+                }
+            }
+            active = Some((end, f));
+            next += 1;
+        }
+        // Settle after the load (every fault healed), then check.
+        if !checker_started && active.is_none() && ms >= (LOAD_SECS + 15) * 1000 {
+            checker_started = true;
+            go.store(true, Ordering::SeqCst);
+        }
+    }
+    let h = history.lock().unwrap();
+    if !checker_started {
+        return Err(format!(
+            "seed {seed}: the simulation ended before the check, at {:?} ({} ops; load started at {load_start:?})",
+            sim.elapsed(),
+            h.ops
+        ));
+    }
+    Ok(format!(
+        "seed {seed}: {} faults {:?}; {} ops, {} failed ({:.2}%), {} increments acknowledged",
+        faults.len(),
+        faults.iter().map(|f| f.2).collect::<Vec<_>>(),
+        h.ops,
+        h.failed,
+        100.0 * h.failed as f64 / h.ops.max(1) as f64,
+        h.incrs_acked
+    ))
+}
+
+#[test]
+fn simulated_faults_lose_no_acknowledged_write() {
+    if let Ok(filter) = std::env::var("K2HDKC_SIM_LOG") {
+        struct SimTime;
+        impl tracing_subscriber::fmt::time::FormatTime for SimTime {
+            fn format_time(
+                &self,
+                w: &mut tracing_subscriber::fmt::format::Writer<'_>,
+            ) -> std::fmt::Result {
+                let t = turmoil::sim_elapsed().unwrap_or_default();
+                write!(w, "{:>9.3}s", t.as_secs_f64())
+            }
+        }
+        let _ = tracing_subscriber::fmt()
+            .with_timer(SimTime)
+            .with_ansi(false)
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+    let seeds: Vec<u64> = match std::env::var("K2HDKC_SIM_SEED") {
+        Ok(s) => vec![s.parse().expect("K2HDKC_SIM_SEED is a number")],
+        Err(_) => {
+            let n: u64 = std::env::var("K2HDKC_SIM_SEEDS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(10);
+            (1..=n).collect()
+        }
+    };
+    let mut failures = Vec::new();
+    for seed in seeds {
+        match run_seed(seed) {
+            Ok(line) => eprintln!("{line}"),
+            Err(e) => {
+                eprintln!("seed {seed} FAILED:\n{e}");
+                failures.push(seed);
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "seeds {failures:?} failed (rerun one with K2HDKC_SIM_SEED=S)"
+    );
+}
