@@ -6,11 +6,12 @@
 # measured with), and 16 connections x depth 8, for set:get 1:1 and 1:10 (sets-only for the
 # synchronous case too). Every daemon runs THREADS worker threads (default 1: five processes
 # share two cores here; `--threads 0` means one per core). Usage: scripts/bench-cluster.sh
-# [SECONDS] (default 8)
+# [SECONDS] (default 8). REPLICAS=2 runs the cluster with N=2 (W=R=2) instead of N=3 (W=R=2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-8}
 threads=${THREADS:-1}
+replicas=${REPLICAS:-3}
 k2=target/release/k2hdkc
 [ -x "$k2" ] || cargo build --release -p k2hdkc-cli
 tick=$(getconf CLK_TCK)
@@ -53,7 +54,7 @@ for i in 1 2 3; do
 done
 wait_port 21406
 sleep 1
-"$k2" ctl 127.0.0.1:21402 set-replicas 3 --write-quorum 2 --read-quorum 2 >/dev/null
+"$k2" ctl 127.0.0.1:21402 set-replicas "$replicas" --write-quorum 2 --read-quorum 2 >/dev/null
 "$k2" ctl 127.0.0.1:21402 attach --wait >/dev/null 2>&1
 "$k2" gateway --threads "$threads" --join 127.0.0.1:21402 --memcached-listen 127.0.0.1:21511 --native-listen 127.0.0.1:21512 >"$work/gw.log" 2>&1 & gw=$!; pids+=($gw)
 wait_port 21511
@@ -61,9 +62,9 @@ sleep 1
 "$k2" bench 127.0.0.1:21511 --keys 100000 --duration 1 -c 1 -p 16 >/dev/null 2>&1 || true
 for sc in "1 1 1:0" "1 1 1:1" "16 8 1:1" "16 8 1:10"; do
     set -- $sc; c=$1; p=$2; ratio=$3
-    scenario "3 nodes via gateway" 21511 "${nodes[@]}" $gw
+    scenario "3 nodes N=$replicas via gw" 21511 "${nodes[@]}" $gw
 done
 for sc in "16 8 1:1"; do
     set -- $sc; c=$1; p=$2; ratio=$3
-    scenario "3 nodes via node n1" 21501 "${nodes[@]}"
+    scenario "3 nodes N=$replicas via n1" 21501 "${nodes[@]}"
 done

@@ -304,6 +304,8 @@ pub async fn stream(cluster: Arc<Cluster>, peer: Arc<Peer>) {
     let mut from = peer.acked.load(SeqCst) + 1;
     let mut backoff = Duration::from_millis(50);
     let mut held = Held::default();
+    let poll = tokio::time::sleep(Duration::from_millis(50));
+    tokio::pin!(poll);
     while !cluster.stopping() {
         let layout = cluster.layout();
         let Some(me_in_layout) = layout
@@ -394,7 +396,17 @@ pub async fn stream(cluster: Arc<Cluster>, peer: Arc<Peer>) {
             tokio::pin!(woken);
             woken.as_mut().enable();
             if store.last_seq() < from {
-                let _ = tokio::time::timeout(Duration::from_millis(50), woken).await;
+                // One poll timer re-armed only once it fired: a fresh timer per idle wait is
+                // earlier than the timer wheel's next wake and so costs the runtime a wake-up
+                // of its own (an eventfd write and an extra epoll round) on every write.
+                if poll.is_elapsed() {
+                    poll.as_mut()
+                        .reset(tokio::time::Instant::now() + Duration::from_millis(50));
+                }
+                tokio::select! {
+                    _ = woken => {}
+                    _ = poll.as_mut() => {}
+                }
             }
             continue;
         }
