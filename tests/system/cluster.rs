@@ -1145,10 +1145,9 @@ fn memory_node_restart_refetches_everything() {
 /// cluster CA; `ctl` without a certificate, or with one from another CA, is refused during the
 /// handshake, and memcached clients of the gateway notice nothing. Needs the `openssl` command
 /// (skipped with a message otherwise).
-#[test]
-fn tls_cluster_refuses_strangers() {
-    let dir = system_tests::test_dir();
-    let d = dir.path();
+/// With the `openssl` command, make in `d` two CAs (`ca`, `other`) and a key and certificate
+/// signed by each (`node` by `ca`, `stranger` by `other`); false without the command.
+fn make_certs(d: &Path) -> bool {
     let sh = |args: &[String]| {
         Command::new("openssl")
             .args(args)
@@ -1203,7 +1202,14 @@ fn tls_cluster_refuses_strangers() {
             "2",
         ]));
     }
-    if !ok {
+    ok
+}
+
+#[test]
+fn tls_cluster_refuses_strangers() {
+    let dir = system_tests::test_dir();
+    let d = dir.path();
+    if !make_certs(d) {
         eprintln!(
             "skipped: tls_cluster_refuses_strangers needs the openssl command to make certificates"
         );
@@ -1319,6 +1325,118 @@ fn tls_cluster_refuses_strangers() {
     assert_eq!(stored, 200);
     let mut c = Mc::connect(addrs[1].1).expect("n2");
     assert_eq!(c.get("t42").expect("get"), Some("v".into()));
+}
+
+/// TLS on the memcached port: a node with `--memcached-tls-cert/-key` serves TLS clients
+/// (`k2hdkc bench --tls-ca`) and answers nothing to a plain one; a client trusting another CA
+/// is refused; with `--memcached-tls-client-ca` a client must also present a certificate
+/// from that CA. Needs the `openssl` command (skipped with a message otherwise).
+#[test]
+fn memcached_tls_is_required_when_configured() {
+    let dir = system_tests::test_dir();
+    let d = dir.path();
+    if !make_certs(d) {
+        eprintln!(
+            "skipped: memcached_tls_is_required_when_configured needs the openssl command to make certificates"
+        );
+        return;
+    }
+    let p = |f: &str| d.join(f).to_string_lossy().to_string();
+    let start = |extra: &[String], log: &str| {
+        let mc = free_addr();
+        let mut args: Vec<String> = vec![
+            "server".into(),
+            "--storage".into(),
+            "memory".into(),
+            "--memcached-listen".into(),
+            mc.to_string(),
+            "--memcached-tls-cert".into(),
+            p("node.pem"),
+            "--memcached-tls-key".into(),
+            p("node.key"),
+        ];
+        args.extend(extra.iter().cloned());
+        let pr = Proc::start(&bin("k2hdkc"), &args, Some(&d.join(log)));
+        assert!(wait_listening(mc, Duration::from_secs(10)), "{log}");
+        (pr, mc)
+    };
+    let bench = |addr: SocketAddr, tls: &[String]| {
+        let o = Command::new(bin("k2hdkc"))
+            .arg("bench")
+            .arg(addr.to_string())
+            .args([
+                "--keys",
+                "200",
+                "--duration",
+                "1",
+                "-c",
+                "2",
+                "-p",
+                "4",
+                "--json",
+            ])
+            .args(tls)
+            .output()
+            .expect("run k2hdkc bench");
+        let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        (
+            o.status.success(),
+            j,
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    };
+    let (_server, mc) = start(&[], "tls.log");
+    let (ok, j, err) = bench(mc, &["--tls-ca".into(), p("ca.pem")]);
+    assert!(ok, "bench over TLS failed: {err}");
+    assert!(j["ops"].as_u64().unwrap_or(0) > 100, "{j}");
+    // A plain client gets no answer: the port speaks only TLS.
+    let mut plain = TcpStream::connect(mc).expect("connect");
+    plain
+        .set_read_timeout(Some(Duration::from_secs(12)))
+        .unwrap();
+    let _ = plain.write_all(b"version\r\n");
+    let mut got = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut plain, &mut got);
+    assert!(
+        !String::from_utf8_lossy(&got).contains("VERSION"),
+        "a plain client was served: {got:?}"
+    );
+    // A client that trusts another CA refuses the server.
+    let (ok, _, _) = bench(mc, &["--tls-ca".into(), p("other.pem")]);
+    assert!(!ok, "a client trusting another CA connected");
+    // Client certificates required.
+    let (_server2, mc2) = start(
+        &["--memcached-tls-client-ca".into(), p("ca.pem")],
+        "tls-mutual.log",
+    );
+    let (ok, _, _) = bench(mc2, &["--tls-ca".into(), p("ca.pem")]);
+    assert!(!ok, "a client without a certificate got in");
+    let stranger = [
+        "--tls-ca".to_string(),
+        p("ca.pem"),
+        "--tls-cert".into(),
+        p("stranger.pem"),
+        "--tls-key".into(),
+        p("stranger.key"),
+    ];
+    let (ok, _, _) = bench(mc2, &stranger);
+    assert!(!ok, "a client with another CA's certificate got in");
+    let node = [
+        "--tls-ca".to_string(),
+        p("ca.pem"),
+        "--tls-cert".into(),
+        p("node.pem"),
+        "--tls-key".into(),
+        p("node.key"),
+    ];
+    let (ok, j, err) = bench(mc2, &node);
+    assert!(ok, "bench with a client certificate failed: {err}");
+    assert!(j["ops"].as_u64().unwrap_or(0) > 100, "{j}");
+    let log = std::fs::read_to_string(d.join("tls-mutual.log")).unwrap_or_default();
+    assert!(
+        log.contains("refused a client without TLS or a valid certificate"),
+        "{log}"
+    );
 }
 
 /// A node brought back from an old copy of its disk (fsync=always, so it asks for nothing on

@@ -15,8 +15,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use k2hdkc_proto::native::{self as wire, FrameParse, MAGIC_RESPONSE, Op, Status};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// A connection to the server: plain TCP or TLS.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+type Sock = Box<dyn Io>;
 
 /// Wire protocol of a benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -68,6 +73,34 @@ pub struct BenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Speak TLS, trusting servers whose certificate this CA (PEM) signed.
+    #[arg(long)]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM), for a port that requires one (with --tls-key).
+    #[arg(long, requires = "tls_key", requires = "tls_ca")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// Client private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+}
+
+/// Connect (and handshake, with `--tls-ca`).
+async fn connect(a: &BenchArgs) -> anyhow::Result<Sock> {
+    let s = TcpStream::connect(a.addr)
+        .await
+        .with_context(|| format!("connect {}", a.addr))?;
+    s.set_nodelay(true)?;
+    let Some(ca) = &a.tls_ca else {
+        return Ok(Box::new(s));
+    };
+    let cert_key = a.tls_cert.as_deref().zip(a.tls_key.as_deref());
+    let c = k2hdkc_client::tls::client_port_connector(ca, cert_key, None)
+        .map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
+    let t = c
+        .connect(s)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}: {e}", a.addr))?;
+    Ok(Box::new(t))
 }
 
 fn parse_ratio(s: &str) -> anyhow::Result<(u32, u32)> {
@@ -89,7 +122,7 @@ fn key(i: u64, size: usize) -> Vec<u8> {
 
 /// Read exactly one reply to a set (a line) or a get (END, or VALUE .. data .. END).
 async fn read_reply(
-    s: &mut TcpStream,
+    s: &mut Sock,
     buf: &mut Vec<u8>,
     pos: &mut usize,
     get: bool,
@@ -206,9 +239,7 @@ struct Totals {
 }
 
 async fn preload(a: &BenchArgs) -> anyhow::Result<()> {
-    let mut s = TcpStream::connect(a.addr)
-        .await
-        .with_context(|| format!("connect {}", a.addr))?;
+    let mut s = connect(a).await?;
     let value = vec![b'v'; a.value_size];
     let mut buf = Vec::new();
     let mut pos = 0;
@@ -241,8 +272,7 @@ async fn worker(
     t: Arc<Totals>,
 ) -> anyhow::Result<Vec<u32>> {
     let (sets, gets) = parse_ratio(&a.ratio)?;
-    let mut s = TcpStream::connect(a.addr).await?;
-    s.set_nodelay(true)?;
+    let mut s = connect(&a).await?;
     let mut rng = fastrand::Rng::with_seed(seed);
     let value = vec![b'x'; a.value_size];
     let mut buf = Vec::with_capacity(1 << 16);

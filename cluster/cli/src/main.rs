@@ -109,6 +109,15 @@ struct ServerArgs {
     /// Lowest TLS version: 1.2 (default) or 1.3.
     #[arg(long, env = "K2HDKC_TLS_MIN_VERSION")]
     tls_min_version: Option<String>,
+    /// TLS on the memcached port (clients must use it): the port's certificate (PEM).
+    #[arg(long)]
+    memcached_tls_cert: Option<PathBuf>,
+    /// The memcached port's private key (PEM).
+    #[arg(long)]
+    memcached_tls_key: Option<PathBuf>,
+    /// Require memcached clients to present a certificate signed by this CA (PEM).
+    #[arg(long)]
+    memcached_tls_client_ca: Option<PathBuf>,
     /// Seconds between anti-entropy rounds (0 = never).
     #[arg(long)]
     anti_entropy_secs: Option<u64>,
@@ -196,6 +205,20 @@ impl ServerArgs {
             }
             (None, None, None) => {}
             _ => anyhow::bail!("--tls-ca, --tls-cert and --tls-key go together"),
+        }
+        match (&self.memcached_tls_cert, &self.memcached_tls_key) {
+            (Some(cert), Some(key)) => {
+                c.listen.memcached_tls = Some(k2hdkc_node::config::ClientTlsConfig {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: self.memcached_tls_client_ca.clone(),
+                    min_version: self.tls_min_version.clone(),
+                });
+            }
+            (None, None) if self.memcached_tls_client_ca.is_none() => {}
+            _ => anyhow::bail!(
+                "--memcached-tls-cert and --memcached-tls-key go together (--memcached-tls-client-ca needs both)"
+            ),
         }
         if let Some(v) = &self.cuk {
             c.cluster.self_cuk = Some(v.clone());

@@ -1,5 +1,6 @@
 //! TLS for the native protocol: mutual authentication of nodes, gateways and tools with
-//! certificates from one cluster CA (openssl).
+//! certificates from one cluster CA (openssl); and TLS of the memcached port for clients
+//! (server certificate, client certificates optional).
 //!
 //! Owns: building the connector (client side) and the acceptor (node side) from PEM files,
 //! with a minimum protocol version. Invariants: peers must present a certificate signed by the
@@ -113,6 +114,48 @@ impl TlsFiles {
         b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
         Ok(TlsAcceptor(Arc::new(b.build())))
     }
+}
+
+/// TLS of a client-facing port (memcached): the server presents `cert`/`key`; with `ca`,
+/// clients must present a certificate signed by it (mutual), else any client may connect.
+pub fn client_port_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    ca: Option<&std::path::Path>,
+    min_version: Option<&str>,
+) -> Result<TlsAcceptor, String> {
+    let mut b =
+        SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).map_err(|e| e.to_string())?;
+    b.set_min_proto_version(Some(version(min_version)?))
+        .map_err(|e| e.to_string())?;
+    ctx("certificate", cert, b.set_certificate_chain_file(cert))?;
+    ctx("key", key, b.set_private_key_file(key, SslFiletype::PEM))?;
+    ctx("key", key, b.check_private_key())?;
+    if let Some(ca) = ca {
+        ctx("CA", ca, b.set_ca_file(ca))?;
+        b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+    }
+    Ok(TlsAcceptor(Arc::new(b.build())))
+}
+
+/// A client of a TLS client-facing port: trusts servers whose certificate `ca` signs, and
+/// presents `cert_key` when the port requires client certificates.
+pub fn client_port_connector(
+    ca: &std::path::Path,
+    cert_key: Option<(&std::path::Path, &std::path::Path)>,
+    min_version: Option<&str>,
+) -> Result<TlsConnector, String> {
+    let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(|e| e.to_string())?;
+    b.set_min_proto_version(Some(version(min_version)?))
+        .map_err(|e| e.to_string())?;
+    ctx("CA", ca, b.set_ca_file(ca))?;
+    if let Some((cert, key)) = cert_key {
+        ctx("certificate", cert, b.set_certificate_chain_file(cert))?;
+        ctx("key", key, b.set_private_key_file(key, SslFiletype::PEM))?;
+        ctx("key", key, b.check_private_key())?;
+    }
+    b.set_verify(SslVerifyMode::PEER);
+    Ok(TlsConnector(Arc::new(b.build())))
 }
 
 impl TlsConnector {

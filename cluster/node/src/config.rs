@@ -125,6 +125,37 @@ pub struct ListenConfig {
     pub native: Option<SocketAddr>,
     /// Admin HTTP (/health, /status, /metrics).
     pub admin: Option<SocketAddr>,
+    /// TLS on the memcached port (`[listen.memcached_tls]`): when set, the port speaks only
+    /// TLS, so clients are required to use it.
+    pub memcached_tls: Option<ClientTlsConfig>,
+}
+
+/// `[listen.memcached_tls]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTlsConfig {
+    /// The port's certificate chain (PEM), which clients verify.
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// When set, clients must present a certificate signed by this CA (PEM).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// Lowest TLS version: "1.2" (default) or "1.3".
+    #[serde(default)]
+    pub min_version: Option<String>,
+}
+
+impl ClientTlsConfig {
+    /// The acceptor (reads and checks the files).
+    pub fn acceptor(&self) -> Result<k2hdkc_client::TlsAcceptor, String> {
+        k2hdkc_client::tls::client_port_acceptor(
+            &self.cert,
+            &self.key,
+            self.client_ca.as_deref(),
+            self.min_version.as_deref(),
+        )
+    }
 }
 
 /// `[limits]`.
@@ -358,6 +389,13 @@ impl ServerConfig {
             f.acceptor()
                 .and_then(|_| f.connector())
                 .map_err(|e| ConfigError::Invalid(format!("cluster.tls: {e}")))?;
+        }
+        if let Some(t) = &self.listen.memcached_tls {
+            if self.listen.memcached.is_none() {
+                return bad("listen.memcached_tls needs listen.memcached (--memcached-listen)");
+            }
+            t.acceptor()
+                .map_err(|e| ConfigError::Invalid(format!("listen.memcached_tls: {e}")))?;
         }
         if s.max_value_bytes == 0 || s.max_value_bytes > k2hdkc_storage::MAX_VALUE_CEILING {
             return bad("storage.max_value_bytes must be between 1 and 67108864");

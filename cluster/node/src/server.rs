@@ -52,6 +52,8 @@ pub struct Shared {
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// TLS of the native listener (mutual, `[cluster.tls]`).
     pub tls: Option<k2hdkc_client::TlsAcceptor>,
+    /// TLS of the memcached listener (`[listen.memcached_tls]`).
+    pub client_tls: Option<k2hdkc_client::TlsAcceptor>,
     shutting_down: AtomicBool,
     /// Addresses actually bound (port 0 resolved), by listener name.
     bound: std::sync::Mutex<Vec<(&'static str, SocketAddr)>>,
@@ -131,6 +133,12 @@ impl Server {
             }
             None => (None, None),
         };
+        let client_tls = match &config.listen.memcached_tls {
+            Some(t) => Some(t.acceptor().map_err(|e| {
+                ServerError::Config(ConfigError::Invalid(format!("listen.memcached_tls: {e}")))
+            })?),
+            None => None,
+        };
         let cluster = if config.cluster.enabled() {
             let addr = nat_l
                 .as_ref()
@@ -189,6 +197,7 @@ impl Server {
             access: Default::default(),
             cluster: cluster.clone(),
             tls: tls_acceptor,
+            client_tls,
             shutting_down: AtomicBool::new(false),
             bound: Default::default(),
         });
@@ -371,28 +380,29 @@ async fn accept_loop(
         let shared = shared.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            let r = match proto {
-                Proto::Memcached => {
-                    crate::memcached::serve(sock, shared.clone(), stop, false).await
-                }
-                Proto::Native => match &shared.tls {
-                    None => crate::memcached::serve(sock, shared.clone(), stop, true).await,
-                    Some(t) => {
-                        match tokio::time::timeout(Duration::from_secs(10), t.accept(sock)).await {
-                            Ok(Ok(s)) => {
-                                crate::memcached::serve(s, shared.clone(), stop, true).await
-                            }
-                            Ok(Err(e)) => {
-                                tracing::warn!(%peer, error = %e, "refused a connection without a valid cluster certificate");
-                                Ok(())
-                            }
-                            Err(_) => {
-                                tracing::warn!(%peer, "TLS handshake timed out");
-                                Ok(())
-                            }
+            let (tls, native) = match proto {
+                Proto::Memcached => (shared.client_tls.clone(), false),
+                Proto::Native => (shared.tls.clone(), true),
+            };
+            let r = match tls {
+                None => crate::memcached::serve(sock, shared.clone(), stop, native).await,
+                Some(t) => {
+                    match tokio::time::timeout(Duration::from_secs(10), t.accept(sock)).await {
+                        Ok(Ok(s)) => crate::memcached::serve(s, shared.clone(), stop, native).await,
+                        Ok(Err(e)) if native => {
+                            tracing::warn!(%peer, error = %e, "refused a connection without a valid cluster certificate");
+                            Ok(())
+                        }
+                        Ok(Err(e)) => {
+                            tracing::info!(%peer, error = %e, "refused a client without TLS or a valid certificate");
+                            Ok(())
+                        }
+                        Err(_) => {
+                            tracing::warn!(%peer, "TLS handshake timed out");
+                            Ok(())
                         }
                     }
-                },
+                }
             };
             if let Err(e) = r {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
