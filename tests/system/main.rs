@@ -2,6 +2,7 @@
 
 mod cluster;
 mod differential;
+mod k2hr3;
 mod memcapable;
 mod python_clients;
 mod server_crash;

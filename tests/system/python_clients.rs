@@ -11,8 +11,8 @@ use system_tests::{Proc, bin, free_addr, wait_listening};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/python/memcache_clients.py");
 
-/// The venv's interpreter, as `scripts/setup.sh` places it.
-fn venv_python() -> Result<PathBuf, String> {
+/// The venv's interpreter, as `scripts/setup.sh` places it, if `modules` import there.
+pub fn venv_python(modules: &str) -> Result<PathBuf, String> {
     let venv = match std::env::var_os("K2HDKC_VENV").filter(|v| !v.is_empty()) {
         Some(v) => PathBuf::from(v),
         None => match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
@@ -28,14 +28,14 @@ fn venv_python() -> Result<PathBuf, String> {
         ));
     }
     let out = Command::new(&python)
-        .args(["-c", "import pymemcache, memcache"])
+        .args(["-c", &format!("import {modules}")])
         .output()
         .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         let last = err.lines().next_back().unwrap_or("").trim().to_string();
         return Err(format!(
-            "pymemcache or python-memcached does not import in {} ({last}); run scripts/setup.sh",
+            "{modules} does not import in {} ({last}); run scripts/setup.sh",
             python.display()
         ));
     }
@@ -43,7 +43,7 @@ fn venv_python() -> Result<PathBuf, String> {
 }
 
 /// The last lines of the server's log, for a failure message.
-fn log_tail(log: &Path) -> String {
+pub fn log_tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
@@ -51,7 +51,7 @@ fn log_tail(log: &Path) -> String {
 
 #[test]
 fn python_memcached_clients_pass_every_check() {
-    let python = match venv_python() {
+    let python = match venv_python("pymemcache, memcache") {
         Ok(p) => p,
         Err(reason) => {
             eprintln!("SKIP python_memcached_clients_pass_every_check: {reason}");
