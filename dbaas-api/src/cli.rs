@@ -85,7 +85,7 @@ struct Common {
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Database URL (sqlite://... or postgres://...); default SQLite in the data directory.
-    #[arg(long)]
+    #[arg(long, env = "DATABASE_URL")]
     database_url: Option<String>,
 }
 

@@ -15,6 +15,12 @@ use crate::python_clients::{log_tail, venv_python};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/python/k2hr3_client.py");
 
+/// Each test's own SQLite database (a `DATABASE_URL` in the environment is for the tests
+/// that ask for PostgreSQL, not for these).
+pub fn sqlite_url(dir: &Path) -> String {
+    format!("sqlite://{}?mode=rwc", dir.join("dbaas.db").display())
+}
+
 /// `k2hdkc-dbaas k2hr3 user add NAME --tenant T --password-stdin --data-dir DIR`.
 pub fn add_user(dir: &Path, name: &str, tenant: &str, password: &str) {
     let mut c = Command::new(bin("k2hdkc-dbaas"))
@@ -29,6 +35,8 @@ pub fn add_user(dir: &Path, name: &str, tenant: &str, password: &str) {
             "--data-dir",
         ])
         .arg(dir)
+        .arg("--database-url")
+        .arg(sqlite_url(dir))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -59,6 +67,8 @@ pub fn start_service(dir: &Path, standalone: bool) -> (Proc, SocketAddr) {
     args.extend([
         "--data-dir".into(),
         dir.display().to_string(),
+        "--database-url".into(),
+        sqlite_url(dir),
         "--listen".into(),
         addr.to_string(),
     ]);
@@ -111,4 +121,208 @@ fn python_k2hr3client_drives_the_whole_flow() {
         svc.terminate(Duration::from_secs(10)),
         "the service did not stop on SIGTERM"
     );
+}
+
+/// Poll `f` until `pred` holds for its text or `within` passes; the time it took.
+fn wait_file(f: &Path, within: Duration, pred: impl Fn(&str) -> bool) -> Option<Duration> {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < within {
+        if std::fs::read_to_string(f).is_ok_and(|t| pred(&t)) {
+            return Some(t0.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+fn run_k2hr3(args: &[&str]) -> String {
+    let out = Command::new(bin("k2hr3"))
+        .args(args)
+        .output()
+        .expect("run k2hr3");
+    assert!(
+        out.status.success(),
+        "k2hr3 {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn k2hr3_command_registers_and_follows_membership() {
+    use k2hr3_client::{Auth, Client, Host, Options, PolicySpec, ResourceSpec};
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    let dir = tmp.path().join("dbaas");
+    add_user(&dir, "ops", "t1", "ops-password-1");
+    let (mut svc, addr) = start_service(&dir, true);
+    let api = format!("http://{addr}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let anon = Client::new(&api, Auth::None, Options::default()).expect("client");
+    let user = rt
+        .block_on(anon.user_token("ops", "ops-password-1", Some("t1")))
+        .expect("user token");
+    let u = anon.with_auth(Auth::User(user));
+    let role = "yrn:yahoo:::t1:role:c1/server";
+    let token = rt
+        .block_on(async {
+            let tpl = "{{#!k2hr3template }}\n# me: __SELF_INSTANCE_ID__\n{{ %s% = %yrn:yahoo:::t1:role:c1/server/hosts/ip% }}{{ foreach %k% in %s% }}{{ %h% = %s%{%k%} }}server {{= %h%{'host'} }} {{= %h%{'cuk'} }}\n{{ done }}";
+            u.create_resource(&ResourceSpec {
+                name: "c1/server".into(),
+                rtype: "string".into(),
+                data: serde_json::json!(tpl),
+                ..ResourceSpec::default()
+            })
+            .await?;
+            u.create_policy(&PolicySpec {
+                name: "c1".into(),
+                effect: "allow".into(),
+                action: vec!["yrn:yahoo::::action:read".into()],
+                resource: vec!["yrn:yahoo:::t1:resource:c1/server".into()],
+                alias: vec![],
+            })
+            .await?;
+            u.create_role("c1/server", &["yrn:yahoo:::t1:policy:c1".into()], &[]).await?;
+            u.role_token("c1/server", Some(0)).await
+        })
+        .expect("set up the role")
+        .token;
+
+    // register: what k2hr3-init.sh does, with the instance id from cloud-init's file.
+    let state = tmp.path().join("antpickax");
+    let iid = tmp.path().join("instance-id");
+    std::fs::write(&iid, "vm-self\n").expect("instance id");
+    let out = run_k2hr3(&[
+        "register",
+        "--api",
+        &api,
+        "--role",
+        role,
+        "--token",
+        &token,
+        "--instance-id-file",
+        iid.to_str().expect("path"),
+        "--state-dir",
+        state.to_str().expect("path"),
+        "--tag",
+        "n1",
+    ]);
+    assert!(out.contains("registered"), "{out}");
+    let hosts = rt.block_on(u.role("c1/server", false)).expect("role").ips;
+    assert_eq!(hosts.len(), 1, "{hosts:?}");
+    assert_eq!(
+        (
+            hosts[0].host.as_str(),
+            hosts[0].cuk.as_str(),
+            hosts[0].tag.as_str()
+        ),
+        ("127.0.0.1", "vm-self", "n1")
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(state.join("k2hr3-role-token"))
+        .expect("token file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the saved role token is private");
+
+    // get-resource --watch: the file follows the role's hosts within one poll interval.
+    let conf = tmp.path().join("k2hdkc.ini");
+    let reloads = tmp.path().join("reloads");
+    let interval = Duration::from_secs(1);
+    let log = tmp.path().join("watch.log");
+    let reload_cmd = format!("echo \"$K2HR3_OUTPUT\" >> {}", reloads.display());
+    let watch_args: Vec<String> = [
+        "get-resource",
+        "--state-dir",
+        state.to_str().expect("path"),
+        "--output",
+        conf.to_str().expect("path"),
+        "--watch",
+        "--interval",
+        "1",
+        "--reload",
+        &reload_cmd,
+        "--max-polls",
+        "600",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut watch = Proc::start(&bin("k2hr3"), &watch_args, Some(&log));
+    let first = wait_file(&conf, Duration::from_secs(10), |t| {
+        t.contains("server 127.0.0.1 vm-self")
+    });
+    assert!(
+        first.is_some(),
+        "the first config never appeared:\n{}",
+        log_tail(&log)
+    );
+    let text = std::fs::read_to_string(&conf).expect("config");
+    assert!(
+        text.contains("# me: vm-self") && !text.contains("__SELF_INSTANCE_ID__"),
+        "{text}"
+    );
+    // Slack over one interval: the poll's own request and this test's 20 ms file polling.
+    let bound = interval + Duration::from_millis(900);
+    rt.block_on(u.add_host(
+        "c1/server",
+        &Host {
+            host: "10.0.0.9".into(),
+            port: 8020,
+            cuk: "vm-9".into(),
+            ..Host::default()
+        },
+    ))
+    .expect("add a host");
+    let added = wait_file(&conf, bound, |t| t.contains("server 10.0.0.9 vm-9"));
+    assert!(
+        added.is_some(),
+        "the added host did not reach the file within {bound:?}:\n{}",
+        log_tail(&log)
+    );
+    rt.block_on(u.delete_host("c1/server", "10.0.0.9", Some(8020), Some("vm-9")))
+        .expect("remove the host");
+    let removed = wait_file(&conf, bound, |t| {
+        !t.contains("vm-9") && t.contains("vm-self")
+    });
+    assert!(
+        removed.is_some(),
+        "the removed host stayed in the file beyond {bound:?}:\n{}",
+        log_tail(&log)
+    );
+    eprintln!(
+        "k2hr3 get-resource --interval 1: host added -> file after {added:?}, removed -> file after {removed:?}"
+    );
+    // Unchanged resource: no rewrite, no reload (three changes so far: first, add, remove).
+    std::thread::sleep(interval * 2 + Duration::from_millis(200));
+    let n = std::fs::read_to_string(&reloads)
+        .unwrap_or_default()
+        .lines()
+        .count();
+    assert_eq!(
+        n,
+        3,
+        "one reload per change, none without:\n{}",
+        log_tail(&log)
+    );
+    assert!(watch.running(), "the watcher exited:\n{}", log_tail(&log));
+    assert!(
+        watch.terminate(Duration::from_secs(5)),
+        "the watcher ignored SIGTERM"
+    );
+
+    // unregister: the host leaves the role and the state is forgotten.
+    let out = run_k2hr3(&["unregister", "--state-dir", state.to_str().expect("path")]);
+    assert!(out.contains("unregistered"), "{out}");
+    assert!(
+        rt.block_on(u.role("c1/server", false))
+            .expect("role")
+            .ips
+            .is_empty()
+    );
+    assert!(!state.join("k2hr3-role-token").exists());
+    assert!(svc.terminate(Duration::from_secs(10)));
 }

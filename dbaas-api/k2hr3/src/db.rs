@@ -431,21 +431,25 @@ impl Db {
         // A prefix test with substr, not LIKE: names may contain `_` and `%`.
         let below = format!("{yrn}/");
         let len = below.chars().count() as i64;
-        let n = sqlx::query("DELETE FROM r3_roles WHERE yrn = $1 OR substr(yrn, 1, $3) = $2")
-            .bind(yrn)
-            .bind(&below)
-            .bind(len)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        sqlx::query("DELETE FROM r3_hosts WHERE role = $1 OR substr(role, 1, $3) = $2")
-            .bind(yrn)
-            .bind(&below)
-            .bind(len)
-            .execute(&self.pool)
-            .await?;
+        let n = sqlx::query(
+            "DELETE FROM r3_roles WHERE yrn = $1 OR substr(yrn, 1, CAST($3 AS INTEGER)) = $2",
+        )
+        .bind(yrn)
+        .bind(&below)
+        .bind(len)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
         sqlx::query(
-            "DELETE FROM r3_tokens WHERE kind = 'R' AND (role = $1 OR substr(role, 1, $3) = $2)",
+            "DELETE FROM r3_hosts WHERE role = $1 OR substr(role, 1, CAST($3 AS INTEGER)) = $2",
+        )
+        .bind(yrn)
+        .bind(&below)
+        .bind(len)
+        .execute(&self.pool)
+        .await?;
+        sqlx::query(
+            "DELETE FROM r3_tokens WHERE kind = 'R' AND (role = $1 OR substr(role, 1, CAST($3 AS INTEGER)) = $2)",
         )
         .bind(yrn)
         .bind(&below)
@@ -631,16 +635,16 @@ impl Db {
 
     /// Delete a resource and everything below it.
     pub async fn delete_resource(&self, yrn: &str) -> R3Result<bool> {
-        Ok(
-            sqlx::query("DELETE FROM r3_resources WHERE yrn = $1 OR substr(yrn, 1, $3) = $2")
-                .bind(yrn)
-                .bind(format!("{yrn}/"))
-                .bind(format!("{yrn}/").chars().count() as i64)
-                .execute(&self.pool)
-                .await?
-                .rows_affected()
-                > 0,
+        Ok(sqlx::query(
+            "DELETE FROM r3_resources WHERE yrn = $1 OR substr(yrn, 1, CAST($3 AS INTEGER)) = $2",
         )
+        .bind(yrn)
+        .bind(format!("{yrn}/"))
+        .bind(format!("{yrn}/").chars().count() as i64)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            > 0)
     }
 
     /// The YRNs in `table` (roles, policies, resources) of a tenant starting with `prefix`.
@@ -657,7 +661,7 @@ impl Db {
         };
         // `t` is one of three fixed names above, never input.
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT yrn FROM {t} WHERE tenant = $1 AND substr(yrn, 1, $3) = $2 ORDER BY yrn"
+            "SELECT yrn FROM {t} WHERE tenant = $1 AND substr(yrn, 1, CAST($3 AS INTEGER)) = $2 ORDER BY yrn"
         )))
         .bind(tenant)
         .bind(prefix)

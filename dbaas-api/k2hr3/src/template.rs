@@ -866,6 +866,13 @@ pub fn is_template(tpl: &str) -> bool {
     tpl.contains("{{")
 }
 
+/// Check that `tpl` parses (without running it: its variables are not known yet).
+pub fn check(tpl: &str) -> Result<(), TemplateError> {
+    let pieces = split(tpl)?;
+    let mut i = 0;
+    block(&pieces, &mut i, &[]).map(drop)
+}
+
 /// Expand `tpl` with `vars` (names without `%`). Assignments update `vars`.
 pub fn expand(tpl: &str, vars: &mut HashMap<String, Value>) -> Result<String, TemplateError> {
     let pieces = split(tpl)?;

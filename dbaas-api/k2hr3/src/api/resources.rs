@@ -191,7 +191,7 @@ pub async fn allowed(svc: &Svc, role: &Yrn, res: &Yrn, act: &str) -> R3Result<bo
 
 fn data_of(rtype: &str, v: &Value) -> R3Result<String> {
     match (rtype, v) {
-        (_, Value::Null) => Ok(String::new()),
+        ("string" | "object", Value::Null) => Ok(String::new()),
         ("string", Value::String(s)) => Ok(s.clone()),
         ("string", other) => Ok(other.to_string()),
         ("object", Value::String(s)) if s.is_empty() || s == "None" => Ok(String::new()),
@@ -248,6 +248,10 @@ async fn resource_create(
     let data = data_of(&rtype, &r["data"])?;
     if data.len() > 1 << 20 {
         return Err(bad("resource data is limited to 1 MiB"));
+    }
+    // A template that cannot parse would fail every reader later: refuse it now.
+    if rtype == "string" && template::is_template(&data) {
+        template::check(&data).map_err(|e| bad(format!("resource {y}: {e}")))?;
     }
     let keys = keys_of(&r["keys"])?;
     let aliases = str_list(&r["alias"], "alias")?

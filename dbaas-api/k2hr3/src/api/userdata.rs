@@ -109,7 +109,12 @@ pub async fn userdata(s: St, h: HeaderMap, Path(path): Path<String>) -> R3Result
     let (role, tok) = open(&s, &path).await?;
     let script = init_script(&s, &role, &tok)?;
     let b = "==K2HR3USERDATA==";
-    let cloud_config = "#cloud-config\n# Written by the K2HR3 service: runs the registration script below once.\nruncmd:\n  - [sh, -c, 'test -x /usr/local/sbin/k2hr3-init.sh || true']\n";
+    // The script also lands in /usr/local/sbin so that shutdown can run `k2hr3-init.sh stop`
+    // (unregister); the shell-script part runs it once at first boot.
+    let cloud_config = format!(
+        "#cloud-config\n# Written by the K2HR3 service for {role}.\nwrite_files:\n  - path: /usr/local/sbin/k2hr3-init.sh\n    permissions: '0700'\n    encoding: b64\n    content: {}\n",
+        openssl::base64::encode_block(script.as_bytes())
+    );
     let body = format!(
         "Content-Type: multipart/mixed; boundary=\"{b}\"\nMIME-Version: 1.0\n\n--{b}\nContent-Type: text/cloud-config; charset=\"us-ascii\"\nMIME-Version: 1.0\nContent-Transfer-Encoding: 7bit\nContent-Disposition: attachment; filename=\"cloud-config.txt\"\n\n{cloud_config}\n--{b}\nContent-Type: text/x-shellscript; charset=\"us-ascii\"\nMIME-Version: 1.0\nContent-Transfer-Encoding: 7bit\nContent-Disposition: attachment; filename=\"k2hr3-init.sh\"\n\n{script}\n--{b}--\n"
     );
