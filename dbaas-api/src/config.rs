@@ -66,3 +66,39 @@ impl Config {
         k
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Config;
+
+    #[test]
+    fn the_deploy_example_parses_and_validates() {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/config/k2hdkc-dbaas.toml");
+        let c = Config::load(&p).expect("deploy/config/k2hdkc-dbaas.toml");
+        assert_eq!(c.k2hr3.listen.port(), 18080);
+        assert_eq!(c.k2hr3.delete_by_cuk_from.len(), 1);
+        assert!(c.k2hr3.extdata.contains_key("trove"));
+        assert!(
+            c.database_url()
+                .starts_with("sqlite:///var/lib/k2hdkc-dbaas/")
+        );
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_their_name() {
+        for (text, want) in [
+            ("[k2hr3]\nrole_token_secs = 0\n", "role_token_secs"),
+            ("database_url = \"mysql://x\"\n", "database_url"),
+            ("[k2hr3]\npublic_url = \"ftp://x\"\n", "public_url"),
+            ("[k2hr3]\nlisten = \"nowhere\"\n", "listen"),
+            ("unknown = 1\n", "unknown"),
+        ] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let p = dir.path().join("c.toml");
+            std::fs::write(&p, text).expect("write");
+            let e = Config::load(&p).expect_err(text).to_string();
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+    }
+}

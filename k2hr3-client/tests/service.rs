@@ -627,3 +627,97 @@ fn fastrand_suffix() -> u64 {
         .map(|d| d.as_nanos() as u64 % 1_000_000_007)
         .unwrap_or(0)
 }
+
+/// A stand-in Keystone v3: `ks-good` is alice's token with projects tenant-k and ops.
+async fn fake_keystone() -> (String, tokio::task::JoinHandle<()>) {
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::routing::get;
+    let good =
+        |h: &HeaderMap| h.get("x-auth-token").and_then(|v| v.to_str().ok()) == Some("ks-good");
+    let app = axum::Router::new()
+        .route(
+            "/v3/auth/tokens",
+            get(move |h: HeaderMap| async move {
+                let subject_ok = h.get("x-subject-token").and_then(|v| v.to_str().ok()) == Some("ks-good");
+                if good(&h) && subject_ok {
+                    (StatusCode::OK, axum::Json(json!({"token": {"user": {"name": "ks-alice", "domain": {"name": "Default"}},
+                        "project": {"name": "tenant-k"}, "expires_at": "2099-01-01T00:00:00Z"}})))
+                } else {
+                    (StatusCode::NOT_FOUND, axum::Json(json!({"error": {"code": 404}})))
+                }
+            }),
+        )
+        .route(
+            "/v3/auth/projects",
+            get(move |h: HeaderMap| async move {
+                if good(&h) {
+                    (StatusCode::OK, axum::Json(json!({"projects": [{"name": "tenant-k"}, {"name": "ops"}]})))
+                } else {
+                    (StatusCode::UNAUTHORIZED, axum::Json(json!({"error": {"code": 401}})))
+                }
+            }),
+        );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", l.local_addr().expect("addr"));
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(l, app).await;
+    });
+    (url, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keystone_tokens_become_user_tokens() {
+    let (ks, ks_task) = fake_keystone().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let svc = Service::open(Config {
+        listen: addr,
+        data_dir: dir.path().to_path_buf(),
+        keystone_url: Some(ks),
+        ..Config::default()
+    })
+    .await
+    .expect("open");
+    let task = tokio::spawn(async move { svc.serve(listener, std::future::pending()).await });
+    let base = format!("http://{addr}");
+    let os = Client::new(&base, Auth::User("ks-good".into()), opts()).expect("client");
+    let scoped = os
+        .scoped_token("tenant-k")
+        .await
+        .expect("a scoped token from a Keystone token");
+    let u = os.with_auth(Auth::User(scoped));
+    let info = u.token_info().await.expect("info");
+    assert_eq!(info["user"], json!("ks-alice"));
+    u.create_role("from-keystone", &[], &[])
+        .await
+        .expect("the scoped token works");
+    let e = os
+        .scoped_token("not-mine")
+        .await
+        .expect_err("not a project of the user");
+    assert_eq!(status(&e), 403, "{e}");
+    let bad = os.with_auth(Auth::User("ks-forged".into()));
+    let e = bad
+        .scoped_token("tenant-k")
+        .await
+        .expect_err("Keystone refuses it");
+    assert_eq!(status(&e), 401, "{e}");
+    // The Keystone token itself is not a token of this service.
+    let e = os.token_info().await.expect_err("not stored");
+    assert_eq!(status(&e), 401, "{e}");
+    let e = os
+        .with_auth(Auth::User("ks-good".into()))
+        .user_token("ks-alice", "!external", Some("tenant-k"))
+        .await;
+    assert_eq!(
+        status(&e.expect_err("no password login for Keystone users")),
+        401
+    );
+    task.abort();
+    ks_task.abort();
+}

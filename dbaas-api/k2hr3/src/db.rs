@@ -286,6 +286,26 @@ impl Db {
         Ok(())
     }
 
+    /// Make `name` (an external user: no password that could ever match) a member of
+    /// `tenants`, keeping a local user's password if there is one.
+    pub async fn link_user(&self, name: &str, tenants: &[String]) -> R3Result<()> {
+        sqlx::query("INSERT INTO r3_users (name, password, created) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING")
+            .bind(name)
+            .bind("!external")
+            .bind(now())
+            .execute(&self.pool)
+            .await?;
+        for t in tenants {
+            self.ensure_tenant(t).await?;
+            sqlx::query("INSERT INTO r3_tenant_users (tenant, user_name) VALUES ($1, $2) ON CONFLICT (tenant, user_name) DO NOTHING")
+                .bind(t)
+                .bind(name)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// A user's password hash.
     pub async fn user_password(&self, name: &str) -> R3Result<Option<String>> {
         Ok(sqlx::query("SELECT password FROM r3_users WHERE name = $1")

@@ -12,6 +12,7 @@ pub mod api;
 pub mod crypto;
 pub mod db;
 pub mod error;
+pub mod keystone;
 pub mod pyval;
 pub mod template;
 pub mod yrn;
@@ -50,6 +51,9 @@ pub struct Config {
     pub delete_by_cuk_from: Vec<IpAddr>,
     /// Named extdata templates (`GET /v1/extdata/<name>/<registerpath>`).
     pub extdata: BTreeMap<String, ExtData>,
+    /// OpenStack Keystone (`http(s)://host:port`, without `/v3`): user tokens may then be made
+    /// from Keystone tokens; its projects are the user's tenants.
+    pub keystone_url: Option<String>,
 }
 
 /// One extdata entry.
@@ -85,6 +89,7 @@ impl Default for Config {
             role_token_secs: 86_400,
             delete_by_cuk_from: Vec::new(),
             extdata,
+            keystone_url: None,
         }
     }
 }
@@ -109,6 +114,13 @@ impl Config {
         {
             return Err(format!(
                 "k2hr3.public_url {u:?}: want http(s)://host:port without a trailing /"
+            ));
+        }
+        if let Some(u) = &self.keystone_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return Err(format!(
+                "k2hr3.keystone_url {u:?}: want http(s)://host:port"
             ));
         }
         for (what, v) in [
@@ -172,8 +184,18 @@ impl Service {
         let keys = crypto::Keys::load_or_create(&cfg.data_dir.join("k2hr3.key"))
             .map_err(|e| R3Error::Internal(format!("service key: {e}")))?;
         let db = db::Db::open(&cfg.database_url()).await?;
+        let keystone = cfg
+            .keystone_url
+            .as_deref()
+            .map(keystone::Keystone::new)
+            .transpose()?;
         Ok(Service {
-            svc: Arc::new(api::Svc { db, keys, cfg }),
+            svc: Arc::new(api::Svc {
+                db,
+                keys,
+                cfg,
+                keystone,
+            }),
         })
     }
 

@@ -913,8 +913,11 @@ impl Cluster {
         // What a start may have lost is fetched once the node holds data in the layout: a
         // memory-mode node whose join list names only itself starts on a layout of its own
         // (version 1, holding nothing) and learns the real one from its peers later.
-        let pending =
-            self.fresh_start.load(SeqCst) && !self.holds_data_in(&l) && self.resync_from.is_some();
+        // A node being added gets transfers instead, and needs no resync afterwards.
+        let pending = self.fresh_start.load(SeqCst)
+            && !self.holds_data_in(&l)
+            && !self.being_added(&l)
+            && self.resync_from.is_some();
         self.fresh_start.store(pending, SeqCst);
         self.takeover_done.notify_waiters();
         tracing::info!("caught up; leading again");
@@ -1381,6 +1384,13 @@ impl Cluster {
             .any(|n| n.name == self.me && n.holds_data() && n.action != Action::Add)
     }
 
+    /// Whether this node is in `l` as a node being added (receiving transfers).
+    fn being_added(&self, l: &Layout) -> bool {
+        l.nodes
+            .iter()
+            .any(|n| n.name == self.me && n.action == Action::Add)
+    }
+
     /// Install a newer layout (from a commit, a peer, or this node's own proposal).
     pub fn install(self: &Arc<Self>, l: Layout) -> Result<bool, String> {
         l.validate().map_err(|e| e.to_string())?;
@@ -1407,6 +1417,11 @@ impl Cluster {
         *cur = Arc::new(l);
         let now = cur.clone();
         drop(cur);
+        if self.being_added(&before) || self.being_added(&now) {
+            // Its data arrives by transfer: when the add completes it holds everything, and
+            // a resync would fetch it all a second time.
+            self.fresh_start.store(false, SeqCst);
+        }
         if self.fresh_start.load(SeqCst)
             && !self.gateway()
             && !self.holds_data_in(&before)

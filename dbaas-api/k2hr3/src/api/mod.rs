@@ -40,6 +40,8 @@ pub struct Svc {
     pub keys: Keys,
     /// The configuration.
     pub cfg: Config,
+    /// Keystone, when configured.
+    pub keystone: Option<crate::keystone::Keystone>,
 }
 
 /// The state handlers get.
@@ -126,6 +128,37 @@ pub async fn caller(svc: &Svc, headers: &HeaderMap) -> R3Result<Caller> {
         tenant: (!t.tenant.is_empty()).then(|| t.tenant.clone()),
         hash: t.hash,
     })
+}
+
+/// Like [`caller`], but an unknown user token is tried with Keystone (when configured); a
+/// token it accepts is an unscoped caller whose tenants are its Keystone projects.
+pub async fn caller_or_keystone(svc: &Svc, headers: &HeaderMap) -> R3Result<Caller> {
+    match caller(svc, headers).await {
+        Err(R3Error::Unauthorized(m)) => {
+            let Some(ks) = &svc.keystone else {
+                return Err(R3Error::Unauthorized(m));
+            };
+            let v = headers
+                .get("x-auth-token")
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .unwrap_or("");
+            if v.starts_with("R=") || v.is_empty() {
+                return Err(R3Error::Unauthorized(m));
+            }
+            let tok = v.strip_prefix("U=").unwrap_or(v);
+            let u = ks.validate(tok).await?;
+            let tenants: Vec<String> = u.projects.iter().map(|p| p.to_ascii_lowercase()).collect();
+            svc.db.link_user(&u.name, &tenants).await?;
+            tracing::info!(user = %u.name, projects = ?u.projects, "Keystone token accepted");
+            Ok(Caller::User {
+                user: u.name,
+                tenant: None,
+                hash: String::new(),
+            })
+        }
+        other => other,
+    }
 }
 
 /// `{"result": true, "message": null}` plus `extra`'s fields, with `status`.

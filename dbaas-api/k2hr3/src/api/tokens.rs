@@ -125,7 +125,7 @@ fn text(v: &Value) -> Option<String> {
 /// POST /v1/user/tokens `{"auth": {"tenantName", "passwordCredentials": {"username",
 /// "password"}}}` (k2hr3client puts the real values in `auth.user` / `auth.password`).
 pub async fn user_post(s: St, h: HeaderMap, body: Bytes) -> R3Result<Response> {
-    let who = caller(&s, &h).await?;
+    let who = super::caller_or_keystone(&s, &h).await?;
     let b = body_json(&body)?;
     let auth = b.get("auth").cloned().unwrap_or(Value::Null);
     if !b.is_null() && !auth.is_object() {
@@ -140,7 +140,7 @@ pub async fn user_post(s: St, h: HeaderMap, body: Bytes) -> R3Result<Response> {
 
 /// PUT /v1/user/tokens?username=&password=&tenantname= (`user=` too).
 pub async fn user_put(s: St, h: HeaderMap, q: Q) -> R3Result<Response> {
-    let who = caller(&s, &h).await?;
+    let who = super::caller_or_keystone(&s, &h).await?;
     let user = pyval::opt(q.get("username").or(q.get("user")));
     let password = pyval::opt(q.get("password"));
     let tenant = pyval::opt(q.get("tenantname").or(q.get("tenant")));
