@@ -290,6 +290,39 @@ async fn suite(base: &str) {
             .any(|h| h.host == "127.0.0.1" && h.tag == "self")
     );
 
+    // An alias role shares its hosts when expanded, and a child role reads what its parent's
+    // policies allow.
+    a.create_role("gw", &[], &["yrn:yahoo:::tenant-a:role:c1/server".into()])
+        .await
+        .expect("alias role");
+    let gw = a.role("gw", true).await.expect("expanded alias");
+    assert_eq!(gw.ips.len(), 2, "{gw:?}");
+    assert!(a.role("gw", false).await.expect("alias").ips.is_empty());
+    let e = a
+        .create_role("gw2", &[], &["yrn:yahoo:::tenant-b:role:x".into()])
+        .await
+        .expect_err("foreign alias");
+    assert_eq!(status(&e), 403, "{e}");
+    a.create_role("c1/server/child", &[], &[])
+        .await
+        .expect("child role");
+    let child = a
+        .role_token("c1/server/child", None)
+        .await
+        .expect("child token");
+    let text_child = anon
+        .with_auth(Auth::Role(child.token.clone()))
+        .read_resource("c1/server", None, None)
+        .await
+        .expect("a child role inherits its parent's policies");
+    assert!(
+        text_child
+            .as_str()
+            .is_some_and(|t| t.contains("GROUP = c1")),
+        "{text_child}"
+    );
+    a.delete_role("gw").await.expect("delete alias role");
+
     // The expanded resource, by role token and by source address.
     let text = r
         .read_resource("yrn:yahoo:::tenant-a:resource:c1/server", None, None)
@@ -537,7 +570,7 @@ async fn suite(base: &str) {
     assert_eq!(status(&e), 403, "{e}");
 
     // Delete everything.
-    for role in ["c1/server", "c1/slave", "c1", "other"] {
+    for role in ["c1/server/child", "c1/server", "c1/slave", "c1", "other"] {
         a.delete_role(role)
             .await
             .unwrap_or_else(|e| panic!("delete role {role}: {e}"));

@@ -29,6 +29,7 @@ use crate::Config;
 use crate::crypto::{Keys, hash_token};
 use crate::db::{Db, Token};
 use crate::error::{R3Error, R3Result, bad};
+use crate::pyval;
 use crate::yrn::{Kind, Yrn};
 
 /// Shared state of the service.
@@ -176,6 +177,25 @@ pub fn body_json(b: &Bytes) -> R3Result<Value> {
         return Ok(Value::Null);
     }
     serde_json::from_slice(b).map_err(|e| bad(format!("the body is not valid JSON: {e}")))
+}
+
+/// A list of strings in a body (a JSON array, or one string: a JSON/Python list literal or
+/// a comma list); absent = empty.
+pub fn str_list(v: &Value, what: &str) -> R3Result<Vec<String>> {
+    match v {
+        Value::Null => Ok(vec![]),
+        Value::String(s) => Ok(pyval::list(Some(s))),
+        Value::Array(a) => a
+            .iter()
+            .filter(|x| !x.is_null())
+            .map(|x| {
+                x.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| bad(format!("{what} must be a list of strings")))
+            })
+            .collect(),
+        _ => Err(bad(format!("{what} must be a list of strings"))),
+    }
 }
 
 /// A role, resource or policy named by `name` (a YRN or a path) in the caller's tenant.

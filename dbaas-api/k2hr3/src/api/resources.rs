@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use super::roles::{host_json, with_aliases};
-use super::{Caller, Peer, Q, St, Svc, body_json, caller, ok, own, peer_ip};
+use super::{Caller, Peer, Q, St, Svc, body_json, caller, ok, own, peer_ip, str_list};
 use crate::db::{Policy, Resource, now};
 use crate::error::{R3Error, R3Result, bad};
 use crate::pyval;
@@ -29,23 +29,6 @@ fn action(a: &str) -> R3Result<String> {
         "read" | READ => Ok(READ.into()),
         "write" | WRITE => Ok(WRITE.into()),
         other => Err(bad(format!("action {other:?} is not read or write"))),
-    }
-}
-
-fn str_list(v: &Value, what: &str) -> R3Result<Vec<String>> {
-    match v {
-        Value::Null => Ok(vec![]),
-        Value::String(s) => Ok(pyval::list(Some(s))),
-        Value::Array(a) => a
-            .iter()
-            .filter(|x| !x.is_null())
-            .map(|x| {
-                x.as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| bad(format!("{what} must be a list of strings")))
-            })
-            .collect(),
-        _ => Err(bad(format!("{what} must be a list of strings"))),
     }
 }
 

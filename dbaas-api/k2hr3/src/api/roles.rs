@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::{Caller, Peer, Q, St, Svc, body_json, caller, ok, own, peer_ip};
+use super::{Caller, Peer, Q, St, Svc, body_json, caller, ok, own, peer_ip, str_list};
 use crate::db::{Host, Role};
 use crate::error::{R3Error, R3Result, bad};
 use crate::pyval;
@@ -150,23 +150,6 @@ async fn create(
         .await?;
     tracing::info!(role = %y, "role created or updated");
     Ok(ok(StatusCode::CREATED, json!({})))
-}
-
-fn str_list(v: &Value, what: &str) -> R3Result<Vec<String>> {
-    match v {
-        Value::Null => Ok(vec![]),
-        Value::String(s) => Ok(pyval::list(Some(s))),
-        Value::Array(a) => a
-            .iter()
-            .filter(|x| !x.is_null())
-            .map(|x| {
-                x.as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| bad(format!("{what} must be a list of strings")))
-            })
-            .collect(),
-        _ => Err(bad(format!("{what} must be a list of strings"))),
-    }
 }
 
 /// POST /v1/role `{"role": {"name", "policies", "alias"}}`.
