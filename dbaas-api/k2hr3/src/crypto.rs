@@ -45,6 +45,10 @@ pub fn hash_token(t: &str) -> String {
     hex(&openssl::sha::sha256(t.as_bytes()))
 }
 
+/// A well-formed hash no password matches in practice: checking an unknown user's password
+/// against it costs what a real check costs.
+pub const UNKNOWN_USER_HASH: &str = "pbkdf2-sha256$100000$00000000000000000000000000000000$0000000000000000000000000000000000000000000000000000000000000000";
+
 /// A salted password hash `pbkdf2-sha256$ITER$SALT$HASH`.
 pub fn hash_password(pw: &str) -> String {
     let salt = random_bytes(16);
@@ -256,6 +260,13 @@ pub fn percent_decode(s: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_unknown_user_hash_costs_a_real_check() {
+        let prefix = format!("pbkdf2-sha256${}$", super::PASSWORD_ITERATIONS);
+        assert!(super::UNKNOWN_USER_HASH.starts_with(&prefix));
+        assert!(!super::verify_password("", super::UNKNOWN_USER_HASH));
+    }
+
     use super::*;
 
     #[test]

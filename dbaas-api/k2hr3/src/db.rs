@@ -275,6 +275,12 @@ impl Db {
             .bind(now())
             .execute(&self.pool)
             .await?;
+        self.add_memberships(name, tenants).await?;
+        Ok(())
+    }
+
+    /// Make `name` a member of `tenants` (created as needed).
+    async fn add_memberships(&self, name: &str, tenants: &[String]) -> R3Result<()> {
         for t in tenants {
             self.ensure_tenant(t).await?;
             sqlx::query("INSERT INTO r3_tenant_users (tenant, user_name) VALUES ($1, $2) ON CONFLICT (tenant, user_name) DO NOTHING")
@@ -295,14 +301,7 @@ impl Db {
             .bind(now())
             .execute(&self.pool)
             .await?;
-        for t in tenants {
-            self.ensure_tenant(t).await?;
-            sqlx::query("INSERT INTO r3_tenant_users (tenant, user_name) VALUES ($1, $2) ON CONFLICT (tenant, user_name) DO NOTHING")
-                .bind(t)
-                .bind(name)
-                .execute(&self.pool)
-                .await?;
-        }
+        self.add_memberships(name, tenants).await?;
         Ok(())
     }
 

@@ -63,15 +63,13 @@ pub enum Caller {
         user: String,
         /// Scoped tenant.
         tenant: Option<String>,
-        /// Token hash.
-        hash: String,
     },
     /// A role token.
     Role {
         /// Its role.
         role: Yrn,
         /// Its row.
-        token: Token,
+        token: Box<Token>,
     },
 }
 
@@ -122,12 +120,14 @@ pub async fn caller(svc: &Svc, headers: &HeaderMap) -> R3Result<Caller> {
         .ok_or_else(|| R3Error::Unauthorized("the token is unknown, expired or revoked".into()))?;
     if kind == "R" {
         let role = Yrn::parse(&t.role).map_err(|_| R3Error::Internal("bad role token".into()))?;
-        return Ok(Caller::Role { role, token: t });
+        return Ok(Caller::Role {
+            role,
+            token: Box::new(t),
+        });
     }
     Ok(Caller::User {
         user: t.user.clone(),
         tenant: (!t.tenant.is_empty()).then(|| t.tenant.clone()),
-        hash: t.hash,
     })
 }
 
@@ -155,7 +155,6 @@ pub async fn caller_or_keystone(svc: &Svc, headers: &HeaderMap) -> R3Result<Call
             Ok(Caller::User {
                 user: u.name,
                 tenant: None,
-                hash: String::new(),
             })
         }
         other => other,
@@ -203,6 +202,18 @@ pub fn own(name: &str, tenant: &str, kind: Kind) -> R3Result<Yrn> {
     let y = Yrn::resolve(name, tenant, kind)?;
     if y.tenant != tenant.to_ascii_lowercase() {
         return Err(R3Error::Forbidden(format!("{y} belongs to another tenant")));
+    }
+    Ok(y)
+}
+
+/// The role `name` for a role token of `mine`: its own role only, else 403 saying what the
+/// token `cannot` do.
+pub fn own_role(name: &str, mine: &Yrn, cannot: &str) -> R3Result<Yrn> {
+    let y = own(name, &mine.tenant, Kind::Role)?;
+    if y != *mine {
+        return Err(R3Error::Forbidden(format!(
+            "a role token of {mine} cannot {cannot} {y}"
+        )));
     }
     Ok(y)
 }

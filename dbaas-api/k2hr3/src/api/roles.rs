@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::{Caller, Peer, Q, St, Svc, body_json, caller, ok, own, peer_ip, str_list};
+use super::{Caller, Peer, Q, St, Svc, body_json, caller, ok, own, own_role, peer_ip, str_list};
 use crate::db::{Host, Role};
 use crate::error::{R3Error, R3Result, bad};
 use crate::pyval;
@@ -199,15 +199,7 @@ pub async fn with_aliases(svc: &Svc, y: &str) -> R3Result<Vec<Role>> {
 pub async fn get(s: St, h: HeaderMap, Path(role): Path<String>, q: Q) -> R3Result<Response> {
     let who = caller(&s, &h).await?;
     let y = match &who {
-        Caller::Role { role: mine, .. } => {
-            let y = own(&role, &mine.tenant, Kind::Role)?;
-            if y != *mine {
-                return Err(R3Error::Forbidden(format!(
-                    "a role token of {mine} cannot read {y}"
-                )));
-            }
-            y
-        }
+        Caller::Role { role: mine, .. } => own_role(&role, mine, "read")?,
         _ => {
             let (_, tenant) = who.scoped()?;
             own(&role, tenant, Kind::Role)?
@@ -254,15 +246,7 @@ async fn add_hosts(
     clear_ips: bool,
 ) -> R3Result<Response> {
     let (y, self_ip) = match who {
-        Caller::Role { role: mine, .. } => {
-            let y = own(role, &mine.tenant, Kind::Role)?;
-            if y != *mine {
-                return Err(R3Error::Forbidden(format!(
-                    "a role token of {mine} cannot register into {y}"
-                )));
-            }
-            (y, Some(peer))
-        }
+        Caller::Role { role: mine, .. } => (own_role(role, mine, "register into")?, Some(peer)),
         _ => {
             let (_, tenant) = who.scoped()?;
             (own(role, tenant, Kind::Role)?, None)
@@ -364,13 +348,7 @@ pub async fn delete(
     let cuk = pyval::opt(q.get("cuk"));
     let (ys, n) = match &who {
         Caller::Role { role: mine, .. } => {
-            let y = own(&role, &mine.tenant, Kind::Role)?;
-            if y != *mine {
-                return Err(R3Error::Forbidden(format!(
-                    "a role token of {mine} cannot change {y}"
-                )));
-            }
-            let ys = y.to_string();
+            let ys = own_role(&role, mine, "change")?.to_string();
             let n =
                 s.db.delete_hosts(&ys, Some(&ip), port, cuk.as_deref())
                     .await?;

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::{Caller, Peer, Q, St, Svc, body_json, caller, ok, own, peer_ip};
+use super::{Caller, Peer, Q, St, Svc, body_json, caller, ok, own, own_role, peer_ip};
 use crate::crypto::{hash_token, random_token, verify_password};
 use crate::db::{Token, now};
 use crate::error::{R3Error, R3Result, bad};
@@ -55,7 +55,7 @@ async fn issue_user_token(
                 Some(h) => verify_password(&p, &h),
                 None => {
                     // Same work for unknown users, so timing does not tell them apart.
-                    let _ = verify_password(&p, &crate::crypto::hash_password("x"));
+                    let _ = verify_password(&p, crate::crypto::UNKNOWN_USER_HASH);
                     false
                 }
             };
@@ -199,12 +199,7 @@ pub async fn role_token_get(
             (own(&role, tenant, Kind::Role)?, user.to_string(), json!({}))
         }
         Caller::Role { role: mine, token } => {
-            let y = own(&role, &mine.tenant, Kind::Role)?;
-            if y != *mine {
-                return Err(R3Error::Forbidden(format!(
-                    "a role token of {mine} cannot get a token of {y}"
-                )));
-            }
+            let y = own_role(&role, mine, "get a token of")?;
             // Re-issuing with a role token replaces it.
             s.db.delete_token(&token.hash).await?;
             (y, token.user.clone(), json!({"ip": ip}))
@@ -292,13 +287,7 @@ pub async fn role_token_head(s: St, h: HeaderMap, Path(path): Path<String>) -> R
         };
     }
     let yrn = match &who {
-        Caller::Role { role: mine, .. } => {
-            let y = own(&path, &mine.tenant, Kind::Role)?;
-            if y != *mine {
-                return Err(R3Error::Forbidden(format!("{y} is not the token's role")));
-            }
-            y
-        }
+        Caller::Role { role: mine, .. } => own_role(&path, mine, "validate")?,
         _ => {
             let (_, tenant) = who.scoped()?;
             own(&path, tenant, Kind::Role)?
