@@ -252,7 +252,7 @@ impl Server {
             let app = crate::admin::router(shared.clone());
             let mut rx = stop_rx.clone();
             tasks.push(tokio::spawn(async move {
-                let r = axum::serve(l, app)
+                let r = axum::serve(l, app.into_make_service_with_connect_info::<SocketAddr>())
                     .with_graceful_shutdown(async move { stopped(&mut rx).await })
                     .await;
                 if let Err(e) = r {
