@@ -59,16 +59,22 @@ async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
 pub const MAX_IMPORT_BYTES: usize = 4 << 30;
 
 /// Whether the caller may move data: the secret as bearer token, or loopback without a secret.
-fn archive_allowed(s: &Shared, peer: SocketAddr, headers: &HeaderMap) -> Result<(), Response> {
+fn archive_allowed(
+    s: &Shared,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<(), Box<Response>> {
     let secret = match &s.config.cluster.secret_file {
         Some(p) => match std::fs::read(p) {
             Ok(b) => Some(b.trim_ascii().to_vec()),
             Err(e) => {
-                return Err((
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("reading the cluster secret: {e}\n"),
-                )
-                    .into_response());
+                return Err(Box::new(
+                    (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("reading the cluster secret: {e}\n"),
+                    )
+                        .into_response(),
+                ));
             }
         },
         None => None,
@@ -88,11 +94,13 @@ fn archive_allowed(s: &Shared, peer: SocketAddr, headers: &HeaderMap) -> Result<
     if ok {
         Ok(())
     } else {
-        Err((
-            StatusCode::FORBIDDEN,
-            "archive access needs the cluster secret as bearer token\n",
-        )
-            .into_response())
+        Err(Box::new(
+            (
+                StatusCode::FORBIDDEN,
+                "archive access needs the cluster secret as bearer token\n",
+            )
+                .into_response(),
+        ))
     }
 }
 
@@ -102,7 +110,7 @@ async fn archive_get(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = archive_allowed(&s, peer, &headers) {
-        return r;
+        return *r;
     }
     let store = s.store.clone();
     let r = tokio::task::spawn_blocking(move || {
@@ -139,7 +147,7 @@ async fn archive_post(
     body: Bytes,
 ) -> Response {
     if let Err(r) = archive_allowed(&s, peer, &headers) {
-        return r;
+        return *r;
     }
     let store = s.store.clone();
     let r = tokio::task::spawn_blocking(move || {
