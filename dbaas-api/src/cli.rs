@@ -26,8 +26,11 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Run the DBaaS services (today: the K2HR3-compatible API).
+    /// Run the DBaaS: the Trove-compatible API, the K2HR3-compatible service and the
+    /// compute driver (`--quickstart` also builds a ready 3-node cluster).
     Serve(ServeArgs),
+    /// Manage clusters through the API (for use without the OpenStack CLI).
+    Cluster(crate::client::ClusterArgs),
     /// The K2HR3-compatible service on its own, and its local users.
     K2hr3 {
         #[command(subcommand)]
@@ -38,7 +41,7 @@ enum Cmd {
 #[derive(Debug, Subcommand)]
 enum K2hr3Cmd {
     /// Serve only the K2HR3-compatible API.
-    Serve(ServeArgs),
+    Serve(K2hr3ServeArgs),
     /// Local users (for use without Keystone).
     User {
         #[command(subcommand)]
@@ -90,7 +93,7 @@ struct Common {
 }
 
 #[derive(Debug, Args)]
-struct ServeArgs {
+struct K2hr3ServeArgs {
     #[command(flatten)]
     common: Common,
     /// Address of the K2HR3-compatible API (default 127.0.0.1:18080).
@@ -99,6 +102,37 @@ struct ServeArgs {
     /// URL nodes reach the K2HR3 API at (default http://<listen>).
     #[arg(long)]
     public_url: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Address of the Trove v1.0 API (default 127.0.0.1:8779).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Address of the K2HR3-compatible API (default 127.0.0.1:18080).
+    #[arg(long)]
+    k2hr3_listen: Option<SocketAddr>,
+    /// URL guests and nodes reach the K2HR3 API at (default http://<k2hr3-listen>).
+    #[arg(long)]
+    k2hr3_public_url: Option<String>,
+    /// URL clients and guests reach the Trove API at (default http://<listen>).
+    #[arg(long)]
+    public_url: Option<String>,
+    /// Who may call the Trove API: noauth, token:SECRET, keystone or keystone:URL.
+    #[arg(long)]
+    auth: Option<String>,
+    /// Where k2hdkc and k2hdkc-guest-agent are (default: next to this binary).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Local hosts get the addresses 127.<N>.x.y (default 77).
+    #[arg(long)]
+    address_block: Option<u8>,
+    /// Create a 3-node cluster `quickstart` if the quickstart project has none, wait until it
+    /// is ACTIVE (with a progress bar) and print how to use it.
+    #[arg(long)]
+    quickstart: bool,
 }
 
 impl Common {
@@ -127,10 +161,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         .context("starting the runtime")?;
     rt.block_on(async move {
         match cli.cmd {
-            Cmd::Serve(a)
-            | Cmd::K2hr3 {
+            Cmd::Serve(a) => serve(a).await,
+            Cmd::Cluster(a) => crate::client::run(a).await,
+            Cmd::K2hr3 {
                 cmd: K2hr3Cmd::Serve(a),
-            } => serve(a).await,
+            } => serve_k2hr3(a).await,
             Cmd::K2hr3 {
                 cmd: K2hr3Cmd::User { cmd },
             } => user(cmd).await,
@@ -139,6 +174,33 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let mut c = a.common.config()?;
+    if let Some(l) = a.listen {
+        c.trove.listen = l;
+    }
+    if let Some(l) = a.k2hr3_listen {
+        c.k2hr3.listen = l;
+    }
+    if let Some(u) = a.k2hr3_public_url {
+        c.k2hr3.public_url = Some(u);
+    }
+    if let Some(u) = a.public_url {
+        c.trove.public_url = Some(u);
+    }
+    if let Some(x) = a.auth {
+        c.trove.auth = x;
+    }
+    if let Some(b) = a.bin_dir {
+        c.trove.bin_dir = Some(b);
+    }
+    if let Some(b) = a.address_block {
+        c.trove.address_block = b;
+    }
+    c.validate()?;
+    crate::server::run(c, a.quickstart, shutdown_signal()).await
+}
+
+async fn serve_k2hr3(a: K2hr3ServeArgs) -> anyhow::Result<()> {
     let mut c = a.common.config()?;
     if let Some(l) = a.listen {
         c.k2hr3.listen = l;
@@ -168,7 +230,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// A database URL without its password, for logs.
-fn redact(url: &str) -> String {
+pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => match url[s + 3..at].find(':') {
             Some(c) => format!("{}:***{}", &url[..s + 3 + c], &url[at..]),
@@ -178,7 +240,8 @@ fn redact(url: &str) -> String {
     }
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {

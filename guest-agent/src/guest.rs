@@ -617,6 +617,12 @@ impl Guest {
         c.args(["ctl", &addr.to_string(), "status", "--json"]);
         if let Some(s) = &self.cfg.secret_file {
             c.arg("--secret-file").arg(s);
+            // The credential is bound to the cluster's name: the GROUP of its cluster file.
+            let ini =
+                std::fs::read_to_string(self.cfg.data_dir.join("chmpx.ini")).unwrap_or_default();
+            if let Some(g) = ini_group(&ini) {
+                c.arg("--cluster").arg(g);
+            }
         }
         let out = tokio::time::timeout(Duration::from_secs(20), c.output())
             .await
@@ -720,5 +726,31 @@ async fn heartbeat_loop(g: Arc<Guest>) {
             g.send_heartbeat().await;
         }
         tokio::time::sleep(Duration::from_secs_f64(g.cfg.heartbeat_secs)).await;
+    }
+}
+
+/// The `GROUP` of a CHMPX-style cluster file's `[GLOBAL]` section.
+fn ini_group(ini: &str) -> Option<String> {
+    let mut global = false;
+    for l in ini.lines().map(str::trim) {
+        if l.starts_with('[') {
+            global = l.eq_ignore_ascii_case("[GLOBAL]");
+        } else if global
+            && let Some((k, v)) = l.split_once('=')
+            && k.trim().eq_ignore_ascii_case("GROUP")
+        {
+            return Some(v.trim().to_string());
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod group_tests {
+    #[test]
+    fn the_group_comes_from_global() {
+        let ini = "# x\n[GLOBAL]\nFILEVERSION = 1\nGROUP = c-1\n[SVRNODE]\nGROUP = no\n";
+        assert_eq!(super::ini_group(ini).as_deref(), Some("c-1"));
+        assert_eq!(super::ini_group("[SVRNODE]\nGROUP = no\n"), None);
     }
 }

@@ -73,6 +73,11 @@ impl Proc {
         }
     }
 
+    /// The child's pid while it is ours.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// SIGKILL and reap.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -69,9 +69,18 @@ pub fn start_service(dir: &Path, standalone: bool) -> (Proc, SocketAddr) {
         dir.display().to_string(),
         "--database-url".into(),
         sqlite_url(dir),
-        "--listen".into(),
-        addr.to_string(),
     ]);
+    if standalone {
+        args.extend(["--listen".into(), addr.to_string()]);
+    } else {
+        // The whole control plane: the Trove API on its own port, K2HR3 on `addr`.
+        args.extend([
+            "--k2hr3-listen".into(),
+            addr.to_string(),
+            "--listen".into(),
+            free_addr().to_string(),
+        ]);
+    }
     let log = dir.join("dbaas.log");
     let p = Proc::start(&bin("k2hdkc-dbaas"), &args, Some(&log));
     assert!(

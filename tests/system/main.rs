@@ -7,3 +7,4 @@ mod memcapable;
 mod python_clients;
 mod server_crash;
 mod tools;
+mod trove;

@@ -59,11 +59,7 @@ async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
 pub const MAX_IMPORT_BYTES: usize = 4 << 30;
 
 /// Whether the caller may move data: the secret as bearer token, or loopback without a secret.
-fn archive_allowed(
-    s: &Shared,
-    peer: SocketAddr,
-    headers: &HeaderMap,
-) -> Result<(), Box<Response>> {
+fn archive_allowed(s: &Shared, peer: SocketAddr, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let secret = match &s.config.cluster.secret_file {
         Some(p) => match std::fs::read(p) {
             Ok(b) => Some(b.trim_ascii().to_vec()),
