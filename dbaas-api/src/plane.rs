@@ -757,6 +757,9 @@ impl Plane {
             .await?
             .ok_or_else(|| TroveError::NotFound(format!("cluster {cid}")))?;
         self.bring_up(cid, &c.members).await?;
+        // Healthy guests are not yet a serving cluster: wait until every member is in
+        // service and nothing moves, so ACTIVE means writes succeed.
+        self.wait_layout(cid, &c.members, &[]).await?;
         self.db
             .update::<Cluster, ()>(cid, |c| {
                 c.task = "NONE".into();
