@@ -4,6 +4,7 @@ mod cluster;
 mod differential;
 mod k2hr3;
 mod memcapable;
+mod oslo;
 mod python_clients;
 mod server_crash;
 mod tools;

@@ -21,7 +21,7 @@ const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/python/trove_cli.py")
 const TOKEN: &str = "system-test-admin-token";
 
 /// Pids (other than `except`) whose command line mentions `dir`.
-fn processes_under(dir: &Path, except: &[u32]) -> Vec<(u32, String)> {
+pub fn processes_under(dir: &Path, except: &[u32]) -> Vec<(u32, String)> {
     let needle = dir.display().to_string();
     let mut v = Vec::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
@@ -47,7 +47,7 @@ fn processes_under(dir: &Path, except: &[u32]) -> Vec<(u32, String)> {
 }
 
 /// Kills what a test's control plane started, even when the test fails.
-struct Reaper(PathBuf);
+pub struct Reaper(pub PathBuf);
 
 impl Drop for Reaper {
     fn drop(&mut self) {
