@@ -373,3 +373,104 @@ fn memcached_set_get(a: &str, b: &str) {
     }
     assert_eq!(got, "VALUE crash-key 0 5\r\nhello\r\nEND\r\n");
 }
+
+/// The README's main command: `serve --quickstart` builds a ready 3-node cluster and says
+/// where it is.
+#[test]
+fn quickstart_builds_a_ready_cluster_and_prints_how_to_use_it() {
+    let dir = test_dir();
+    let _reaper = Reaper(dir.path().to_path_buf());
+    let (trove, k2hr3) = (free_addr(), free_addr());
+    let log = dir.path().join("quickstart.log");
+    let args: Vec<String> = [
+        "serve",
+        "--data-dir",
+        &dir.path().join("state").display().to_string(),
+        "--listen",
+        &trove.to_string(),
+        "--k2hr3-listen",
+        &k2hr3.to_string(),
+        "--address-block",
+        "82",
+        "--quickstart",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut plane = Proc::start(&bin("k2hdkc-dbaas"), &args, Some(&log));
+    let t0 = Instant::now();
+    let mut text = String::new();
+    while t0.elapsed() < Duration::from_secs(300) {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("OS_ENDPOINT=") || text.contains("quickstart: ") && text.contains("failed")
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(
+        text.contains("cluster quickstart (") && text.contains("is ACTIVE"),
+        "no quickstart summary:\n{}",
+        log_tail(&log)
+    );
+    assert!(
+        text.contains(&format!("OS_ENDPOINT=http://{trove}/v1.0/demo")),
+        "{text}"
+    );
+    assert!(
+        text.contains("quickstart [#########################] 3/3 members ACTIVE"),
+        "no finished progress bar:\n{text}"
+    );
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("memcached:"))
+        .expect("memcached line");
+    let addrs: Vec<String> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|a| a.trim_end_matches(":11211").to_string())
+        .collect();
+    assert_eq!(addrs.len(), 3, "{line}");
+    memcached_set_get(&addrs[0], &addrs[1]);
+    // A second start finds the cluster and does not build another.
+    plane.kill9();
+    let before = processes_under(dir.path(), &[]).len();
+    let mut plane = Proc::start(&bin("k2hdkc-dbaas"), &args, Some(&log));
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(120) {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.matches("OS_ENDPOINT=").count() >= 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(
+        text.contains("already has cluster quickstart"),
+        "{}",
+        log_tail(&log)
+    );
+    assert_eq!(
+        processes_under(dir.path(), &[plane.pid().unwrap_or(0)]).len(),
+        before,
+        "the restart started new hosts"
+    );
+    let out = Command::new(bin("k2hdkc-dbaas"))
+        .args([
+            "cluster",
+            "--url",
+            &format!("http://{trove}"),
+            "delete",
+            "quickstart",
+            "--wait",
+            "--wait-secs",
+            "120",
+        ])
+        .output()
+        .expect("cluster delete");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(plane.terminate(Duration::from_secs(15)));
+}
