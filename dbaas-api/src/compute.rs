@@ -29,6 +29,8 @@ pub struct BootSpec {
     pub ip: String,
     /// Flavor id.
     pub flavor_id: String,
+    /// Data volume size (GB).
+    pub volume_size: u32,
     /// The per-instance RPC key.
     pub rpc_key: String,
     /// The cluster secret.
@@ -74,6 +76,11 @@ pub trait Compute: Send + Sync {
     ) -> BoxFuture<'a, TroveResult<()>>;
     /// Whether `ip` can be given to a new host (local: nothing listens on its ports).
     fn address_usable(&self, ip: &str) -> bool;
+    /// Whether the control plane leases addresses for this driver's hosts (local), or the
+    /// driver reports the address a host got (a cloud's network assigns it).
+    fn leases_addresses(&self) -> bool {
+        true
+    }
 }
 
 /// The RPC port of a local guest.

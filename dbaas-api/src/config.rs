@@ -34,7 +34,7 @@ pub struct TroveConfig {
     /// Keystone (v3, without /v3) for `auth = "keystone"`; default `k2hr3.keystone_url`.
     pub keystone_url: Option<String>,
     /// The compute driver: `local` (guest processes on this machine, one loopback address
-    /// each).
+    /// each) or `openstack` (Nova servers from a guest image, `[trove.openstack]`).
     pub compute: String,
     /// Where `k2hdkc` and `k2hdkc-guest-agent` are (default: next to this binary).
     pub bin_dir: Option<PathBuf>,
@@ -45,6 +45,8 @@ pub struct TroveConfig {
     /// The local driver gives hosts the loopback addresses 127.<address_block>.x.y (two
     /// control planes on one machine need different blocks).
     pub address_block: u8,
+    /// The openstack driver's cloud, image, network and flavors.
+    pub openstack: crate::openstack::OpenStackConfig,
 }
 
 impl Default for TroveConfig {
@@ -59,6 +61,7 @@ impl Default for TroveConfig {
             guest_timeout_secs: 120,
             quickstart_project: "demo".into(),
             address_block: 77,
+            openstack: Default::default(),
         }
     }
 }
@@ -101,8 +104,10 @@ impl Config {
         {
             anyhow::bail!("trove.public_url {u:?}: want http(s)://host:port");
         }
-        if t.compute != "local" {
-            anyhow::bail!("trove.compute {:?}: the drivers are: local", t.compute);
+        match t.compute.as_str() {
+            "local" => {}
+            "openstack" => t.openstack.validate().map_err(|e| anyhow::anyhow!(e))?,
+            other => anyhow::bail!("trove.compute {other:?}: the drivers are local and openstack"),
         }
         if !(5..=3600).contains(&t.guest_timeout_secs) {
             anyhow::bail!("trove.guest_timeout_secs must be from 5 to 3600");
@@ -192,6 +197,10 @@ mod tests {
             ("[trove]\nauth = \"basic\"\n", "trove.auth"),
             ("[trove]\nauth = \"keystone\"\n", "keystone_url"),
             ("[trove]\ncompute = \"xen\"\n", "trove.compute"),
+            (
+                "[trove]\ncompute = \"openstack\"\n",
+                "trove.openstack.auth_url",
+            ),
             ("[trove]\nguest_timeout_secs = 1\n", "guest_timeout_secs"),
         ] {
             let dir = tempfile::tempdir().expect("tempdir");

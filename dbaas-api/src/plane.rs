@@ -590,7 +590,10 @@ impl Plane {
             .get_any(id)
             .await?
             .ok_or_else(|| TroveError::NotFound(format!("instance {id}")))?;
-        let ip = if inst.ip.is_empty() {
+        let leases = self.compute.leases_addresses();
+        let ip = if !leases || !inst.ip.is_empty() {
+            inst.ip.clone()
+        } else {
             let last = self.db.last_lease().await?;
             let compute = self.compute.clone();
             let ip = self
@@ -614,18 +617,21 @@ impl Plane {
                 })
                 .await?;
             ip
-        } else {
-            inst.ip.clone()
         };
         let inst = Instance {
             ip: ip.clone(),
             ..inst
         };
-        self.ensure_host(c, &inst).await?;
+        // A leased address is known before the host exists: register it first, so the
+        // cluster file lists it when the host starts. A cloud's address comes with the host.
+        if leases {
+            self.ensure_host(c, &inst).await?;
+        }
         let spec = BootSpec {
             instance_id: inst.id.clone(),
             ip,
             flavor_id: inst.flavor_id.clone(),
+            volume_size: inst.volume_size,
             rpc_key: self.open(&inst.rpc_key, &format!("instance/{}", inst.id))?,
             secret: self.open(&c.secret, &format!("cluster/{}", c.id))?,
             k2hr3_url: self.cfg.k2hr3_url.clone(),
@@ -647,6 +653,9 @@ impl Plane {
                 Ok(())
             })
             .await?;
+        if !leases {
+            self.ensure_host(c, &inst).await?;
+        }
         Ok(inst)
     }
 

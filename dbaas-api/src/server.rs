@@ -59,14 +59,20 @@ pub async fn run(
             .unwrap_or_default(),
     };
     for b in ["k2hdkc", "k2hdkc-guest-agent"] {
-        if !bin_dir.join(b).exists() {
+        if c.trove.compute == "local" && !bin_dir.join(b).exists() {
             anyhow::bail!(
                 "{} is missing: build the workspace binaries (cargo build --bins) or set --bin-dir",
                 bin_dir.join(b).display()
             );
         }
     }
-    let compute = Arc::new(Local::new(data.join("hosts"), bin_dir));
+    let compute: Arc<dyn crate::compute::Compute> = match c.trove.compute.as_str() {
+        "openstack" => Arc::new(
+            crate::openstack::OpenStack::new(c.trove.openstack.clone())
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        ),
+        _ => Arc::new(Local::new(data.join("hosts"), bin_dir)),
+    };
     let base = c.trove_url(trove_at);
     let plane = Arc::new(
         Plane::new(
