@@ -352,7 +352,15 @@ pub async fn run(a: ClusterArgs) -> anyhow::Result<()> {
                 .await?;
             let bid = s(&v["backup"]["id"]).to_string();
             let b = if *wait {
-                wait_backup(&h, &bid, limit).await?
+                wait_status(
+                    &h,
+                    &format!("/backups/{bid}"),
+                    "backup",
+                    "COMPLETED",
+                    "FAILED",
+                    limit,
+                )
+                .await?
             } else {
                 v["backup"].clone()
             };
@@ -391,7 +399,15 @@ pub async fn run(a: ClusterArgs) -> anyhow::Result<()> {
                 .await?;
             let iid = s(&v["instance"]["id"]).to_string();
             let i = if *wait {
-                wait_instance(&h, &iid, limit).await?
+                wait_status(
+                    &h,
+                    &format!("/instances/{iid}"),
+                    "instance",
+                    "ACTIVE",
+                    "ERROR",
+                    limit,
+                )
+                .await?
             } else {
                 v["instance"].clone()
             };
@@ -500,65 +516,39 @@ async fn wait_active(h: &Http, id: &str, limit: Duration) -> anyhow::Result<()> 
     }
 }
 
-async fn wait_instance(h: &Http, id: &str, limit: Duration) -> anyhow::Result<Value> {
+/// Poll `path` until its `key` object's status is `done` (an error on `failed`), with a bar.
+async fn wait_status(
+    h: &Http,
+    path: &str,
+    key: &str,
+    done: &str,
+    failed: &str,
+    limit: Duration,
+) -> anyhow::Result<Value> {
     let t0 = Instant::now();
     loop {
-        let i = h
-            .ok(reqwest::Method::GET, &format!("/instances/{id}"), None)
-            .await?["instance"]
-            .clone();
-        let st = s(&i["status"]).to_string();
+        let o = h.ok(reqwest::Method::GET, path, None).await?[key].clone();
+        let st = s(&o["status"]).to_string();
         progress(
-            &format!("{} {st}", s(&i["name"])),
-            usize::from(st == "ACTIVE"),
+            &format!("{key} {} {st}", s(&o["name"])),
+            usize::from(st == done),
             1,
         );
-        match st.as_str() {
-            "ACTIVE" => {
-                eprintln!();
-                return Ok(i);
-            }
-            "ERROR" => {
-                eprintln!();
-                bail!("instance {id} failed: {}", s(&i["fault"]["message"]));
-            }
-            _ => {}
+        if st == done {
+            eprintln!();
+            return Ok(o);
+        }
+        if st == failed {
+            eprintln!();
+            bail!(
+                "{key} {} is {st}: {}",
+                s(&o["id"]),
+                s(&o["fault"]["message"])
+            );
         }
         if t0.elapsed() > limit {
             eprintln!();
-            bail!("instance {id} is {st} after {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-async fn wait_backup(h: &Http, id: &str, limit: Duration) -> anyhow::Result<Value> {
-    let t0 = Instant::now();
-    loop {
-        let b = h
-            .ok(reqwest::Method::GET, &format!("/backups/{id}"), None)
-            .await?["backup"]
-            .clone();
-        let st = s(&b["status"]).to_string();
-        progress(
-            &format!("backup {} {st}", s(&b["name"])),
-            usize::from(st == "COMPLETED"),
-            1,
-        );
-        match st.as_str() {
-            "COMPLETED" => {
-                eprintln!();
-                return Ok(b);
-            }
-            "FAILED" => {
-                eprintln!();
-                bail!("backup {id} failed");
-            }
-            _ => {}
-        }
-        if t0.elapsed() > limit {
-            eprintln!();
-            bail!("backup {id} is {st} after {limit:?}");
+            bail!("{key} {} is {st} after {limit:?}", s(&o["id"]));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

@@ -225,11 +225,7 @@ impl Plane {
 
     /// Create or refresh every K2HR3 object of `c`; returns the cluster with its role tokens.
     pub async fn ensure_r3(&self, cid: &str) -> TroveResult<Cluster> {
-        let c: Cluster = self
-            .db
-            .get_any(cid)
-            .await?
-            .ok_or_else(|| TroveError::NotFound(format!("cluster {cid}")))?;
+        let c = self.doc::<Cluster>(cid).await?;
         let conf = match &c.configuration_id {
             Some(id) => self.db.get_any::<Configuration>(id).await?,
             None => None,
@@ -585,11 +581,7 @@ impl Plane {
 
     /// Lease an address, register the host in K2HR3, boot it; returns the instance as stored.
     async fn provision(&self, c: &Cluster, id: &str) -> TroveResult<Instance> {
-        let inst: Instance = self
-            .db
-            .get_any(id)
-            .await?
-            .ok_or_else(|| TroveError::NotFound(format!("instance {id}")))?;
+        let inst = self.doc::<Instance>(id).await?;
         let leases = self.compute.leases_addresses();
         let ip = if !leases || !inst.ip.is_empty() {
             inst.ip.clone()
@@ -682,11 +674,7 @@ impl Plane {
         while t0.elapsed() < self.guest_wait() * 2 {
             let mut all = true;
             for id in ids {
-                let i: Instance = self
-                    .db
-                    .get_any(id)
-                    .await?
-                    .ok_or_else(|| TroveError::NotFound(format!("instance {id}")))?;
+                let i = self.doc::<Instance>(id).await?;
                 if i.service_status == "failed to spawn" {
                     return Err(TroveError::Internal(format!(
                         "instance {id}: the guest failed to prepare"
@@ -759,24 +747,56 @@ impl Plane {
         Ok(())
     }
 
-    async fn task_create(&self, cid: &str) -> TroveResult<()> {
-        let c: Cluster = self
-            .db
-            .get_any(cid)
+    /// A stored document that must exist (a task's target).
+    async fn doc<T: crate::store::Doc>(&self, id: &str) -> TroveResult<T> {
+        self.db
+            .get_any(id)
             .await?
-            .ok_or_else(|| TroveError::NotFound(format!("cluster {cid}")))?;
-        self.bring_up(cid, &c.members).await?;
-        // Healthy guests are not yet a serving cluster: wait until every member is in
-        // service and nothing moves, so ACTIVE means writes succeed.
-        self.wait_layout(cid, &c.members, &[]).await?;
+            .ok_or_else(|| TroveError::NotFound(format!("{} {id}", T::KIND)))
+    }
+
+    /// A cluster's task is over: back to NONE, fault cleared, after `f`.
+    async fn cluster_done(
+        &self,
+        cid: &str,
+        f: impl FnOnce(&mut Cluster) + Send,
+    ) -> TroveResult<()> {
         self.db
             .update::<Cluster, ()>(cid, |c| {
+                f(c);
                 c.task = "NONE".into();
                 c.fault = None;
                 c.updated = now();
                 Ok(())
             })
             .await?;
+        Ok(())
+    }
+
+    /// Stop and remove an instance's host, give back its address, mark it deleted.
+    async fn retire(&self, id: &str) -> TroveResult<()> {
+        let Some(i) = self.db.get_any::<Instance>(id).await? else {
+            return Ok(());
+        };
+        self.compute.destroy(&i.id, i.server.as_deref()).await?;
+        self.db.release(&i.id).await?;
+        self.db
+            .update::<Instance, ()>(id, |i| {
+                i.deleted = true;
+                i.updated = now();
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn task_create(&self, cid: &str) -> TroveResult<()> {
+        let c = self.doc::<Cluster>(cid).await?;
+        self.bring_up(cid, &c.members).await?;
+        // Healthy guests are not yet a serving cluster: wait until every member is in
+        // service and nothing moves, so ACTIVE means writes succeed.
+        self.wait_layout(cid, &c.members, &[]).await?;
+        self.cluster_done(cid, |_| {}).await?;
         Ok(())
     }
 
@@ -803,11 +823,7 @@ impl Plane {
         let limit = self.guest_wait() * 5;
         let mut last = Value::Null;
         while t0.elapsed() < limit {
-            let c: Cluster = self
-                .db
-                .get_any(cid)
-                .await?
-                .ok_or_else(|| TroveError::NotFound(format!("cluster {cid}")))?;
+            let c = self.doc::<Cluster>(cid).await?;
             if let Ok(st) = self.cluster_status(&c, skip).await {
                 let nodes: HashSet<String> = st["nodes"]
                     .as_array()
@@ -835,31 +851,16 @@ impl Plane {
     async fn task_grow(&self, cid: &str, doc: &Value) -> TroveResult<()> {
         let new: Vec<String> = serde_json::from_value(doc["instances"].clone()).unwrap_or_default();
         self.bring_up(cid, &new).await?;
-        let c: Cluster = self
-            .db
-            .get_any(cid)
-            .await?
-            .ok_or_else(|| TroveError::NotFound(format!("cluster {cid}")))?;
+        let c = self.doc::<Cluster>(cid).await?;
         self.wait_layout(cid, &c.members, &[]).await?;
-        self.db
-            .update::<Cluster, ()>(cid, |c| {
-                c.task = "NONE".into();
-                c.fault = None;
-                c.updated = now();
-                Ok(())
-            })
-            .await?;
+        self.cluster_done(cid, |_| {}).await?;
         Ok(())
     }
 
     async fn task_shrink(&self, cid: &str, doc: &Value) -> TroveResult<()> {
         let victims: Vec<String> =
             serde_json::from_value(doc["instances"].clone()).unwrap_or_default();
-        let c: Cluster = self
-            .db
-            .get_any(cid)
-            .await?
-            .ok_or_else(|| TroveError::NotFound(format!("cluster {cid}")))?;
+        let c = self.doc::<Cluster>(cid).await?;
         for v in &victims {
             if let Some(i) = self.db.get_any::<Instance>(v).await? {
                 self.remove_host(&c, &i).await?;
@@ -874,48 +875,17 @@ impl Plane {
         // The leader detaches the unlisted nodes once their data has moved away.
         self.wait_layout(cid, &keep, &victims).await?;
         for v in &victims {
-            if let Some(i) = self.db.get_any::<Instance>(v).await? {
-                self.compute.destroy(&i.id, i.server.as_deref()).await?;
-                self.db.release(&i.id).await?;
-                self.db
-                    .update::<Instance, ()>(v, |i| {
-                        i.deleted = true;
-                        i.updated = now();
-                        Ok(())
-                    })
-                    .await?;
-            }
+            self.retire(v).await?;
         }
-        self.db
-            .update::<Cluster, ()>(cid, |c| {
-                c.members.retain(|m| !victims.contains(m));
-                c.task = "NONE".into();
-                c.fault = None;
-                c.updated = now();
-                Ok(())
-            })
+        self.cluster_done(cid, |c| c.members.retain(|m| !victims.contains(m)))
             .await?;
         Ok(())
     }
 
     async fn task_delete(&self, cid: &str) -> TroveResult<()> {
-        let c: Cluster = self
-            .db
-            .get_any(cid)
-            .await?
-            .ok_or_else(|| TroveError::NotFound(format!("cluster {cid}")))?;
+        let c = self.doc::<Cluster>(cid).await?;
         for m in &c.members {
-            if let Some(i) = self.db.get_any::<Instance>(m).await? {
-                self.compute.destroy(&i.id, i.server.as_deref()).await?;
-                self.db.release(&i.id).await?;
-                self.db
-                    .update::<Instance, ()>(m, |i| {
-                        i.deleted = true;
-                        i.updated = now();
-                        Ok(())
-                    })
-                    .await?;
-            }
+            self.retire(m).await?;
         }
         self.drop_r3(&c).await?;
         self.db
@@ -929,11 +899,7 @@ impl Plane {
     }
 
     async fn task_backup(&self, bid: &str) -> TroveResult<()> {
-        let b: Backup = self
-            .db
-            .get_any(bid)
-            .await?
-            .ok_or_else(|| TroveError::NotFound(format!("backup {bid}")))?;
+        let b = self.doc::<Backup>(bid).await?;
         let c: Cluster = self
             .db
             .get_any(&b.cluster_id)
@@ -950,21 +916,13 @@ impl Plane {
                 Ok(())
             })
             .await?;
-        let b: Backup = self
-            .db
-            .get_any(bid)
-            .await?
-            .ok_or_else(|| TroveError::NotFound(format!("backup {bid}")))?;
+        let b = self.doc::<Backup>(bid).await?;
         // Every member's archive: with N < node count no single node holds every key.
         for m in &c.members {
             if b.members.get(m).is_some_and(|s| s == "COMPLETED") {
                 continue;
             }
-            let i: Instance = self
-                .db
-                .get_any(m)
-                .await?
-                .ok_or_else(|| TroveError::NotFound(format!("instance {m}")))?;
+            let i = self.doc::<Instance>(m).await?;
             self.guest_call(
                 &i,
                 "create_backup",
@@ -978,11 +936,7 @@ impl Plane {
         }
         let t0 = Instant::now();
         while t0.elapsed() < self.guest_wait() * 5 {
-            let b: Backup = self
-                .db
-                .get_any(bid)
-                .await?
-                .ok_or_else(|| TroveError::NotFound(format!("backup {bid}")))?;
+            let b = self.doc::<Backup>(bid).await?;
             if c.members
                 .iter()
                 .any(|m| b.members.get(m).is_some_and(|s| s == "FAILED"))
@@ -1010,11 +964,7 @@ impl Plane {
     }
 
     async fn task_restart(&self, id: &str) -> TroveResult<()> {
-        let i: Instance = self
-            .db
-            .get_any(id)
-            .await?
-            .ok_or_else(|| TroveError::NotFound(format!("instance {id}")))?;
+        let i = self.doc::<Instance>(id).await?;
         self.guest_call(&i, "restart", json!({}), false).await?;
         self.db
             .update::<Instance, ()>(id, |i| {

@@ -1,6 +1,6 @@
 """Python oslo.messaging, as Trove's taskmanager and conductor, against a k2hdkc guest agent.
 
-Usage: oslo_guest.py TRANSPORT_URL EXCHANGE INSTANCE_ID KEY
+Usage: oslo_guest.py TRANSPORT_URL EXCHANGE INSTANCE_ID KEY CONDUCTOR_TOPIC
 
 KEY is the per-instance key (secure RPC on, Trove's AES-256-CBC serializer) or "" (off).
 Casts `prepare`, waits for a `healthy` heartbeat on the conductor topic, calls `rpc_ping`,
@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes  # 
 from oslo_config import cfg  # noqa: E402
 import oslo_messaging as messaging  # noqa: E402
 
-URL, EXCHANGE, INSTANCE, KEY = sys.argv[1:5]
+URL, EXCHANGE, INSTANCE, KEY, CONDUCTOR = sys.argv[1:6]
 KEY = KEY or None
 
 
@@ -114,7 +114,7 @@ cfg.CONF([], project="k2hdkc-test")
 transport = messaging.get_rpc_transport(cfg.CONF, url=URL)
 server = messaging.get_rpc_server(
     transport,
-    messaging.Target(topic="trove-conductor", server="conductor-test"),
+    messaging.Target(topic=CONDUCTOR, server="conductor-test"),
     [Conductor()],
     executor="threading",
     serializer=ConductorSerializer(),

@@ -16,6 +16,12 @@ use crate::trove::Reaper;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/python/oslo_guest.py");
 
+/// Each guest its own conductor topic: queue names are global in RabbitMQ, and heartbeats of
+/// an earlier run's guest may still wait in a shared one.
+fn conductor_topic(id: &str) -> String {
+    format!("trove-conductor-{id}")
+}
+
 /// oslo.messaging's rabbit URL for lapin's amqp URL (same broker, same vhost).
 fn oslo_url(amqp: &str) -> String {
     let rest = amqp.strip_prefix("amqp://").unwrap_or(amqp);
@@ -59,11 +65,13 @@ fn guest_config(
         "instance_id = {id:?}\nip = {ip:?}\ndata_dir = {:?}\nk2hdkc_bin = {:?}\nsecret_file = {:?}\n{key_line}\
          heartbeat_secs = 1.0\nserver_args = [\"--threads\", \"1\"]\n\n\
          [k2hr3]\nurl = {r3:?}\nrole_token_file = {:?}\nresource = {resource:?}\npoll_secs = 1.0\n\n\
-         [rpc]\ntransport = \"amqp\"\namqp_url = {amqp:?}\ncontrol_exchange = {exchange:?}\n",
+         [rpc]\ntransport = \"amqp\"\namqp_url = {amqp:?}\ncontrol_exchange = {exchange:?}\n\
+         conductor_topic = {:?}\n",
         dir.join("data").display().to_string(),
         bin("k2hdkc").display().to_string(),
         dir.join("cluster.secret").display().to_string(),
         dir.join("role-token").display().to_string(),
+        conductor_topic(id),
     );
     let p = dir.join("guest.toml");
     std::fs::write(&p, cfg).expect("guest.toml");
@@ -166,6 +174,7 @@ fn oslo_messaging_drives_the_guest_agent_over_rabbitmq() {
                 exchange,
                 id.clone(),
                 key.clone().unwrap_or_default(),
+                conductor_topic(&id),
             ])
             .current_dir(tmp.path())
             .output()
