@@ -272,14 +272,21 @@ async fn check_auth(api: &Api, h: &HeaderMap, path: &str) -> TroveResult<()> {
             let user = ks.validate(t).await.map_err(|e| {
                 TroveError::Unauthorized(format!("Keystone refused the token: {e}"))
             })?;
-            if !user.projects.iter().any(|p| p == project) {
+            // As Trove's TenantBasedAuth: the path's project is the token's scope (its id,
+            // or its name); membership of other projects does not count.
+            let scoped = user
+                .scope
+                .as_ref()
+                .is_some_and(|(id, name)| id == project || name == project);
+            if !scoped {
                 return Err(TroveError::Forbidden(format!(
-                    "User does not have admin privileges or the project {project} is not the token's"
+                    "the token of {} is not scoped to project {project}",
+                    user.name
                 )));
             }
-            if admin && !user.projects.iter().any(|p| p == "admin") {
+            if admin && !user.roles.iter().any(|r| r == "admin") {
                 return Err(TroveError::Forbidden(
-                    "mgmt/ calls need an admin token".into(),
+                    "mgmt/ calls need the admin role".into(),
                 ));
             }
             Ok(())
@@ -2028,6 +2035,298 @@ async fn guest_cast(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The API over a real plane (SQLite, K2HR3 service, local driver without binaries: no
+    /// host ever boots here), on a loopback port.
+    async fn serve(auth: Auth) -> (String, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let r3cfg = k2hdkc_k2hr3::Config {
+            data_dir: dir.path().to_path_buf(),
+            database_url: Some(url.clone()),
+            ..Default::default()
+        };
+        let svc = k2hdkc_k2hr3::Service::open(r3cfg).await.expect("k2hr3");
+        let db = crate::store::Db::open(&url).await.expect("db");
+        let keys = k2hdkc_k2hr3::crypto::Keys::load_or_create(&dir.path().join("k")).expect("keys");
+        let compute = Arc::new(crate::compute::Local::new(
+            dir.path().join("hosts"),
+            dir.path().join("no-bin"),
+        ));
+        let plane = Plane::new(
+            db,
+            keys,
+            compute,
+            svc,
+            crate::plane::PlaneConfig {
+                conductor_url: "http://127.0.0.1:9".into(),
+                k2hr3_url: "http://127.0.0.1:9".into(),
+                backup_dir: dir.path().join("backups"),
+                data_dir: dir.path().to_path_buf(),
+                guest_timeout_secs: 5,
+                address_block: 90,
+            },
+        )
+        .expect("plane");
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", l.local_addr().expect("addr"));
+        let app = router(Api {
+            plane: Arc::new(plane),
+            auth,
+            base: base.clone(),
+        });
+        tokio::spawn(async move { axum::serve(l, app).await });
+        (base, dir)
+    }
+
+    async fn call(
+        m: reqwest::Method,
+        url: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, Value) {
+        let mut r = reqwest::Client::new().request(m, url);
+        if let Some(t) = token {
+            r = r.header("x-auth-token", t);
+        }
+        if let Some(b) = body {
+            r = r
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        let resp = r.send().await.expect("request");
+        let code = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (
+            code,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    fn fault(v: &Value) -> (&str, i64) {
+        let (k, f) = v
+            .as_object()
+            .and_then(|o| o.iter().next())
+            .expect("a fault object");
+        assert!(f["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        (k.as_str(), f["code"].as_i64().unwrap_or(0))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_input_gets_trove_faults() {
+        use reqwest::Method as M;
+        let (base, _dir) = serve(Auth::Token("test-token-123".into())).await;
+        let t = Some("test-token-123");
+        let p = format!("{base}/v1.0/p1");
+        let (c, v) = call(M::GET, &format!("{p}/instances"), None, None).await;
+        assert_eq!((c, fault(&v)), (401, ("unauthorized", 401)));
+        let (c, v) = call(
+            M::GET,
+            &format!("{p}/instances"),
+            Some("wrong-token-1"),
+            None,
+        )
+        .await;
+        assert_eq!((c, fault(&v).0), (401, "unauthorized"));
+        let (c, v) = call(M::GET, &format!("{p}/instances"), t, None).await;
+        assert_eq!((c, v), (200, json!({"instances": [], "links": []})));
+        let (c, v) = call(M::GET, &format!("{p}/clusters/no-such"), t, None).await;
+        assert_eq!((c, fault(&v)), (404, ("itemNotFound", 404)));
+        let (c, v) = call(M::GET, &format!("{p}/no/such/route"), t, None).await;
+        assert_eq!((c, fault(&v).0), (404, "itemNotFound"));
+        let (c, v) = call(M::POST, &format!("{p}/clusters"), t, Some("{not json")).await;
+        assert_eq!((c, fault(&v).0), (400, "badRequest"));
+        let ds = r#""datastore":{"type":"k2hdkc","version":"0.1.0"}"#;
+        for (body, code, name) in [
+            (format!(r#"{{"cluster":{{"name":"c1",{ds},"instances":[{{"flavorRef":"9"}}]}}}}"#), 404, "itemNotFound"),
+            (format!(r#"{{"cluster":{{"name":"c1",{ds},"instances":[{{"flavorRef":"1","volume":{{"size":0}}}}]}}}}"#), 400, "badRequest"),
+            (format!(r#"{{"cluster":{{"name":"a/b",{ds},"instances":[{{"flavorRef":"1"}}]}}}}"#), 400, "badRequest"),
+            (r#"{"cluster":{"name":"c1","datastore":{"type":"mysql","version":"8"},"instances":[{"flavorRef":"1"}]}}"#.into(), 404, "itemNotFound"),
+            (format!(r#"{{"cluster":{{"name":"c1",{ds},"instances":[]}}}}"#), 400, "badRequest"),
+            (format!(r#"{{"cluster":{{"name":"c1",{ds},"instances":[{{"flavorRef":"1","type":"query_router"}}]}}}}"#), 400, "badRequest"),
+        ] {
+            let (c, v) = call(M::POST, &format!("{p}/clusters"), t, Some(&body)).await;
+            assert_eq!((c, fault(&v).0), (code, name), "{body}: {v}");
+        }
+        let (c, v) = call(
+            M::POST,
+            &format!("{p}/configurations"),
+            t,
+            Some(r#"{"configuration":{"name":"x","values":{"max_connections":1}}}"#),
+        )
+        .await;
+        assert_eq!((c, fault(&v).0), (400, "badRequest"));
+        assert!(
+            v["badRequest"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("max_connections"),
+            "{v}"
+        );
+        // Quotas: admin sets 2 instances; a 3-member cluster is over it.
+        let (c, _) = call(
+            M::PUT,
+            &format!("{p}/mgmt/quotas/p1"),
+            t,
+            Some(r#"{"quotas":{"instances":2}}"#),
+        )
+        .await;
+        assert_eq!(c, 200);
+        let body = format!(
+            r#"{{"cluster":{{"name":"c1",{ds},"instances":[{{"flavorRef":"1"}},{{"flavorRef":"1"}},{{"flavorRef":"1"}}]}}}}"#
+        );
+        let (c, v) = call(M::POST, &format!("{p}/clusters"), t, Some(&body)).await;
+        assert_eq!((c, fault(&v)), (413, ("overLimit", 413)));
+        let (_, v) = call(M::GET, &format!("{p}/mgmt/quotas/p1"), t, None).await;
+        assert!(
+            v["quotas"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|q| q["resource"] == "instances" && q["limit"] == 2),
+            "{v}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn catalog_and_pagination_follow_trove() {
+        use reqwest::Method as M;
+        let (base, _dir) = serve(Auth::NoAuth).await;
+        let p = format!("{base}/v1.0/p1");
+        let (_, v) = call(M::GET, &format!("{base}/"), None, None).await;
+        assert_eq!(v["versions"][0]["id"], "v1.0");
+        let (_, v) = call(M::GET, &format!("{p}/datastores/k2hdkc"), None, None).await;
+        assert_eq!(
+            v["datastore"]["default_version"],
+            v["datastore"]["versions"][0]["id"]
+        );
+        let (_, v) = call(
+            M::GET,
+            &format!("{p}/datastores/k2hdkc/versions/{VERSION_NAME}"),
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(v["version"]["id"], VERSION_ID);
+        let (c, _) = call(M::GET, &format!("{p}/datastores/redis"), None, None).await;
+        assert_eq!(c, 404);
+        let (_, v) = call(M::GET, &format!("{p}/flavors/1"), None, None).await;
+        assert_eq!(
+            (v["flavor"]["id"].clone(), v["flavor"]["str_id"].clone()),
+            (json!(1), json!("1"))
+        );
+        let (_, v) = call(M::GET, &format!("{base}/openapi.json"), None, None).await;
+        assert!(
+            v["paths"]["/v1.0/{project}/clusters"]["post"].is_object(),
+            "{v}"
+        );
+        for n in 0..3 {
+            let (c, v) = call(
+                M::POST,
+                &format!("{p}/configurations"),
+                None,
+                Some(&format!(
+                    r#"{{"configuration":{{"name":"cfg{n}","values":{{"replicas":2}}}}}}"#
+                )),
+            )
+            .await;
+            assert_eq!(c, 200, "{v}");
+            assert_eq!(v["configuration"]["datastore_version_id"], VERSION_ID);
+        }
+        let (_, v) = call(M::GET, &format!("{p}/configurations?limit=2"), None, None).await;
+        assert_eq!(v["configurations"].as_array().unwrap().len(), 2);
+        let next = v["links"][0]["href"]
+            .as_str()
+            .expect("a next link")
+            .to_string();
+        assert_eq!(v["links"][0]["rel"], "next");
+        let (_, v) = call(M::GET, &next, None, None).await;
+        assert_eq!(v["configurations"].as_array().unwrap().len(), 1);
+        assert_eq!(v["links"], json!([]));
+        let (c, v) = call(M::GET, &format!("{p}/configurations?limit=x"), None, None).await;
+        assert_eq!((c, fault(&v).0), (400, "badRequest"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn keystone_tokens_are_scoped_to_the_path_project() {
+        use reqwest::Method as M;
+        // A Keystone v3 stub: the token "good" is scoped to project pid1 (demo) as member;
+        // its user is also in pid2; "admin-tok" has the admin role.
+        let ks = axum::Router::new()
+            .route("/v3/auth/tokens", get(|h: HeaderMap| async move {
+                let t = h.get("x-subject-token").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+                let role = match t.as_str() { "good" => "member", "admin-tok" => "admin", _ => return StatusCode::NOT_FOUND.into_response() };
+                axum::Json(json!({"token": {"user": {"name": "alice", "id": "u1"},
+                    "project": {"id": "pid1", "name": "demo"}, "roles": [{"name": role}]}})).into_response()
+            }))
+            .route("/v3/auth/projects", get(|| async {
+                axum::Json(json!({"projects": [{"id": "pid1", "name": "demo"}, {"id": "pid2", "name": "other"}]}))
+            }));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let ks_url = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(l, ks).await });
+        let (base, _dir) = serve(Auth::Keystone(
+            k2hdkc_k2hr3::keystone::Keystone::new(&ks_url).unwrap(),
+        ))
+        .await;
+        let ok = |c: u16| c == 200;
+        assert!(ok(call(
+            M::GET,
+            &format!("{base}/v1.0/pid1/instances"),
+            Some("good"),
+            None
+        )
+        .await
+        .0));
+        assert!(ok(call(
+            M::GET,
+            &format!("{base}/v1.0/demo/instances"),
+            Some("good"),
+            None
+        )
+        .await
+        .0));
+        let (c, v) = call(
+            M::GET,
+            &format!("{base}/v1.0/pid2/instances"),
+            Some("good"),
+            None,
+        )
+        .await;
+        assert_eq!(
+            (c, fault(&v).0),
+            (403, "forbidden"),
+            "membership of another project is not its scope"
+        );
+        let (c, v) = call(
+            M::GET,
+            &format!("{base}/v1.0/pid1/instances"),
+            Some("stolen"),
+            None,
+        )
+        .await;
+        assert_eq!((c, fault(&v).0), (401, "unauthorized"));
+        let (c, _) = call(
+            M::GET,
+            &format!("{base}/v1.0/pid1/mgmt/quotas/pid1"),
+            Some("good"),
+            None,
+        )
+        .await;
+        assert_eq!(c, 403, "mgmt/ needs the admin role");
+        let (c, _) = call(
+            M::GET,
+            &format!("{base}/v1.0/pid1/mgmt/quotas/pid1"),
+            Some("admin-tok"),
+            None,
+        )
+        .await;
+        assert_eq!(c, 200);
+    }
 
     #[test]
     fn auth_specs_parse() {

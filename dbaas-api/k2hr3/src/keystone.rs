@@ -17,6 +17,12 @@ pub struct KeystoneUser {
     pub name: String,
     /// Project names (the tenants it may scope to).
     pub projects: Vec<String>,
+    /// The same projects' ids (Trove puts the id in its URLs).
+    pub project_ids: Vec<String>,
+    /// The project the token is scoped to: (id, name).
+    pub scope: Option<(String, String)>,
+    /// The token's role names in that scope.
+    pub roles: Vec<String>,
 }
 
 /// Validates tokens against one Keystone.
@@ -75,17 +81,43 @@ impl Keystone {
             .ok_or_else(|| R3Error::Internal("Keystone's token has no user name".into()))?
             .to_string();
         let mut projects: Vec<String> = Vec::new();
-        if let Some(p) = t["token"]["project"]["name"].as_str() {
-            projects.push(p.to_string());
-        }
-        let list = self.get("/v3/auth/projects", token).await?;
-        for p in list["projects"].as_array().into_iter().flatten() {
+        let mut project_ids: Vec<String> = Vec::new();
+        let mut add = |p: &Value| {
             if let Some(n) = p["name"].as_str()
                 && !projects.iter().any(|x| x == n)
             {
                 projects.push(n.to_string());
             }
+            if let Some(i) = p["id"].as_str()
+                && !project_ids.iter().any(|x| x == i)
+            {
+                project_ids.push(i.to_string());
+            }
+        };
+        let scope = match (
+            t["token"]["project"]["id"].as_str(),
+            t["token"]["project"]["name"].as_str(),
+        ) {
+            (Some(i), Some(n)) => Some((i.to_string(), n.to_string())),
+            _ => None,
+        };
+        let roles = t["token"]["roles"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["name"].as_str().map(str::to_string))
+            .collect();
+        add(&t["token"]["project"]);
+        let list = self.get("/v3/auth/projects", token).await?;
+        for p in list["projects"].as_array().into_iter().flatten() {
+            add(p);
         }
-        Ok(KeystoneUser { name, projects })
+        Ok(KeystoneUser {
+            name,
+            projects,
+            project_ids,
+            scope,
+            roles,
+        })
     }
 }
