@@ -27,13 +27,14 @@ fi
 # Optional peers for the Python client tests (skipped with a message when absent): pymemcache,
 # python-memcached, k2hr3client (1.1.3, the K2HR3 service's conformance client), and the real
 # OpenStack clients the DBaaS is checked with (python-openstackclient, python-troveclient,
-# oslo.messaging) from PyPI, in a venv outside the work tree. Skipped quickly when all already
+# oslo.messaging) and moto's S3 server (the object store backups are tested against) from
+# PyPI, in a venv outside the work tree. Skipped quickly when all already
 # import there; failures here are not fatal.
 venv="${K2HDKC_VENV:-${HOME:+$HOME/.cache/k2hdkc/venv}}"
 if [ -z "$venv" ]; then
     echo "setup: neither K2HDKC_VENV nor HOME is set; the Python client tests will be skipped" >&2
-elif ! "$venv/bin/python" -c 'import pymemcache, memcache, k2hr3client, openstackclient, troveclient, oslo_messaging' >/dev/null 2>&1; then
-    echo "setup: installing pymemcache python-memcached k2hr3client python-openstackclient python-troveclient oslo.messaging into $venv (Python client tests)" >&2
+elif ! "$venv/bin/python" -c 'import pymemcache, memcache, k2hr3client, openstackclient, troveclient, oslo_messaging, moto' >/dev/null 2>&1; then
+    echo "setup: installing pymemcache python-memcached k2hr3client python-openstackclient python-troveclient oslo.messaging moto[server] into $venv (Python client tests)" >&2
     # A venv whose interpreter no longer runs (its base Python is gone) is made anew; --clear only
     # where pyvenv.cfg shows that the directory is a venv.
     if [ -f "$venv/pyvenv.cfg" ] && ! "$venv/bin/python" -c '' >/dev/null 2>&1; then
@@ -42,7 +43,7 @@ elif ! "$venv/bin/python" -c 'import pymemcache, memcache, k2hr3client, openstac
     { { [ -x "$venv/bin/python" ] || python3 -m venv "$venv"; } \
         && "$venv/bin/python" -m pip install -q --disable-pip-version-check \
             pymemcache python-memcached k2hr3client==1.1.3 \
-            python-openstackclient python-troveclient oslo.messaging; } \
+            python-openstackclient python-troveclient oslo.messaging "moto[server]"; } \
         || echo "setup: could not install the Python clients in $venv;" \
             "their tests will be skipped" >&2
 fi

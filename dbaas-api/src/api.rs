@@ -1638,7 +1638,7 @@ fn backup_view(api: &Api, b: &Backup) -> Value {
         "locationRef": if b.location.is_empty() { Value::Null } else { json!(b.location) },
         "instance_id": b.instance_id, "created": iso(b.created), "updated": iso(b.updated),
         "size": b.size, "status": b.status, "parent_id": b.parent_id, "project_id": b.project,
-        "storage_driver": "local",
+        "storage_driver": api.plane.backups.name(),
         "datastore": {"type": DATASTORE, "version": VERSION_NAME, "version_id": VERSION_ID},
         "links": model::links(&api.base, &b.project, "backups", &b.id),
     })
@@ -1765,10 +1765,7 @@ async fn backup_delete(State(api): State<Api>, Path(p): P) -> R {
         )));
     }
     let dir = api.plane.cfg.backup_dir.join(&b.id);
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir)
-            .map_err(|e| TroveError::Internal(format!("removing {}: {e}", dir.display())))?;
-    }
+    api.plane.backups.delete(&b.id, &dir).await?;
     api.plane
         .db
         .update::<Backup, ()>(&b.id, |b| {
@@ -2057,6 +2054,7 @@ mod tests {
             db,
             keys,
             compute,
+            Arc::new(crate::backup_store::LocalDir),
             svc,
             crate::plane::PlaneConfig {
                 conductor_url: "http://127.0.0.1:9".into(),

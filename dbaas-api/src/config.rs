@@ -47,6 +47,8 @@ pub struct TroveConfig {
     pub address_block: u8,
     /// The openstack driver's cloud, image, network and flavors.
     pub openstack: crate::openstack::OpenStackConfig,
+    /// Where backups are kept: the data directory (default) or an S3-compatible store.
+    pub backup_store: crate::backup_store::BackupStoreConfig,
 }
 
 impl Default for TroveConfig {
@@ -62,6 +64,7 @@ impl Default for TroveConfig {
             quickstart_project: "demo".into(),
             address_block: 77,
             openstack: Default::default(),
+            backup_store: Default::default(),
         }
     }
 }
@@ -120,6 +123,7 @@ impl Config {
         {
             anyhow::bail!("trove.quickstart_project must be letters, digits, '-' or '_'");
         }
+        t.backup_store.validate().map_err(|e| anyhow::anyhow!(e))?;
         if t.address_block == 0 {
             anyhow::bail!("trove.address_block must be from 1 to 255 (127.0.0.x is this host's)");
         }

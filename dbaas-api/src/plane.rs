@@ -49,6 +49,7 @@ pub struct Plane {
     pub db: Db,
     pub keys: Keys,
     pub compute: Arc<dyn Compute>,
+    pub backups: Arc<dyn crate::backup_store::BackupStore>,
     pub r3svc: k2hdkc_k2hr3::Service,
     pub cfg: PlaneConfig,
     http: reqwest::Client,
@@ -114,6 +115,7 @@ impl Plane {
         db: Db,
         keys: Keys,
         compute: Arc<dyn Compute>,
+        backups: Arc<dyn crate::backup_store::BackupStore>,
         r3svc: k2hdkc_k2hr3::Service,
         cfg: PlaneConfig,
     ) -> TroveResult<Plane> {
@@ -131,6 +133,7 @@ impl Plane {
             db,
             keys,
             compute,
+            backups,
             r3svc,
             cfg,
             http: reqwest::Client::builder()
@@ -717,6 +720,7 @@ impl Plane {
             });
             if let Some(b) = &i.restore_backup {
                 let loc = self.cfg.backup_dir.join(b);
+                self.backups.fetch(b, &loc).await?;
                 args["backup_info"] = json!({"id": b, "location": loc.display().to_string(), "type": "k2hdkc-archive"});
             }
             self.guest_call(i, "prepare", args, true).await?;
@@ -947,9 +951,11 @@ impl Plane {
                 .iter()
                 .all(|m| b.members.get(m).is_some_and(|s| s == "COMPLETED"))
             {
+                let loc = self.backups.store(bid, &dir).await?;
                 self.db
                     .update::<Backup, ()>(bid, |b| {
                         b.status = "COMPLETED".into();
+                        b.location = loc;
                         b.updated = now();
                         Ok(())
                     })

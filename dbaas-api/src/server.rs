@@ -79,6 +79,10 @@ pub async fn run(
             db,
             keys,
             compute,
+            c.trove
+                .backup_store
+                .open()
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
             svc.clone(),
             PlaneConfig {
                 conductor_url: base.clone(),

@@ -152,7 +152,7 @@ def backup_done():
     return True if s["status"] == "COMPLETED" else s
 wait("backup bk1", backup_done)
 bs = osj("database", "backup", "show", bid)
-step(f"backup {bid} COMPLETED, {bs['size']} GB")
+step(f"backup {bid} COMPLETED, {bs['size']} GB at {bs['locationRef']}")
 
 osc("database", "instance", "create", "r1", "--flavor", "1", "--size", "1",
     "--datastore", "k2hdkc", "--datastore-version", version, "--backup", bid)

@@ -77,6 +77,17 @@ fn start_plane(
     trove: SocketAddr,
     k2hr3: SocketAddr,
 ) -> Plane {
+    start_plane_with(dir, db, block, trove, k2hr3, &[])
+}
+
+fn start_plane_with(
+    dir: &Path,
+    db: Option<&str>,
+    block: u8,
+    trove: SocketAddr,
+    k2hr3: SocketAddr,
+    extra: &[String],
+) -> Plane {
     let log = dir.join("dbaas.log");
     let mut args: Vec<String> = [
         "serve",
@@ -101,6 +112,7 @@ fn start_plane(
             format!("sqlite://{}?mode=rwc", dir.join("state/dbaas.db").display()),
         ]),
     }
+    args.extend(extra.iter().cloned());
     std::fs::create_dir_all(dir.join("state")).expect("state dir");
     let proc = Proc::start(&bin("k2hdkc-dbaas"), &args, Some(&log));
     assert!(
@@ -130,7 +142,14 @@ fn nothing_listens(ips: &[String]) -> Vec<String> {
     open
 }
 
-fn openstack_flow(name: &str, db: Option<&str>, block: u8) {
+/// moto's S3 server from the venv, when scripts/setup.sh installed it.
+fn moto_server() -> Option<PathBuf> {
+    let py = venv_python("moto").ok()?;
+    let p = py.parent()?.join("moto_server");
+    p.exists().then_some(p)
+}
+
+fn openstack_flow(name: &str, db: Option<&str>, block: u8, s3: bool) {
     let python = match venv_python("openstackclient, troveclient, pymemcache") {
         Ok(p) => p,
         Err(reason) => {
@@ -140,7 +159,53 @@ fn openstack_flow(name: &str, db: Option<&str>, block: u8) {
     };
     let dir = test_dir();
     let _reaper = Reaper(dir.path().to_path_buf());
-    let mut plane = start_plane(dir.path(), db, block, free_addr(), free_addr());
+    // With s3, backups go to a real S3 implementation (moto) instead of the data directory.
+    let mut extra = Vec::new();
+    let mut _moto = None;
+    let s3 = s3
+        && {
+            match moto_server() {
+                Some(m) => {
+                    let port = free_addr().port();
+                    _moto = Some(Proc::start(
+                        &m,
+                        &[
+                            "-H".into(),
+                            "127.0.0.1".into(),
+                            "-p".into(),
+                            port.to_string(),
+                        ],
+                        None,
+                    ));
+                    let a: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+                    assert!(
+                        wait_listening(a, Duration::from_secs(30)),
+                        "moto_server did not start"
+                    );
+                    std::fs::write(dir.path().join("s3-secret"), "e2e-secret-key\n")
+                        .expect("secret");
+                    let cfg = dir.path().join("dbaas.toml");
+                    std::fs::write(
+                    &cfg,
+                    format!(
+                        "[trove.backup_store]\nkind = \"s3\"\nendpoint = \"http://{a}\"\nbucket = \"k2hdkc-e2e\"\n\
+                         access_key = \"testing\"\nsecret_key_file = {:?}\n",
+                        dir.path().join("s3-secret").display().to_string()
+                    ),
+                )
+                .expect("config");
+                    extra = vec!["--config".into(), cfg.display().to_string()];
+                    true
+                }
+                None => {
+                    eprintln!(
+                        "{name}: no moto_server in the venv; backups stay in the local store"
+                    );
+                    false
+                }
+            }
+        };
+    let mut plane = start_plane_with(dir.path(), db, block, free_addr(), free_addr(), &extra);
     let project = format!("p{}{}", std::process::id(), block);
     let endpoint = format!("http://{}/v1.0/{project}", plane.trove);
     let t0 = Instant::now();
@@ -163,6 +228,12 @@ fn openstack_flow(name: &str, db: Option<&str>, block: u8) {
         eprintln!("{name}: {l}");
     }
     eprintln!("{name}: whole flow {:.1}s", t0.elapsed().as_secs_f64());
+    if s3 {
+        assert!(
+            stdout.contains("at s3://k2hdkc-e2e/"),
+            "{name}: the backup is not in the S3 store:\n{stdout}"
+        );
+    }
     // Deleted means gone: no guest or node process, no port on any address it had.
     let ips: Vec<String> = stdout
         .lines()
@@ -193,7 +264,7 @@ fn openstack_flow(name: &str, db: Option<&str>, block: u8) {
 
 #[test]
 fn openstack_cli_drives_a_cluster_on_sqlite() {
-    openstack_flow("openstack_cli_drives_a_cluster_on_sqlite", None, 78);
+    openstack_flow("openstack_cli_drives_a_cluster_on_sqlite", None, 78, false);
 }
 
 #[test]
@@ -226,7 +297,8 @@ fn openstack_cli_drives_a_cluster_on_postgresql() {
         .rsplit_once('/')
         .map(|(b, _)| b.to_string())
         .expect("a URL with /db");
-    let r = std::panic::catch_unwind(|| openstack_flow(name, Some(&format!("{base}/{db}")), 79));
+    let r =
+        std::panic::catch_unwind(|| openstack_flow(name, Some(&format!("{base}/{db}")), 79, true));
     rt.block_on(async move {
         let mut admin = admin;
         let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
