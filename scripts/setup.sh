@@ -24,6 +24,14 @@ if [ "$(id -u)" -eq 0 ] && ! command -v memccapable >/dev/null 2>&1; then
         || echo "setup: could not install memcached/libmemcached-tools; their tests will be skipped" >&2
 fi
 
+# Optional: Debian's cloud-init, whose `cloud-init schema` checks the rendered user-data
+# (deploy/cloud-init/); that test is skipped with a message without it.
+if [ "$(id -u)" -eq 0 ] && ! command -v cloud-init >/dev/null 2>&1; then
+    echo "setup: installing cloud-init (user-data schema checks)" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cloud-init >/dev/null; } \
+        || echo "setup: could not install cloud-init; the schema test will be skipped" >&2
+fi
+
 # Optional peers for the Python client tests (skipped with a message when absent): pymemcache,
 # python-memcached, k2hr3client (1.1.3, the K2HR3 service's conformance client), and the real
 # OpenStack clients the DBaaS is checked with (python-openstackclient, python-troveclient,

@@ -196,6 +196,10 @@ pub fn router(api: Api) -> Router {
             &format!("{v}/clusters/{{id}}/instances/{{iid}}"),
             get(cluster_instance),
         )
+        .route(
+            &format!("{v}/clusters/{{id}}/slave-userdata"),
+            get(slave_userdata),
+        )
         .route(&format!("{v}/backups"), get(backups).post(backup_create))
         .route(
             &format!("{v}/backups/{{id}}"),
@@ -1321,6 +1325,33 @@ async fn find_cluster(api: &Api, project: &str, id: &str) -> TroveResult<Cluster
 async fn cluster_show(State(api): State<Api>, Path(p): P) -> R {
     let c = find_cluster(&api, arg(&p, "project"), arg(&p, "id")).await?;
     ok(json!({"cluster": cluster_view(&api, &c, true).await?}))
+}
+
+/// The cloud-init user-data that makes a VM a slave (gateway) of the cluster; `memcached`
+/// sets the gateway's listener on the client host (default 127.0.0.1:11211).
+async fn slave_userdata(State(api): State<Api>, Path(p): P, Query(q): Q) -> R {
+    let c = find_cluster(&api, arg(&p, "project"), arg(&p, "id")).await?;
+    let listen = q.get("memcached").map_or("127.0.0.1:11211", String::as_str);
+    if listen.parse::<std::net::SocketAddr>().is_err() {
+        return Err(TroveError::BadRequest(format!(
+            "memcached={listen:?}: want ADDR:PORT"
+        )));
+    }
+    let token = api.plane.slave_token(&c).await?;
+    let secret = api.plane.open(&c.secret, &format!("cluster/{}", c.id))?;
+    let tenant = crate::plane::tenant_of(&c.project);
+    let n = crate::plane::r3_name(&c);
+    let doc = crate::userdata::slave_user_data(&crate::userdata::SlaveSpec {
+        cluster: c.name.clone(),
+        k2hr3_url: api.plane.cfg.k2hr3_url.clone(),
+        role: format!("yrn:yahoo:::{tenant}:role:{n}/slave"),
+        role_token: token,
+        resource: format!("yrn:yahoo:::{tenant}:resource:{n}/slave"),
+        secret,
+        memcached_listen: listen.to_string(),
+        poll_secs: 10,
+    });
+    Ok(([(header::CONTENT_TYPE, "text/cloud-config")], doc).into_response())
 }
 
 async fn cluster_instance(State(api): State<Api>, Path(p): P) -> R {

@@ -110,6 +110,16 @@ enum ClusterCmd {
         #[arg(long)]
         wait: bool,
     },
+    /// Print the cloud-init user-data that makes a VM a slave (gateway) of the cluster.
+    SlaveUserdata {
+        cluster: String,
+        /// The gateway's memcached listener on the client host.
+        #[arg(long, default_value = "127.0.0.1:11211")]
+        memcached: String,
+        /// Write it to this file (0600) instead of stdout.
+        #[arg(long)]
+        output: Option<std::path::PathBuf>,
+    },
     /// Delete a cluster and its hosts.
     Delete {
         cluster: String,
@@ -172,6 +182,31 @@ impl Http {
             bail!("{msg} (HTTP {code})");
         }
         Ok(v)
+    }
+
+    /// A text resource (errors as for JSON calls).
+    async fn text(&self, path: &str) -> anyhow::Result<String> {
+        let mut r = self.c.get(format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            r = r.header("x-auth-token", t);
+        }
+        let resp = r
+            .send()
+            .await
+            .with_context(|| format!("calling {}{path}", self.base))?;
+        let code = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        if code >= 400 {
+            let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
+            let msg = v
+                .as_object()
+                .and_then(|o| o.values().next())
+                .and_then(|f| f["message"].as_str())
+                .unwrap_or(&text)
+                .to_string();
+            bail!("{msg} (HTTP {code})");
+        }
+        Ok(text)
     }
 
     /// A cluster by id or name (as the OpenStack CLI resolves it).
@@ -421,6 +456,38 @@ pub async fn run(a: ClusterArgs) -> anyhow::Result<()> {
                     s(&i["status"]),
                     ips(&i)
                 );
+            }
+        }
+        ClusterCmd::SlaveUserdata {
+            cluster,
+            memcached,
+            output,
+        } => {
+            let c = h.cluster(cluster).await?;
+            let doc = h
+                .text(&format!(
+                    "/clusters/{}/slave-userdata?memcached={memcached}",
+                    s(&c["id"])
+                ))
+                .await?;
+            match output {
+                Some(p) => {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    let mut f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .mode(0o600)
+                        .open(p)
+                        .with_context(|| format!("writing {}", p.display()))?;
+                    f.write_all(doc.as_bytes())?;
+                    eprintln!(
+                        "slave user-data of {} written to {} (it holds secrets)",
+                        s(&c["name"]),
+                        p.display()
+                    );
+                }
+                None => print!("{doc}"),
             }
         }
         ClusterCmd::Delete { cluster, wait } => {

@@ -19,3 +19,4 @@ pub mod openstack;
 pub mod plane;
 pub mod server;
 pub mod store;
+pub mod userdata;

@@ -546,3 +546,279 @@ fn quickstart_builds_a_ready_cluster_and_prints_how_to_use_it() {
     );
     assert!(plane.terminate(Duration::from_secs(15)));
 }
+
+/// `write_files` (path, content) of a user-data document.
+type Files = Vec<(String, Vec<u8>)>;
+
+/// The files and commands of a cloud-init document as this crate renders it.
+fn parse_user_data(doc: &str) -> (Files, Vec<Vec<String>>) {
+    let mut files = Vec::new();
+    let mut path = None;
+    let mut cmds = Vec::new();
+    for l in doc.lines() {
+        let t = l.trim();
+        if let Some(p) = t.strip_prefix("- path: ") {
+            path = Some(p.to_string());
+        } else if let Some(c) = t.strip_prefix("content: ") {
+            let bytes = decode_b64(c);
+            files.push((path.take().expect("a path before content"), bytes));
+        } else if let Some(c) = t.strip_prefix("- [").and_then(|c| c.strip_suffix(']')) {
+            cmds.push(
+                c.split(", ")
+                    .map(|a| {
+                        serde_json::from_str::<String>(a)
+                            .unwrap_or_else(|_| a.trim_matches('\'').to_string())
+                    })
+                    .collect(),
+            );
+        }
+    }
+    (files, cmds)
+}
+
+fn decode_b64(s: &str) -> Vec<u8> {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in s.bytes().filter(|c| *c != b'=') {
+        let v = A.iter().position(|x| *x == c).expect("base64") as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    out
+}
+
+fn arg_after<'a>(cmd: &'a [String], flag: &str) -> &'a str {
+    cmd.iter()
+        .position(|a| a == flag)
+        .and_then(|i| cmd.get(i + 1))
+        .map(String::as_str)
+        .expect(flag)
+}
+
+fn svrnodes(ini: &Path) -> usize {
+    std::fs::read_to_string(ini)
+        .unwrap_or_default()
+        .matches("[SVRNODE]")
+        .count()
+}
+
+/// A slave host from `cluster slave-userdata`: its runcmd (k2hr3 register, get-resource) and
+/// services (the --watch follower and `k2hdkc gateway`) run here as the VM would run them,
+/// with a fake cloud-init instance id; the gateway serves memcached and follows a grow and a
+/// shrink through the re-read cluster file.
+#[test]
+fn slave_user_data_bootstraps_a_gateway_that_follows_grow_and_shrink() {
+    let dir = test_dir();
+    let _reaper = Reaper(dir.path().to_path_buf());
+    let (trove, k2hr3) = (free_addr(), free_addr());
+    let mut plane = start_plane(dir.path(), None, 83, trove, k2hr3);
+    let cli = |args: &[&str]| {
+        let out = Command::new(bin("k2hdkc-dbaas"))
+            .arg("cluster")
+            .args([
+                "--url",
+                &format!("http://{trove}"),
+                "--project",
+                "slv",
+                "--token",
+                TOKEN,
+                "--wait-secs",
+                "300",
+            ])
+            .args(args)
+            .output()
+            .expect("k2hdkc-dbaas cluster");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    cli(&["create", "s1", "--size", "3", "--wait"]);
+    let ud = dir.path().join("slave.yaml");
+    cli(&[
+        "slave-userdata",
+        "s1",
+        "--output",
+        &ud.display().to_string(),
+        "--memcached",
+        "127.0.0.1:11311",
+    ]);
+    let doc = std::fs::read_to_string(&ud).expect("user-data");
+    let (files, cmds) = parse_user_data(&doc);
+    let vm = dir.path().join("vm");
+    std::fs::create_dir_all(&vm).expect("vm dir");
+    let local = |p: &str| vm.join(p.rsplit('/').next().expect("file name"));
+    for (p, content) in &files {
+        std::fs::write(local(p), content).expect("write_files");
+    }
+    std::fs::write(vm.join("instance-id"), "slave-vm-1\n").expect("instance id");
+    let state = vm.join("antpickax");
+    let register = cmds
+        .iter()
+        .find(|c| c.iter().any(|a| a == "register"))
+        .expect("a register command");
+    let get = cmds
+        .iter()
+        .find(|c| c.iter().any(|a| a == "get-resource"))
+        .expect("a get-resource command");
+    let k2hr3_bin = bin("k2hr3");
+    let run = |args: Vec<String>| {
+        let out = Command::new(&k2hr3_bin)
+            .args(&args)
+            .output()
+            .expect("k2hr3");
+        assert!(
+            out.status.success(),
+            "k2hr3 {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let st = state.display().to_string();
+    run(vec![
+        "register".into(),
+        "--state-dir".into(),
+        st.clone(),
+        "--api".into(),
+        arg_after(register, "--api").into(),
+        "--role".into(),
+        arg_after(register, "--role").into(),
+        "--token-file".into(),
+        local(arg_after(register, "--token-file"))
+            .display()
+            .to_string(),
+        "--instance-id-file".into(),
+        vm.join("instance-id").display().to_string(),
+    ]);
+    let resource = arg_after(get, "--resource").to_string();
+    let ini = vm.join("slave.ini");
+    run(vec![
+        "get-resource".into(),
+        "--state-dir".into(),
+        st.clone(),
+        "--resource".into(),
+        resource.clone(),
+        "--output".into(),
+        ini.display().to_string(),
+        "--mode".into(),
+        "644".into(),
+    ]);
+    assert_eq!(
+        svrnodes(&ini),
+        3,
+        "{}",
+        std::fs::read_to_string(&ini).unwrap_or_default()
+    );
+    let _watch = Proc::start(
+        &k2hr3_bin,
+        &[
+            "get-resource",
+            "--state-dir",
+            &st,
+            "--watch",
+            "--interval",
+            "1",
+            "--resource",
+            &resource,
+            "--output",
+            &ini.display().to_string(),
+            "--mode",
+            "644",
+        ]
+        .map(String::from),
+        Some(&vm.join("watch.log")),
+    );
+    let gw_log = vm.join("gateway.log");
+    let _gw = Proc::start(
+        &bin("k2hdkc"),
+        &[
+            "gateway",
+            "--chmpx-conf",
+            &ini.display().to_string(),
+            "--secret-file",
+            &local("/etc/k2hdkc/cluster.secret").display().to_string(),
+            "--memcached-listen",
+            "127.0.0.1:11311",
+            "--native-listen",
+            &free_addr().to_string(),
+        ]
+        .map(String::from),
+        Some(&gw_log),
+    );
+    let gw: SocketAddr = "127.0.0.1:11311".parse().expect("addr");
+    assert!(
+        wait_listening(gw, Duration::from_secs(30)),
+        "gateway:\n{}",
+        log_tail(&gw_log)
+    );
+    let through_gateway = |key: &str| {
+        use std::io::{BufRead, BufReader, Write};
+        let t0 = Instant::now();
+        loop {
+            let r = (|| -> std::io::Result<String> {
+                let mut s = TcpStream::connect(gw)?;
+                s.set_read_timeout(Some(Duration::from_secs(10)))?;
+                s.write_all(format!("set {key} 0 0 2\r\nok\r\nget {key}\r\n").as_bytes())?;
+                let mut rd = BufReader::new(&s);
+                let mut all = String::new();
+                for _ in 0..4 {
+                    rd.read_line(&mut all)?;
+                }
+                Ok(all)
+            })();
+            match r {
+                Ok(a) if a == format!("STORED\r\nVALUE {key} 0 2\r\nok\r\nEND\r\n") => return,
+                other if t0.elapsed() > Duration::from_secs(30) => panic!(
+                    "{key} through the gateway: {other:?}\n{}",
+                    log_tail(&gw_log)
+                ),
+                _ => std::thread::sleep(Duration::from_millis(300)),
+            }
+        }
+    };
+    through_gateway("slave-k1");
+    cli(&["grow", "s1", "--wait"]);
+    let t0 = Instant::now();
+    while svrnodes(&ini) != 4 && t0.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        svrnodes(&ini),
+        4,
+        "the slave's cluster file did not follow the grow"
+    );
+    eprintln!(
+        "slave file followed the grow in {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
+    for n in 0..20 {
+        through_gateway(&format!("slave-grow-{n}"));
+    }
+    cli(&["shrink", "s1", "--wait"]);
+    let t0 = Instant::now();
+    while svrnodes(&ini) != 3 && t0.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        svrnodes(&ini),
+        3,
+        "the slave's cluster file did not follow the shrink"
+    );
+    eprintln!(
+        "slave file followed the shrink in {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
+    for n in 0..20 {
+        through_gateway(&format!("slave-shrink-{n}"));
+    }
+    run(vec!["unregister".into(), "--state-dir".into(), st]);
+    cli(&["delete", "s1", "--wait"]);
+    assert!(plane.proc.terminate(Duration::from_secs(15)));
+}
