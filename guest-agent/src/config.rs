@@ -232,6 +232,13 @@ mod tests {
         assert_eq!(c.rpc.transport, "amqp");
         assert_eq!(c.rpc.control_exchange, "trove");
         assert_eq!(c.ports.memcached, 11211);
+        let t = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/trove/guest-agent-amqp.toml");
+        let c = Config::load(&t).expect("deploy/trove/guest-agent-amqp.toml");
+        assert_eq!(
+            (c.rpc.transport.as_str(), c.rpc.conductor_topic.as_str()),
+            ("amqp", "trove-conductor")
+        );
     }
 
     #[test]

@@ -85,3 +85,44 @@ fn systemd_units_are_sandboxed_and_their_commands_parse() {
         }
     }
 }
+
+#[test]
+fn deploy_scripts_are_valid_shell_and_answer_help() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    for s in [
+        "openstack/setup-openstack.sh",
+        "trove/register-datastore.sh",
+    ] {
+        let p = root.join(s);
+        let out = Command::new("bash")
+            .arg("-n")
+            .arg(&p)
+            .output()
+            .expect("bash -n");
+        assert!(
+            out.status.success(),
+            "{s}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = std::fs::read_to_string(&p).expect("script");
+        assert!(
+            text.starts_with("#!/usr/bin/env bash\n") && text.contains("set -euo pipefail"),
+            "{s}"
+        );
+    }
+    let rules: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("trove/validation-rules.json")).expect("rules"),
+    )
+    .expect("validation-rules.json is JSON");
+    let names: Vec<&str> = rules["configuration-parameters"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["replicas", "write_quorum", "read_quorum", "automerge"],
+        "the same parameters as the API's"
+    );
+}
