@@ -81,6 +81,10 @@ pub trait Compute: Send + Sync {
     fn leases_addresses(&self) -> bool {
         true
     }
+    /// A fixed list of addresses to lease from, instead of the loopback block.
+    fn address_pool(&self) -> Option<Vec<String>> {
+        None
+    }
 }
 
 /// The RPC port of a local guest.
@@ -92,12 +96,36 @@ const PORTS: [u16; 4] = [8020, 8021, 11211, GUEST_RPC_PORT];
 pub struct Local {
     hosts: PathBuf,
     bin_dir: PathBuf,
+    pool: Vec<LocalHost>,
+}
+
+/// A host of the local driver's fixed pool: an address of this machine, or one inside a
+/// network namespace the guest is started in (`ip netns exec`), which is how the multi-host
+/// tests give every instance its own network stack.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalHost {
+    /// The host's address (where its node listens and clients connect).
+    pub ip: String,
+    /// The network namespace holding `ip`, if not this one.
+    #[serde(default)]
+    pub netns: Option<String>,
 }
 
 impl Local {
     /// Hosts live under `hosts`; `k2hdkc` and `k2hdkc-guest-agent` are in `bin_dir`.
     pub fn new(hosts: PathBuf, bin_dir: PathBuf) -> Local {
-        Local { hosts, bin_dir }
+        Local {
+            hosts,
+            bin_dir,
+            pool: Vec::new(),
+        }
+    }
+
+    /// Hand out only the hosts of `pool` instead of loopback addresses.
+    pub fn with_pool(mut self, pool: Vec<LocalHost>) -> Local {
+        self.pool = pool;
+        self
     }
 
     fn host_dir(&self, id: &str) -> PathBuf {
@@ -232,7 +260,21 @@ impl Compute for Local {
                 .try_clone()
                 .map_err(|e| TroveError::Internal(e.to_string()))?;
             let bin = self.bin_dir.join("k2hdkc-guest-agent");
-            let mut child = std::process::Command::new(&bin)
+            let netns = self
+                .pool
+                .iter()
+                .find(|h| h.ip == spec.ip)
+                .and_then(|h| h.netns.clone());
+            let mut cmd = match &netns {
+                // `ip netns exec` execs the guest: the pid and command line are the guest's.
+                Some(ns) => {
+                    let mut c = std::process::Command::new("ip");
+                    c.args(["netns", "exec", ns]).arg(&bin);
+                    c
+                }
+                None => std::process::Command::new(&bin),
+            };
+            let mut child = cmd
                 .arg("--config")
                 .arg(&cfg)
                 .stdin(std::process::Stdio::null())
@@ -299,7 +341,17 @@ impl Compute for Local {
         })
     }
 
+    fn address_pool(&self) -> Option<Vec<String>> {
+        (!self.pool.is_empty()).then(|| self.pool.iter().map(|h| h.ip.clone()).collect())
+    }
+
     fn address_usable(&self, ip: &str) -> bool {
+        if let Some(h) = self.pool.iter().find(|h| h.ip == ip)
+            && h.netns.is_some()
+        {
+            // Its ports are in another network stack; the lease table keeps it unique.
+            return true;
+        }
         let Ok(ip) = ip.parse::<IpAddr>() else {
             return false;
         };

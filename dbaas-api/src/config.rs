@@ -49,6 +49,9 @@ pub struct TroveConfig {
     pub openstack: crate::openstack::OpenStackConfig,
     /// Where backups are kept: the data directory (default) or an S3-compatible store.
     pub backup_store: crate::backup_store::BackupStoreConfig,
+    /// The local driver's fixed host pool (addresses, optionally in network namespaces);
+    /// empty: a loopback address per host from `address_block`.
+    pub local_hosts: Vec<crate::compute::LocalHost>,
 }
 
 impl Default for TroveConfig {
@@ -65,6 +68,7 @@ impl Default for TroveConfig {
             address_block: 77,
             openstack: Default::default(),
             backup_store: Default::default(),
+            local_hosts: Vec::new(),
         }
     }
 }
@@ -124,6 +128,11 @@ impl Config {
             anyhow::bail!("trove.quickstart_project must be letters, digits, '-' or '_'");
         }
         t.backup_store.validate().map_err(|e| anyhow::anyhow!(e))?;
+        for h in &t.local_hosts {
+            if h.ip.parse::<std::net::IpAddr>().is_err() {
+                anyhow::bail!("trove.local_hosts: {:?} is not an IP address", h.ip);
+            }
+        }
         if t.address_block == 0 {
             anyhow::bail!("trove.address_block must be from 1 to 255 (127.0.0.x is this host's)");
         }

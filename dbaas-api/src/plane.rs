@@ -591,20 +591,24 @@ impl Plane {
         } else {
             let last = self.db.last_lease().await?;
             let compute = self.compute.clone();
-            let ip = self
-                .db
-                .lease(
-                    id,
-                    crate::compute::local_candidates(
-                        [127, self.cfg.address_block],
-                        last.as_deref(),
-                    ),
-                    |ip| compute.address_usable(ip),
-                )
-                .await?
-                .ok_or_else(|| {
-                    TroveError::OverLimit("no free address is left for a new host".into())
-                })?;
+            let ip =
+                self.db
+                    .lease(
+                        id,
+                        match self.compute.address_pool() {
+                            Some(pool) => Box::new(pool.into_iter())
+                                as Box<dyn Iterator<Item = String> + Send>,
+                            None => Box::new(crate::compute::local_candidates(
+                                [127, self.cfg.address_block],
+                                last.as_deref(),
+                            )),
+                        },
+                        |ip| compute.address_usable(ip),
+                    )
+                    .await?
+                    .ok_or_else(|| {
+                        TroveError::OverLimit("no free address is left for a new host".into())
+                    })?;
             self.db
                 .update::<Instance, ()>(id, |i| {
                     i.ip = ip.clone();

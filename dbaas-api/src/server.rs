@@ -71,7 +71,9 @@ pub async fn run(
             crate::openstack::OpenStack::new(c.trove.openstack.clone())
                 .map_err(|e| anyhow::anyhow!("{e}"))?,
         ),
-        _ => Arc::new(Local::new(data.join("hosts"), bin_dir)),
+        _ => {
+            Arc::new(Local::new(data.join("hosts"), bin_dir).with_pool(c.trove.local_hosts.clone()))
+        }
     };
     let base = c.trove_url(trove_at);
     let plane = Arc::new(

@@ -5,6 +5,7 @@ mod deploy;
 mod differential;
 mod k2hr3;
 mod memcapable;
+mod multihost;
 mod oslo;
 mod python_clients;
 mod server_crash;

@@ -18,7 +18,7 @@ use system_tests::{Proc, bin, free_addr, test_dir, wait_listening};
 use crate::python_clients::{log_tail, venv_python};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/python/trove_cli.py");
-const TOKEN: &str = "system-test-admin-token";
+pub const TOKEN: &str = "system-test-admin-token";
 
 /// Pids (other than `except`) whose command line mentions `dir`.
 pub fn processes_under(dir: &Path, except: &[u32]) -> Vec<(u32, String)> {
@@ -551,7 +551,7 @@ fn quickstart_builds_a_ready_cluster_and_prints_how_to_use_it() {
 type Files = Vec<(String, Vec<u8>)>;
 
 /// The files and commands of a cloud-init document as this crate renders it.
-fn parse_user_data(doc: &str) -> (Files, Vec<Vec<String>>) {
+pub fn parse_user_data(doc: &str) -> (Files, Vec<Vec<String>>) {
     let mut files = Vec::new();
     let mut path = None;
     let mut cmds = Vec::new();
@@ -593,7 +593,7 @@ fn decode_b64(s: &str) -> Vec<u8> {
     out
 }
 
-fn arg_after<'a>(cmd: &'a [String], flag: &str) -> &'a str {
+pub fn arg_after<'a>(cmd: &'a [String], flag: &str) -> &'a str {
     cmd.iter()
         .position(|a| a == flag)
         .and_then(|i| cmd.get(i + 1))
@@ -601,7 +601,7 @@ fn arg_after<'a>(cmd: &'a [String], flag: &str) -> &'a str {
         .expect(flag)
 }
 
-fn svrnodes(ini: &Path) -> usize {
+pub fn svrnodes(ini: &Path) -> usize {
     std::fs::read_to_string(ini)
         .unwrap_or_default()
         .matches("[SVRNODE]")
