@@ -299,8 +299,59 @@ fn slave_and_servers_on_separate_hosts_survive_a_partition_and_follow_scaling() 
         &lost[..lost.len().min(5)]
     );
 
-    // Scaling reaches the slave within one poll interval of the task's end.
-    cli(&["grow", "m1", "--wait"]);
+    // Scaling reaches the slave within one poll interval of the task's end; the control
+    // plane's host restarts (kill -9) in the middle of the grow.
+    cli(&["grow", "m1"]);
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains(&lab.addr(3).to_string())
+        && t0.elapsed() < Duration::from_secs(30)
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    plane.kill9();
+    let before = std::fs::read_to_string(&log).unwrap_or_default();
+    // Only the create had finished: the grow was cut in the middle.
+    assert_eq!(
+        before.matches("task done").count(),
+        1,
+        "the grow finished before the kill"
+    );
+    let mut plane = Proc::start(&bin("k2hdkc-dbaas"), &args, Some(&log));
+    assert!(
+        wait_listening(trove, Duration::from_secs(30)),
+        "control plane restart:\n{}",
+        log_tail(&log)
+    );
+    let t1 = Instant::now();
+    loop {
+        let v: serde_json::Value =
+            serde_json::from_str(&cli(&["show", "m1", "--json"])).expect("show --json");
+        let members = v["instances"].as_array().cloned().unwrap_or_default();
+        if v["task"]["name"] == "NONE"
+            && members.len() == 4
+            && members.iter().all(|m| m["status"] == "ACTIVE")
+        {
+            break;
+        }
+        assert!(
+            t1.elapsed() < Duration::from_secs(300),
+            "the grow did not finish after the restart: {v}\n{}",
+            log_tail(&log)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("resuming task"),
+        "the grow was not resumed"
+    );
+    eprintln!(
+        "{name}: control plane killed during the grow, restarted, grow finished {:.1}s later",
+        t1.elapsed().as_secs_f64()
+    );
     let t0 = Instant::now();
     while svrnodes(&ini) != 4 && t0.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(100));
