@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use system_tests::{NetLab, Proc, bin, free_addr, test_dir, wait_listening};
 
 use crate::python_clients::log_tail;
-use crate::trove::{Reaper, TOKEN, arg_after, parse_user_data, svrnodes};
+use crate::trove::{Reaper, SlaveVm, TOKEN, svrnodes, wait_svrnodes};
 
 fn set_get(addr: SocketAddr, key: &str, val: &str) -> std::io::Result<bool> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
@@ -140,15 +140,12 @@ fn slave_and_servers_on_separate_hosts_survive_a_partition_and_follow_scaling() 
         "--memcached",
         &memcached.to_string(),
     ]);
-    let (files, cmds) = parse_user_data(&std::fs::read_to_string(&ud).expect("user-data"));
     let vm = dir.path().join("slave-vm");
-    std::fs::create_dir_all(&vm).expect("vm");
-    let local = |p: &str| vm.join(p.rsplit('/').next().expect("name"));
-    for (p, c) in &files {
-        std::fs::write(local(p), c).expect("write_files");
-    }
-    std::fs::write(vm.join("instance-id"), "slave-vm-ns4\n").expect("iid");
-    let st = vm.join("antpickax").display().to_string();
+    let slave = SlaveVm::new(
+        &std::fs::read_to_string(&ud).expect("user-data"),
+        &vm,
+        "slave-vm-ns4",
+    );
     let in_slave = |args: Vec<String>| {
         let out = Command::new("ip")
             .args(["netns", "exec", &lab.ns(4)])
@@ -162,81 +159,22 @@ fn slave_and_servers_on_separate_hosts_survive_a_partition_and_follow_scaling() 
             String::from_utf8_lossy(&out.stderr)
         );
     };
-    let register = cmds
-        .iter()
-        .find(|c| c.iter().any(|a| a == "register"))
-        .expect("register");
-    let resource = arg_after(
-        cmds.iter()
-            .find(|c| c.iter().any(|a| a == "get-resource"))
-            .expect("get"),
-        "--resource",
-    )
-    .to_string();
-    in_slave(vec![
-        "register".into(),
-        "--state-dir".into(),
-        st.clone(),
-        "--api".into(),
-        arg_after(register, "--api").into(),
-        "--role".into(),
-        arg_after(register, "--role").into(),
-        "--token-file".into(),
-        local(arg_after(register, "--token-file"))
-            .display()
-            .to_string(),
-        "--instance-id-file".into(),
-        vm.join("instance-id").display().to_string(),
-    ]);
-    let ini = vm.join("slave.ini");
-    in_slave(vec![
-        "get-resource".into(),
-        "--state-dir".into(),
-        st.clone(),
-        "--resource".into(),
-        resource.clone(),
-        "--output".into(),
-        ini.display().to_string(),
-        "--mode".into(),
-        "644".into(),
-    ]);
+    in_slave(slave.register_args());
+    in_slave(slave.get_args(false));
+    let ini = slave.ini.clone();
     assert_eq!(svrnodes(&ini), 3);
     let _watch = lab.start(
         4,
         &bin("k2hr3"),
-        &[
-            "get-resource",
-            "--state-dir",
-            &st,
-            "--watch",
-            "--interval",
-            "1",
-            "--resource",
-            &resource,
-            "--output",
-            &ini.display().to_string(),
-            "--mode",
-            "644",
-        ]
-        .map(String::from),
+        &slave.get_args(true),
         Some(&vm.join("watch.log")),
     );
     let gw_log = vm.join("gateway.log");
+    let native = SocketAddr::new(lab.addr(4), 8030).to_string();
     let _gw = lab.start(
         4,
         &bin("k2hdkc"),
-        &[
-            "gateway",
-            "--chmpx-conf",
-            &ini.display().to_string(),
-            "--secret-file",
-            &local("/etc/k2hdkc/cluster.secret").display().to_string(),
-            "--memcached-listen",
-            &memcached.to_string(),
-            "--native-listen",
-            &SocketAddr::new(lab.addr(4), 8030).to_string(),
-        ]
-        .map(String::from),
+        &slave.gateway_args(&memcached.to_string(), &native),
         Some(&gw_log),
     );
     assert!(
@@ -352,14 +290,9 @@ fn slave_and_servers_on_separate_hosts_survive_a_partition_and_follow_scaling() 
         "{name}: control plane killed during the grow, restarted, grow finished {:.1}s later",
         t1.elapsed().as_secs_f64()
     );
-    let t0 = Instant::now();
-    while svrnodes(&ini) != 4 && t0.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(svrnodes(&ini), 4, "the slave did not follow the grow");
     eprintln!(
         "{name}: slave followed the grow {:.1}s after it finished",
-        t0.elapsed().as_secs_f64()
+        wait_svrnodes(&ini, 4, "grow")
     );
     for i in 0..50 {
         assert!(
@@ -369,14 +302,9 @@ fn slave_and_servers_on_separate_hosts_survive_a_partition_and_follow_scaling() 
         );
     }
     cli(&["shrink", "m1", "--wait"]);
-    let t0 = Instant::now();
-    while svrnodes(&ini) != 3 && t0.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(svrnodes(&ini), 3, "the slave did not follow the shrink");
     eprintln!(
         "{name}: slave followed the shrink {:.1}s after it finished",
-        t0.elapsed().as_secs_f64()
+        wait_svrnodes(&ini, 3, "shrink")
     );
     for i in 0..50 {
         assert!(
@@ -392,7 +320,7 @@ fn slave_and_servers_on_separate_hosts_survive_a_partition_and_follow_scaling() 
             "{k} after grow and shrink"
         );
     }
-    in_slave(vec!["unregister".into(), "--state-dir".into(), st]);
+    in_slave(slave.unregister_args());
     cli(&["delete", "m1", "--wait"]);
     assert!(plane.terminate(Duration::from_secs(15)));
 }

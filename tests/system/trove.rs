@@ -608,6 +608,122 @@ pub fn svrnodes(ini: &Path) -> usize {
         .count()
 }
 
+/// Wait (bounded) until the slave's file lists `n` server nodes; the seconds it took.
+pub fn wait_svrnodes(ini: &Path, n: usize, what: &str) -> f64 {
+    let t0 = Instant::now();
+    while svrnodes(ini) != n && t0.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        svrnodes(ini),
+        n,
+        "the slave's cluster file did not follow the {what}"
+    );
+    t0.elapsed().as_secs_f64()
+}
+
+/// A slave host made from its user-data: the write_files under `vm` (by file name), a fake
+/// cloud-init instance id, and the k2hr3 and gateway command lines of its runcmd and units.
+pub struct SlaveVm {
+    pub state: String,
+    pub resource: String,
+    pub ini: PathBuf,
+    pub secret: PathBuf,
+    register: Vec<String>,
+}
+
+impl SlaveVm {
+    pub fn new(doc: &str, vm: &Path, instance_id: &str) -> SlaveVm {
+        let (files, cmds) = parse_user_data(doc);
+        std::fs::create_dir_all(vm).expect("vm dir");
+        let local = |p: &str| vm.join(p.rsplit('/').next().expect("file name"));
+        for (p, content) in &files {
+            std::fs::write(local(p), content).expect("write_files");
+        }
+        std::fs::write(vm.join("instance-id"), format!("{instance_id}\n")).expect("instance id");
+        let state = vm.join("antpickax").display().to_string();
+        let reg = cmds
+            .iter()
+            .find(|c| c.iter().any(|a| a == "register"))
+            .expect("a register command");
+        let get = cmds
+            .iter()
+            .find(|c| c.iter().any(|a| a == "get-resource"))
+            .expect("a get-resource command");
+        let register = [
+            "register",
+            "--state-dir",
+            &state,
+            "--api",
+            arg_after(reg, "--api"),
+            "--role",
+            arg_after(reg, "--role"),
+            "--token-file",
+            &local(arg_after(reg, "--token-file")).display().to_string(),
+            "--instance-id-file",
+            &vm.join("instance-id").display().to_string(),
+        ]
+        .map(String::from)
+        .to_vec();
+        SlaveVm {
+            resource: arg_after(get, "--resource").to_string(),
+            ini: vm.join("slave.ini"),
+            secret: local("/etc/k2hdkc/cluster.secret"),
+            state,
+            register,
+        }
+    }
+
+    /// `k2hr3 register` as the runcmd does it.
+    pub fn register_args(&self) -> Vec<String> {
+        self.register.clone()
+    }
+
+    /// `k2hr3 get-resource` once, or following the resource (`watch`).
+    pub fn get_args(&self, watch: bool) -> Vec<String> {
+        let mut v = [
+            "get-resource",
+            "--state-dir",
+            &self.state,
+            "--resource",
+            &self.resource,
+            "--output",
+            &self.ini.display().to_string(),
+            "--mode",
+            "644",
+        ]
+        .map(String::from)
+        .to_vec();
+        if watch {
+            v.extend(["--watch", "--interval", "1"].map(String::from));
+        }
+        v
+    }
+
+    /// `k2hdkc gateway` as its unit runs it.
+    pub fn gateway_args(&self, memcached: &str, native: &str) -> Vec<String> {
+        [
+            "gateway",
+            "--chmpx-conf",
+            &self.ini.display().to_string(),
+            "--secret-file",
+            &self.secret.display().to_string(),
+            "--memcached-listen",
+            memcached,
+            "--native-listen",
+            native,
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    pub fn unregister_args(&self) -> Vec<String> {
+        ["unregister", "--state-dir", &self.state]
+            .map(String::from)
+            .to_vec()
+    }
+}
+
 /// A slave host from `cluster slave-userdata`: its runcmd (k2hr3 register, get-resource) and
 /// services (the --watch follower and `k2hdkc gateway`) run here as the VM would run them,
 /// with a fake cloud-init instance id; the gateway serves memcached and follows a grow and a
@@ -652,23 +768,8 @@ fn slave_user_data_bootstraps_a_gateway_that_follows_grow_and_shrink() {
         "127.0.0.1:11311",
     ]);
     let doc = std::fs::read_to_string(&ud).expect("user-data");
-    let (files, cmds) = parse_user_data(&doc);
     let vm = dir.path().join("vm");
-    std::fs::create_dir_all(&vm).expect("vm dir");
-    let local = |p: &str| vm.join(p.rsplit('/').next().expect("file name"));
-    for (p, content) in &files {
-        std::fs::write(local(p), content).expect("write_files");
-    }
-    std::fs::write(vm.join("instance-id"), "slave-vm-1\n").expect("instance id");
-    let state = vm.join("antpickax");
-    let register = cmds
-        .iter()
-        .find(|c| c.iter().any(|a| a == "register"))
-        .expect("a register command");
-    let get = cmds
-        .iter()
-        .find(|c| c.iter().any(|a| a == "get-resource"))
-        .expect("a get-resource command");
+    let slave = SlaveVm::new(&doc, &vm, "slave-vm-1");
     let k2hr3_bin = bin("k2hr3");
     let run = |args: Vec<String>| {
         let out = Command::new(&k2hr3_bin)
@@ -681,35 +782,9 @@ fn slave_user_data_bootstraps_a_gateway_that_follows_grow_and_shrink() {
             String::from_utf8_lossy(&out.stderr)
         );
     };
-    let st = state.display().to_string();
-    run(vec![
-        "register".into(),
-        "--state-dir".into(),
-        st.clone(),
-        "--api".into(),
-        arg_after(register, "--api").into(),
-        "--role".into(),
-        arg_after(register, "--role").into(),
-        "--token-file".into(),
-        local(arg_after(register, "--token-file"))
-            .display()
-            .to_string(),
-        "--instance-id-file".into(),
-        vm.join("instance-id").display().to_string(),
-    ]);
-    let resource = arg_after(get, "--resource").to_string();
-    let ini = vm.join("slave.ini");
-    run(vec![
-        "get-resource".into(),
-        "--state-dir".into(),
-        st.clone(),
-        "--resource".into(),
-        resource.clone(),
-        "--output".into(),
-        ini.display().to_string(),
-        "--mode".into(),
-        "644".into(),
-    ]);
+    run(slave.register_args());
+    run(slave.get_args(false));
+    let ini = slave.ini.clone();
     assert_eq!(
         svrnodes(&ini),
         3,
@@ -718,38 +793,13 @@ fn slave_user_data_bootstraps_a_gateway_that_follows_grow_and_shrink() {
     );
     let _watch = Proc::start(
         &k2hr3_bin,
-        &[
-            "get-resource",
-            "--state-dir",
-            &st,
-            "--watch",
-            "--interval",
-            "1",
-            "--resource",
-            &resource,
-            "--output",
-            &ini.display().to_string(),
-            "--mode",
-            "644",
-        ]
-        .map(String::from),
+        &slave.get_args(true),
         Some(&vm.join("watch.log")),
     );
     let gw_log = vm.join("gateway.log");
     let _gw = Proc::start(
         &bin("k2hdkc"),
-        &[
-            "gateway",
-            "--chmpx-conf",
-            &ini.display().to_string(),
-            "--secret-file",
-            &local("/etc/k2hdkc/cluster.secret").display().to_string(),
-            "--memcached-listen",
-            "127.0.0.1:11311",
-            "--native-listen",
-            &free_addr().to_string(),
-        ]
-        .map(String::from),
+        &slave.gateway_args("127.0.0.1:11311", &free_addr().to_string()),
         Some(&gw_log),
     );
     let gw: SocketAddr = "127.0.0.1:11311".parse().expect("addr");
@@ -785,40 +835,22 @@ fn slave_user_data_bootstraps_a_gateway_that_follows_grow_and_shrink() {
     };
     through_gateway("slave-k1");
     cli(&["grow", "s1", "--wait"]);
-    let t0 = Instant::now();
-    while svrnodes(&ini) != 4 && t0.elapsed() < Duration::from_secs(15) {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert_eq!(
-        svrnodes(&ini),
-        4,
-        "the slave's cluster file did not follow the grow"
-    );
     eprintln!(
         "slave file followed the grow in {:.1}s",
-        t0.elapsed().as_secs_f64()
+        wait_svrnodes(&ini, 4, "grow")
     );
     for n in 0..20 {
         through_gateway(&format!("slave-grow-{n}"));
     }
     cli(&["shrink", "s1", "--wait"]);
-    let t0 = Instant::now();
-    while svrnodes(&ini) != 3 && t0.elapsed() < Duration::from_secs(15) {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert_eq!(
-        svrnodes(&ini),
-        3,
-        "the slave's cluster file did not follow the shrink"
-    );
     eprintln!(
         "slave file followed the shrink in {:.1}s",
-        t0.elapsed().as_secs_f64()
+        wait_svrnodes(&ini, 3, "shrink")
     );
     for n in 0..20 {
         through_gateway(&format!("slave-shrink-{n}"));
     }
-    run(vec!["unregister".into(), "--state-dir".into(), st]);
+    run(slave.unregister_args());
     cli(&["delete", "s1", "--wait"]);
     assert!(plane.proc.terminate(Duration::from_secs(15)));
 }
