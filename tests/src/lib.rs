@@ -143,7 +143,12 @@ pub struct NetLab {
     tag: String,
     subnet: [u8; 3],
     hosts: usize,
+    // One lab at a time in this process: the labs' tests cut links and time failure
+    // detection, and two of them sharing the two cores skew each other's timing.
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
+
+static LAB_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Prefix of everything a [`NetLab`] creates: `k2t<pid>x<n>`.
 const LAB_PREFIX: &str = "k2t";
@@ -172,6 +177,7 @@ impl NetLab {
             return Err("not root: network namespaces need CAP_NET_ADMIN".into());
         }
         assert!((1..=200).contains(&hosts));
+        let guard = LAB_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         Self::sweep();
         let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let pid = std::process::id();
@@ -182,6 +188,7 @@ impl NetLab {
             tag,
             subnet: [10, 233, third],
             hosts,
+            _one_at_a_time: guard,
         };
         // On an error the half-built lab is dropped, which deletes what was made.
         lab.build()?;
