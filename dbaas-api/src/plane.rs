@@ -13,7 +13,7 @@
 //! tokens for the two child roles. The control plane alone adds and removes server hosts, in
 //! member order: the first member started the cluster.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,7 +55,9 @@ pub struct Plane {
     http: reqwest::Client,
     running: Mutex<HashSet<String>>,
     r3_password: String,
-    r3_tenants: Mutex<HashSet<String>>,
+    /// Per tenant: the service user's token and when it was issued (a login is a PBKDF2 run
+    /// on the service side; tasks make many K2HR3 calls).
+    r3_tokens: Mutex<HashMap<String, (String, Instant)>>,
 }
 
 impl std::fmt::Debug for Plane {
@@ -142,7 +144,7 @@ impl Plane {
                 .map_err(|e| TroveError::Internal(format!("HTTP client: {e}")))?,
             running: Mutex::new(HashSet::new()),
             r3_password: pw,
-            r3_tenants: Mutex::new(HashSet::new()),
+            r3_tokens: Mutex::new(HashMap::new()),
         })
     }
 
@@ -163,27 +165,32 @@ impl Plane {
     // ---- K2HR3
 
     async fn r3(&self, project: &str) -> TroveResult<k2hr3_client::Client> {
+        // Reused well inside the service's user-token lifetime (a day by default).
+        const REUSE: Duration = Duration::from_secs(1800);
         let tenant = tenant_of(project);
-        {
-            let mut t = self.r3_tenants.lock().await;
-            if !t.contains(&tenant) {
-                let mut all: Vec<String> = t.iter().cloned().collect();
-                all.push(tenant.clone());
-                self.r3svc
-                    .add_user(R3_USER, &self.r3_password, &all)
-                    .await
-                    .map_err(|e| TroveError::Internal(format!("K2HR3 service user: {e}")))?;
-                t.insert(tenant.clone());
-            }
-        }
         let anon = k2hr3_client::Client::new(
             &self.cfg.k2hr3_url,
             k2hr3_client::Auth::None,
             Default::default(),
         )?;
+        let mut t = self.r3_tokens.lock().await;
+        if let Some((tok, at)) = t.get(&tenant)
+            && at.elapsed() < REUSE
+        {
+            return Ok(anon.with_auth(k2hr3_client::Auth::User(tok.clone())));
+        }
+        if !t.contains_key(&tenant) {
+            let mut all: Vec<String> = t.keys().cloned().collect();
+            all.push(tenant.clone());
+            self.r3svc
+                .add_user(R3_USER, &self.r3_password, &all)
+                .await
+                .map_err(|e| TroveError::Internal(format!("K2HR3 service user: {e}")))?;
+        }
         let tok = anon
             .user_token(R3_USER, &self.r3_password, Some(&tenant))
             .await?;
+        t.insert(tenant, (tok.clone(), Instant::now()));
         Ok(anon.with_auth(k2hr3_client::Auth::User(tok)))
     }
 

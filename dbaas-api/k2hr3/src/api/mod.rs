@@ -10,6 +10,8 @@
 mod resources;
 mod roles;
 mod tokens;
+
+pub use tokens::iso;
 mod userdata;
 
 use std::collections::HashMap;
