@@ -52,6 +52,9 @@ pub(crate) struct Conn {
     tx: mpsc::UnboundedSender<Batch>,
     shared: Arc<Shared>,
     tasks: [tokio::task::AbortHandle; 2],
+    /// A second handle on the TCP socket (none on other transports), so [`Conn::kill`] can
+    /// make its close discard what the kernel still holds to send.
+    socket: Mutex<Option<socket2::Socket>>,
 }
 
 impl Drop for Conn {
@@ -63,16 +66,25 @@ impl Drop for Conn {
 }
 
 impl Conn {
+    /// Connect to `addr`. On TCP, the kernel gives up on data unacknowledged for
+    /// `user_timeout` (TCP_USER_TIMEOUT): requests sent into a cut link are dropped with the
+    /// connection instead of arriving after the heal, long after their sender gave up.
     pub async fn connect(
         addr: SocketAddr,
         max_reply: usize,
         tls: Option<&crate::TlsConnector>,
         net: &crate::Net,
+        user_timeout: std::time::Duration,
     ) -> Result<Conn, ClientError> {
         let sock = net.connect(addr).await.map_err(|e| ClientError::Connect {
             addr,
             message: e.to_string(),
         })?;
+        let socket = sock.tcp().and_then(|t| {
+            let r = socket2::SockRef::from(t);
+            let _ = r.set_tcp_user_timeout(Some(user_timeout));
+            r.try_clone().ok()
+        });
         let shared = Arc::new(Shared {
             pending: Mutex::new(VecDeque::new()),
             dead: AtomicBool::new(false),
@@ -92,7 +104,12 @@ impl Conn {
                 spawn_io(rd, wr, rx, &shared, max_reply)
             }
         };
-        Ok(Conn { tx, shared, tasks })
+        Ok(Conn {
+            tx,
+            shared,
+            tasks,
+            socket: Mutex::new(socket),
+        })
     }
 
     /// Give up on this connection: a request on it got no reply in time, and replies come
@@ -101,6 +118,12 @@ impl Conn {
     /// pool opens a new connection for the next request.
     pub fn kill(&self, e: &ClientError) {
         self.shared.fail_all(e);
+        if let Some(s) = self.socket.lock().take() {
+            // Requests still in the kernel's send queue were given up on: with linger 0 the
+            // close resets the connection and drops them, where a plain close would keep
+            // sending them (a peer behind a cut link would run them after the heal).
+            let _ = s.set_linger(Some(std::time::Duration::ZERO));
+        }
         for t in &self.tasks {
             t.abort();
         }

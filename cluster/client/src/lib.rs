@@ -377,7 +377,13 @@ impl Client {
         }
         let c = tokio::time::timeout(
             cfg.connect_timeout,
-            Conn::connect(cfg.addr, cfg.max_reply_bytes, cfg.tls.as_ref(), &cfg.net),
+            Conn::connect(
+                cfg.addr,
+                cfg.max_reply_bytes,
+                cfg.tls.as_ref(),
+                &cfg.net,
+                cfg.request_timeout,
+            ),
         )
         .await
         .map_err(|_| ClientError::Connect {

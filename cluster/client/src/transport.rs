@@ -27,9 +27,15 @@ pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {
     /// Split into a reading and a writing half: owned halves for TCP (no lock between the
     /// reading and the writing task), a shared lock for other streams.
     fn split(self: Box<Self>) -> (ReadHalf, WriteHalf);
+    /// The TCP socket underneath, when there is one (for socket options).
+    fn tcp(&self) -> Option<&tokio::net::TcpStream>;
 }
 
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {
+    fn tcp(&self) -> Option<&tokio::net::TcpStream> {
+        (self as &dyn std::any::Any).downcast_ref::<tokio::net::TcpStream>()
+    }
+
     fn split(self: Box<Self>) -> (ReadHalf, WriteHalf) {
         let any: Box<dyn std::any::Any> = self;
         match any.downcast::<tokio::net::TcpStream>() {

@@ -890,8 +890,7 @@ fn track_write(
 /// versions (see `cluster::repair`).
 #[allow(clippy::too_many_arguments)]
 fn check_read(
-    shared: &Shared,
-    c: &Cluster,
+    seen: Option<k2hdkc_storage::Version>,
     at: usize,
     out: &[u8],
     key: &[u8],
@@ -900,12 +899,12 @@ fn check_read(
     error: Vec<u8>,
     deferred: &mut Vec<Deferred>,
 ) {
-    if crate::routing::read_checks_on() && crate::cluster::repair::wanted(c, 0) {
+    if let Some(version) = seen {
         deferred.push(Deferred::ReadCheck {
             at,
             len: out.len() - at,
             key: key.to_vec(),
-            version: shared.store.record_version(key).unwrap_or_default(),
+            version,
             all: false,
             mode,
             rerun,
@@ -913,6 +912,19 @@ fn check_read(
             error,
         });
     }
+}
+
+/// The version a local read of `key` is checked against, taken before the read (if the
+/// read quorum asks for a check): a copy that lands between the two then makes the check
+/// run the read again; taken after, an older value would pass as current.
+pub(crate) fn read_version(
+    shared: &Shared,
+    c: &Cluster,
+    level: u8,
+    key: &[u8],
+) -> Option<k2hdkc_storage::Version> {
+    (crate::routing::read_checks_on() && crate::cluster::repair::wanted(c, level))
+        .then(|| shared.store.record_version(key).unwrap_or_default())
 }
 
 /// The key a text or meta request is about, if it has exactly one.
@@ -962,6 +974,7 @@ fn routed_text(
                     Route::Local => {
                         let before = shared.store.last_seq();
                         let at = out.len();
+                        let seen = read_version(shared, c, 0, key);
                         get_one(shared, key, *cas, touch.map(expire_of), out);
                         if touch.is_some() {
                             track_write(shared, before, at, out, key, MODE_TEXT, raw, deferred);
@@ -969,17 +982,7 @@ fn routed_text(
                             let cmd: &[u8] = if *cas { b"gets " } else { b"get " };
                             let rerun = [cmd, key, b"\r\n"].concat();
                             // A piece whose check fails reads as a miss, like a failed forward.
-                            check_read(
-                                shared,
-                                c,
-                                at,
-                                out,
-                                key,
-                                MODE_TEXT,
-                                rerun,
-                                Vec::new(),
-                                deferred,
-                            );
+                            check_read(seen, at, out, key, MODE_TEXT, rerun, Vec::new(), deferred);
                         }
                     }
                     Route::Remote(peer) => {
@@ -1003,6 +1006,7 @@ fn routed_text(
                             bytes,
                             strip_end: true,
                             error: Vec::new(),
+                            deadline: crate::routing::inherited_deadline(),
                         });
                     }
                     Route::Unavailable(_) => {
@@ -1039,12 +1043,16 @@ fn routed_text(
                     let before = shared.store.last_seq();
                     let at = out.len();
                     let mg = matches!(&req, TextRequest::Meta(m) if m.cmd == MetaCmd::Get);
+                    let seen = if mg {
+                        read_version(shared, c, 0, &key)
+                    } else {
+                        None
+                    };
                     let close = exec_text(shared, req, out);
                     if mg && shared.store.last_seq() == before {
                         let error = error_reply(MODE_TEXT, raw, "read quorum not reached");
                         check_read(
-                            shared,
-                            c,
+                            seen,
                             at,
                             out,
                             &key,
@@ -1071,6 +1079,7 @@ fn routed_text(
                         } else {
                             error_reply(MODE_TEXT, raw, "the owner of the key did not answer")
                         },
+                        deadline: crate::routing::inherited_deadline(),
                     });
                     false
                 }
@@ -1128,13 +1137,17 @@ fn routed_binary(
         Route::Local => {
             let before = shared.store.last_seq();
             let at = out.len();
-            let close = exec_binary(shared, req, out);
             let get = matches!(req.opcode.base(), Opcode::Get | Opcode::GetK);
+            let seen = if get {
+                read_version(shared, c, 0, req.key)
+            } else {
+                None
+            };
+            let close = exec_binary(shared, req, out);
             if get && shared.store.last_seq() == before {
                 let error = error_reply(MODE_BINARY, raw, "");
                 check_read(
-                    shared,
-                    c,
+                    seen,
                     at,
                     out,
                     req.key,
@@ -1157,6 +1170,7 @@ fn routed_binary(
                 bytes: raw.to_vec(),
                 strip_end: false,
                 error: error_reply(MODE_BINARY, raw, ""),
+                deadline: crate::routing::inherited_deadline(),
             });
             false
         }

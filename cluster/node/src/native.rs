@@ -567,12 +567,31 @@ fn dispatch(
             }
             false
         }
+        Op::Forward if a.deadline.is_some_and(|d| shared.store.now_ms() > d) => {
+            // Its sender has stopped waiting and reported a failure (it sat in a queue, or on
+            // a link that was down): running it now would give it a version newer than
+            // writes acknowledged since.
+            c.stats
+                .expired
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            wire::write_error(
+                out,
+                Status::Unavailable,
+                id,
+                "the request's deadline passed",
+            );
+            false
+        }
         Op::Forward if !local_only && (c.in_takeover() || c.catching_up()) => {
             // This node is collecting what the other owners hold (a takeover, or catching up
-            // after a start, pause or partition): run it once that is done.
+            // after a start, pause or partition): run it once that is done, if that is in
+            // time.
             deferred.push(Deferred::Later {
                 at: out.len(),
                 frame: frame.to_vec(),
+                deadline: a
+                    .deadline
+                    .unwrap_or_else(|| shared.store.now_ms() + c.run_budget_ms()),
             });
             true
         }
@@ -595,7 +614,13 @@ fn dispatch(
             };
             let limits = crate::memcached::limits_of(shared);
             let mut inner = Vec::new();
-            let batch = crate::memcached::process(shared, m, &limits, v, &mut inner, here);
+            // What it routes on must not outlive this request's own deadline.
+            let deadline = a
+                .deadline
+                .unwrap_or_else(|| shared.store.now_ms() + c.run_budget_ms());
+            let batch = crate::routing::with_deadline(Some(deadline), || {
+                crate::memcached::process(shared, m, &limits, v, &mut inner, here)
+            });
             deferred.push(Deferred::Nested {
                 at: out.len(),
                 id,
@@ -640,29 +665,34 @@ fn dispatch(
                     deferred.push(Deferred::Later {
                         at: out.len(),
                         frame: frame.to_vec(),
+                        deadline: crate::routing::inherited_deadline()
+                            .unwrap_or_else(|| shared.store.now_ms() + c.run_budget_ms()),
                     });
                     false
                 }
                 Route::Local => {
                     let before = shared.store.last_seq();
                     let at = out.len();
+                    // Level: 1 one (answer at once; replicas follow), 3 all owners, else the
+                    // cluster's write (or read) quorum.
+                    let level = a.level.unwrap_or(0);
+                    let seen = if is_read(op) {
+                        crate::memcached::read_version(shared, c, level, key)
+                    } else {
+                        None
+                    };
                     if exec(shared, header.code, id, body, out) && header.flags & FLAG_QUIET != 0 {
                         out.truncate(at);
                     }
                     let after = shared.store.last_seq();
-                    // Level: 1 one (answer at once; replicas follow), 3 all owners, else the
-                    // cluster's write (or read) quorum.
-                    let level = a.level.unwrap_or(0);
-                    if after == before
-                        && is_read(op)
-                        && crate::routing::read_checks_on()
-                        && crate::cluster::repair::wanted(c, level)
+                    if let Some(version) = seen
+                        && after == before
                     {
                         deferred.push(Deferred::ReadCheck {
                             at,
                             len: out.len() - at,
                             key: key.to_vec(),
-                            version: shared.store.record_version(key).unwrap_or_default(),
+                            version,
                             all: level == 3,
                             mode: MODE_NATIVE,
                             rerun: frame.to_vec(),
@@ -700,6 +730,7 @@ fn dispatch(
                             frame,
                             "the owner of the key did not answer",
                         ),
+                        deadline: crate::routing::inherited_deadline(),
                     });
                     // Quiet requests that fail still answer: the forwarded reply decides.
                     false

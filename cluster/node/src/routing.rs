@@ -53,6 +53,9 @@ pub(crate) enum Deferred {
         bytes: Vec<u8>,
         strip_end: bool,
         error: Vec<u8>,
+        /// Not run by the peer after this (this node's clock, unix ms); `None`: the run
+        /// budget from when it is sent.
+        deadline: Option<u64>,
     },
     /// Insert at `at` the native reply (request id `id`) of a cluster control request.
     Control { at: usize, id: u32, request: Json },
@@ -75,8 +78,13 @@ pub(crate) enum Deferred {
         limit: u32,
     },
     /// Run the native `frame` once this node's takeover sync is done (see
-    /// `Cluster::begin_takeover`) and insert its reply at `at`.
-    Later { at: usize, frame: Vec<u8> },
+    /// `Cluster::begin_takeover`) and insert its reply at `at`; if that is not before
+    /// `deadline` (this node's clock, unix ms), put an error there instead.
+    Later {
+        at: usize,
+        frame: Vec<u8>,
+        deadline: u64,
+    },
     /// Keep `out[at..at + len]` (the reply of a local read of `key`, which found `version`)
     /// if the read quorum's other owners have nothing newer (see `cluster::repair`); if one
     /// had, run `rerun` (in `mode`) again and put its reply there; if too few answered, put
@@ -97,6 +105,22 @@ pub(crate) enum Deferred {
 thread_local! {
     /// Off while a read that a quorum check found stale runs again (it must not check again).
     static READ_CHECKS: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+    /// The deadline of the forwarded request being run (see [`with_deadline`]).
+    static DEADLINE: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// Run `f` (which parses a forwarded request) so that the forwards it makes inherit
+/// `deadline`: a request routed on by this node must not outlive its first sender's wait.
+pub(crate) fn with_deadline<T>(deadline: Option<u64>, f: impl FnOnce() -> T) -> T {
+    let before = DEADLINE.with(|d| d.replace(deadline));
+    let r = f();
+    DEADLINE.with(|d| d.set(before));
+    r
+}
+
+/// The deadline a forward made now inherits (`None` outside a forwarded request).
+pub(crate) fn inherited_deadline() -> Option<u64> {
+    DEADLINE.with(std::cell::Cell::get)
 }
 
 /// Whether local reads should record a [`Deferred::ReadCheck`] now.
@@ -164,19 +188,27 @@ pub(crate) async fn forward(
     bytes: &[u8],
 ) -> Result<Vec<u8>, String> {
     cluster.stats.forwarded.fetch_add(1, Relaxed);
+    let deadline = cluster.store.now_ms() + cluster.run_budget_ms();
     let args = Args {
         value: Some(bytes),
         mode: Some(mode),
         pass: cluster.token.as_deref(),
+        deadline: peer.peer_time(deadline),
         ..Default::default()
     };
-    let r = tokio::time::timeout(
-        cluster.request_timeout(),
-        peer.forwards.request(Op::Forward, &args),
-    )
-    .await
-    .map_err(|_| format!("{} did not answer in time", peer.addr))
-    .and_then(|r| r.map_err(|e| e.to_string()));
+    // The pool's own timeout (the peer's request timeout) kills the connection, so a request
+    // given up on is not sent later; a second, outer timeout here could fire first and leave
+    // it queued.
+    let r = peer
+        .forwards
+        .request(Op::Forward, &args)
+        .await
+        .map_err(|e| match e {
+            k2hdkc_client::ClientError::Timeout(_) => {
+                format!("{} did not answer in time", peer.addr)
+            }
+            e => e.to_string(),
+        });
     match r {
         Ok(r) if r.status() == Some(Status::Ok) => {
             Ok(r.values.into_iter().next().unwrap_or_default())
@@ -204,6 +236,7 @@ async fn forward_all(
         .forwarded
         .fetch_add(pieces.len() as u64, Relaxed);
     let mut p = peer.forwards.pipeline();
+    let budget = cluster.store.now_ms() + cluster.run_budget_ms();
     for piece in &pieces {
         p.push(
             Op::Forward,
@@ -214,23 +247,24 @@ async fn forward_all(
                 // `Cluster::begin_takeover`).
                 count: Some(piece.partition as u64),
                 pass: cluster.token.as_deref(),
+                // On the peer's clock; unknown before the first heartbeat (then the peer
+                // bounds only the time it holds the request back itself).
+                deadline: peer.peer_time(piece.deadline.unwrap_or(budget).min(budget)),
                 ..Default::default()
             },
         );
     }
-    let replies = match tokio::time::timeout(cluster.request_timeout(), p.run()).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(k2hdkc_client::ClientError::Connect { .. })) => {
+    // Bounded by the pool's timeouts (connect, then the request timeout, which kills the
+    // connection so nothing given up on is sent later: see `forward`).
+    let replies = match p.run().await {
+        Ok(r) => r,
+        Err(k2hdkc_client::ClientError::Connect { .. }) => {
             peer.suspect();
             cluster.begin_takeover("a peer refused connections");
             return pieces.into_iter().map(|p| (p.k, Err(p))).collect();
         }
-        Ok(Err(e)) => {
+        Err(e) => {
             tracing::debug!(peer = %peer.addr, error = %e, "forward failed");
-            Vec::new()
-        }
-        Err(_) => {
-            tracing::debug!(peer = %peer.addr, "forward timed out");
             Vec::new()
         }
     };
@@ -264,6 +298,7 @@ pub(crate) struct Piece {
     bytes: Vec<u8>,
     strip_end: bool,
     error: Vec<u8>,
+    deadline: Option<u64>,
 }
 
 /// Where a deferred item's result goes: (piece, edit) in [`resolve_many`].
@@ -350,6 +385,7 @@ fn resolve_many<'a>(
                         bytes,
                         strip_end,
                         error,
+                        deadline,
                     } => {
                         // Grouped per peer below: one pipeline keeps their order.
                         e.push((at, 0, None));
@@ -363,6 +399,7 @@ fn resolve_many<'a>(
                             bytes,
                             strip_end,
                             error,
+                            deadline,
                         });
                     }
                     Deferred::Control { at, id, request } => {
@@ -428,16 +465,33 @@ fn resolve_many<'a>(
                         checks.push((slot, mode, rerun, strip_end, error));
                         reads.push(crate::cluster::repair::Read { key, version, all });
                     }
-                    Deferred::Later { at, frame } => {
+                    Deferred::Later {
+                        at,
+                        frame,
+                        deadline,
+                    } => {
                         e.push((at, 0, None));
                         let sh = shared.clone();
                         set.spawn(async move {
-                            c.wait_takeover().await;
+                            let left = deadline.saturating_sub(sh.store.now_ms());
+                            let _ = tokio::time::timeout(
+                                std::time::Duration::from_millis(left),
+                                c.wait_takeover(),
+                            )
+                            .await;
                             if c.in_takeover() || c.catching_up() {
                                 // Still not ready (cut off from the majority, say): the
-                                // sender's own timeout has passed by now; say so instead of
-                                // waiting again.
+                                // sender stops waiting about now; say so instead of waiting
+                                // again.
+                                c.stats.expired.fetch_add(1, Relaxed);
                                 let msg = "this node is catching up and cannot run requests yet";
+                                return (slot, Some(error_reply(MODE_NATIVE, &frame, msg)));
+                            }
+                            if sh.store.now_ms() > deadline {
+                                // Run now, it would take a version newer than writes
+                                // acknowledged after its sender reported it failed.
+                                c.stats.expired.fetch_add(1, Relaxed);
+                                let msg = "the request's deadline passed while this node caught up";
                                 return (slot, Some(error_reply(MODE_NATIVE, &frame, msg)));
                             }
                             let mut inner = Vec::new();

@@ -141,7 +141,9 @@ code_enum! {
         Replicate = 0x81,
         /// A memcached request forwarded to the node that owns its key: `Value` = the request
         /// bytes (one text or meta request with its data block, or one binary packet).
-        /// Reply: `Value` = the reply bytes, exactly as the owner answered.
+        /// Reply: `Value` = the reply bytes, exactly as the owner answered. Opt `Mode` (the
+        /// request's protocol), `Count` (its partition), `Deadline` (not run after it: the
+        /// reply is then `Unavailable`).
         Forward = 0x82,
         /// A quorum read's version check between nodes: `Value` = the keys and the sender's
         /// versions of them (format-versioned; see the node's `cluster::repair`). Reply:
@@ -241,6 +243,9 @@ code_enum! {
         Level = 25,
         /// Bytes: the key of a key-queue item.
         ItemKey = 26,
+        /// u64: unix milliseconds, by the receiver's clock, after which a forwarded request
+        /// must not run (its sender has stopped waiting and reported a failure).
+        Deadline = 27,
         /// UTF-8: error text, version text or JSON.
         Message = 40,
         /// u64 HLC timestamp + u32 origin node.
@@ -271,7 +276,7 @@ impl Tag {
         match self {
             Flags | Created | Limit => Some(4),
             Expire => Some(5),
-            Cas | Offset | Length | Delta | Old | New | Count | Modified | StoredLen
+            Cas | Offset | Length | Delta | Old | New | Count | Deadline | Modified | StoredLen
             | SubkeyCount | HistoryCount => Some(8),
             Version => Some(12),
             Mode | Encrypt | Width | Fifo | WantValue | DeleteChild | Level | Encrypted => Some(1),
@@ -578,6 +583,8 @@ pub struct Args<'a> {
     pub item_key: Option<&'a [u8]>,
     /// `Message` (cluster control JSON).
     pub message: Option<&'a [u8]>,
+    /// `Deadline`.
+    pub deadline: Option<u64>,
 }
 
 fn once<T>(slot: &mut Option<T>, tag: Tag, v: T) -> Result<(), FieldError> {
@@ -636,6 +643,7 @@ impl<'a> Args<'a> {
                 }
                 Tag::ItemKey => once(&mut a.item_key, tag, v)?,
                 Tag::Message => once(&mut a.message, tag, v)?,
+                Tag::Deadline => once(&mut a.deadline, tag, be_u64(v))?,
                 other => return Err(ferr(format!("field {other} is not allowed in a request"))),
             }
         }
@@ -666,6 +674,7 @@ impl<'a> Args<'a> {
             (Tag::Old, self.old),
             (Tag::New, self.new),
             (Tag::Count, self.count),
+            (Tag::Deadline, self.deadline),
         ];
         for (t, v) in u64s {
             if let Some(v) = v {

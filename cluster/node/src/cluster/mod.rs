@@ -23,7 +23,7 @@ pub mod replicate;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -57,6 +57,9 @@ pub struct ClusterStats {
     pub forwarded: AtomicU64,
     /// Forwarded requests that failed.
     pub forward_errors: AtomicU64,
+    /// Requests (forwarded here, or waiting for a takeover) not run because their deadline
+    /// passed first.
+    pub expired: AtomicU64,
     /// Writes that did not reach their write quorum in time.
     pub quorum_failures: AtomicU64,
     /// Changes sent to replicas.
@@ -119,7 +122,16 @@ pub struct Peer {
     /// The peer said it is catching up (after a start or a pause): do not route to it.
     pub catching_up: AtomicBool,
     streaming: AtomicBool,
+    /// The peer's clock minus this node's, in ms, as the last heartbeat measured it (to
+    /// within half its round trip); `CLOCK_UNKNOWN` before the first one.
+    clock_offset: AtomicI64,
 }
+
+/// [`Peer`]'s clock offset before a heartbeat measured it.
+const CLOCK_UNKNOWN: i64 = i64::MIN;
+/// A heartbeat whose round trip took longer than this does not update the clock offset
+/// (its error bound would be too loose to set deadlines by).
+const CLOCK_MAX_RTT_MS: u64 = 200;
 
 impl Peer {
     /// Whether heartbeats say it is up.
@@ -137,6 +149,26 @@ impl Peer {
     /// Whether requests may be routed to it.
     pub fn routable(&self) -> bool {
         self.up() && !self.catching_up.load(Relaxed)
+    }
+
+    /// `local_ms` (this node's clock) on the peer's clock, once a heartbeat measured the
+    /// offset between them.
+    pub fn peer_time(&self, local_ms: u64) -> Option<u64> {
+        let off = self.clock_offset.load(Relaxed);
+        (off != CLOCK_UNKNOWN).then(|| local_ms.saturating_add_signed(off))
+    }
+
+    /// Record a heartbeat's reading of the peer's clock: sent at `t0`, answered at `t1`
+    /// (this node's clock), the peer said `theirs` in between.
+    fn observe_clock(&self, t0: u64, t1: u64, theirs: u64) {
+        let rtt = t1.saturating_sub(t0);
+        if rtt > CLOCK_MAX_RTT_MS || theirs == 0 {
+            return;
+        }
+        let mid = t0 + rtt / 2;
+        let off = i128::from(theirs) - i128::from(mid);
+        let off = off.clamp(i128::from(i64::MIN + 1), i128::from(i64::MAX)) as i64;
+        self.clock_offset.store(off, Relaxed);
     }
 }
 
@@ -377,6 +409,15 @@ impl Cluster {
         Duration::from_millis(self.cfg.request_timeout_ms)
     }
 
+    /// How long after a request was sent (or arrived) it may still start to run: shorter than
+    /// the sender's wait by a margin for clock error and the time the run itself takes, so
+    /// a request its sender reported as failed never takes effect later (and then overwrites
+    /// newer acknowledged writes with a fresh version).
+    pub fn run_budget_ms(&self) -> u64 {
+        let t = self.cfg.request_timeout_ms;
+        t - (t / 5).max(50).min(t / 2)
+    }
+
     /// Run blocking work (a scan of the store) off the async threads, or in place where the
     /// transport asks for it (a simulation).
     pub async fn blocking<T: Send + 'static>(
@@ -426,6 +467,7 @@ impl Cluster {
             status: Mutex::new(Json::Null),
             catching_up: AtomicBool::new(false),
             streaming: AtomicBool::new(false),
+            clock_offset: AtomicI64::new(CLOCK_UNKNOWN),
         });
         peers.insert(addr.to_string(), p.clone());
         p
@@ -1162,12 +1204,15 @@ impl Cluster {
             // here until it is done), so it no longer asks to be routed around.
             "catching_up": self.catching_up() && !self.flushing.load(SeqCst),
             "version": l.version,
+            // The store's clock, so peers can put forwarded requests' deadlines on it.
+            "now_ms": self.store.now_ms(),
             "uptime_secs": self.started.elapsed().as_secs(),
             "items": st.records,
             "transfers": {"total": self.transfer_total.load(SeqCst),
                           "done": self.transfer_done.load(SeqCst),
                           "finished_version": self.transfers_finished.load(SeqCst)},
             "forwarded": self.stats.forwarded.load(Relaxed),
+            "expired": self.stats.expired.load(Relaxed),
             "quorum_failures": self.stats.quorum_failures.load(Relaxed),
             "replicated": self.stats.replicated.load(Relaxed),
             "replicated_bytes": self.stats.replicated_bytes.load(Relaxed),
@@ -1201,7 +1246,7 @@ impl Cluster {
         use std::fmt::Write as _;
         let mut o = String::new();
         let l = self.layout();
-        let gauges: [(&str, &str, &str, u64); 15] = [
+        let gauges: [(&str, &str, &str, u64); 16] = [
             (
                 "k2hdkc_cluster_layout_version",
                 "gauge",
@@ -1219,6 +1264,12 @@ impl Cluster {
                 "counter",
                 "Forwarded requests that failed.",
                 self.stats.forward_errors.load(Relaxed),
+            ),
+            (
+                "k2hdkc_cluster_expired_requests_total",
+                "counter",
+                "Requests not run because their sender's deadline passed first.",
+                self.stats.expired.load(Relaxed),
             ),
             (
                 "k2hdkc_cluster_quorum_failures_total",
@@ -1707,11 +1758,15 @@ impl Cluster {
                 let req = json!({"method": "ping", "from": self.me, "addr": self.addr, "version": l.version});
                 set.spawn(async move {
                     let p = me.peer(&addr);
+                    let t0 = me.store.now_ms();
                     let r = tokio::time::timeout(
                         timeout,
                         call_client(&p.client, &req, me.token.as_deref(), timeout),
                     )
                     .await;
+                    if let Ok(Ok(r)) = &r {
+                        p.observe_clock(t0, me.store.now_ms(), r["now_ms"].as_u64().unwrap_or(0));
+                    }
                     (p, r.unwrap_or_else(|_| Err("timeout".into())))
                 });
             }
