@@ -16,7 +16,11 @@
 //! tokio's own scheduling choices (`select!` branch order) are not seeded without
 //! `--cfg tokio_unstable`, so a seed reproduces the schedule, not every interleaving.
 //!
-//! `K2HDKC_SIM_SEEDS=N` runs N seeds (default 10); `K2HDKC_SIM_SEED=S` runs only seed S;
+//! A second, scripted scenario holds one link (packets wait, as behind a cut link whose
+//! retransmissions get through after the heal) while a forwarded set times out, and checks
+//! that the set does not take effect when the link is released.
+//!
+//! `K2HDKC_SIM_SEEDS=N` runs N seeds (default 10; 3 for the scripted scenario); `K2HDKC_SIM_SEED=S` runs only seed S;
 //! `K2HDKC_SIM_LOG=k2hdkc_node=debug` (a tracing filter) shows what the nodes log.
 
 use std::collections::BTreeMap;
