@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-8}
 threads=${THREADS:-1}
 replicas=${REPLICAS:-3}
-k2=target/release/k2hdkc
+k2=${K2HDKC_BIN:-target/release/k2hdkc}
 [ -x "$k2" ] || cargo build --release -p k2hdkc-cli
 tick=$(getconf CLK_TCK)
 work=$(mktemp -d)

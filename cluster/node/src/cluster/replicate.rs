@@ -53,6 +53,44 @@ const HELD_BYTES: usize = 64 << 20;
 /// How often held changes are looked at again.
 const HELD_RECHECK: Duration = Duration::from_millis(100);
 
+/// How long a stream may keep back changes whose write quorum does not need its peer (see
+/// [`urgent`]), to send them with later ones in one batch.
+const LINGER: Duration = Duration::from_millis(2);
+
+/// Whether no write of this node waits for `peer` (both indexes in `layout`, `me` this
+/// node's) while the owners it counts on are up: a write's quorum needs `W - 1`
+/// acknowledgements from the other owners, and this node counts on the first `W - 1` after
+/// itself round the node order (any `W - 1` acknowledgements still make the quorum). With
+/// three nodes and three copies, one replica answers each node's writes and the other
+/// gets batches. Returns the owners counted on instead (the stream stops lingering while one
+/// of them is down), or `None` when some partition's quorum needs `peer`.
+pub(crate) fn lazy_target(layout: &Layout, me: NodeIdx, peer: NodeIdx) -> Option<Vec<NodeIdx>> {
+    let need = layout.effective_write_quorum().saturating_sub(1);
+    let n = layout.nodes.len().max(1);
+    let dist = |i: NodeIdx| (usize::from(i) + n - usize::from(me)) % n;
+    let mut counted: Vec<NodeIdx> = Vec::new();
+    for p in 0..PARTITIONS {
+        let set = layout.owners_of_partition(p).write_set();
+        if !set.contains(&peer) || !set.contains(&me) {
+            // Not this node's to replicate (transfers and forwarded imports), or not the
+            // peer's: nobody waits.
+            continue;
+        }
+        let mut others: Vec<NodeIdx> = set.into_iter().filter(|&i| i != me).collect();
+        others.sort_by_key(|&i| dist(i));
+        others.truncate(need);
+        if others.contains(&peer) {
+            return None;
+        }
+        for i in others {
+            if !counted.contains(&i) {
+                counted.push(i);
+            }
+        }
+    }
+    Some(counted)
+}
+
 /// What the stream to a target does with an imported change.
 enum Fate {
     Send,
@@ -306,6 +344,10 @@ pub async fn stream(cluster: Arc<Cluster>, peer: Arc<Peer>) {
     let mut held = Held::default();
     let poll = tokio::time::sleep(Duration::from_millis(50));
     tokio::pin!(poll);
+    // Until when the changes waiting now may be kept back (see `LINGER`), and whether this
+    // stream may (per layout version: `lazy_target`).
+    let mut linger: Option<tokio::time::Instant> = None;
+    let mut lazy: Option<(u64, Option<Vec<NodeIdx>>)> = None;
     while !cluster.stopping() {
         let layout = cluster.layout();
         let Some(me_in_layout) = layout
@@ -479,6 +521,26 @@ pub async fn stream(cluster: Arc<Cluster>, peer: Arc<Peer>) {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         }
+        // No write waits for this peer (another replica answers them): gather more (each
+        // batch costs the peer a wake-up, and its acknowledgement one here) for up to
+        // `LINGER`.
+        if batch.changes.len() < BATCH_CHANGES && bytes <= BATCH_BYTES {
+            if lazy.as_ref().is_none_or(|(v, _)| *v != layout.version) {
+                let me = layout.nodes.iter().position(|n| n.addr == cluster.addr);
+                let l = me.and_then(|me| lazy_target(&layout, me as NodeIdx, me_in_layout));
+                lazy = Some((layout.version, l));
+            }
+            let counted_on_up = lazy
+                .as_ref()
+                .and_then(|(_, l)| l.as_ref())
+                .is_some_and(|l| l.iter().all(|&i| cluster.peer_up(&layout.node(i).addr)));
+            let until = *linger.get_or_insert_with(|| tokio::time::Instant::now() + LINGER);
+            if counted_on_up && tokio::time::Instant::now() < until {
+                tokio::time::sleep_until(until).await;
+                continue;
+            }
+        }
+        linger = None;
         match send(&cluster, &peer, &out, next - 1).await {
             Ok(()) => {
                 keep(&mut held, hold);
