@@ -720,7 +720,61 @@ pub async fn transfer(cluster: Arc<Cluster>, l: Arc<Layout>) -> Result<usize, St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k2hdkc_layout::Change as LayoutChange;
     use k2hdkc_storage::{Store, StoreConfig};
+
+    fn layout(nodes: usize, replicas: u8, w: u8) -> Layout {
+        let mut l = Layout::new("t");
+        for i in 0..nodes {
+            let n =
+                k2hdkc_layout::Node::joining(format!("n{i}"), format!("127.0.0.1:{}", 9000 + i));
+            l = l.apply(&LayoutChange::Join { node: n }).unwrap();
+        }
+        l = l
+            .apply(&LayoutChange::SetReplication {
+                replicas,
+                write_quorum: w,
+                read_quorum: w,
+            })
+            .unwrap();
+        l = l.apply(&LayoutChange::Attach { names: vec![] }).unwrap();
+        l.apply(&LayoutChange::Complete).unwrap_or(l)
+    }
+
+    #[test]
+    fn each_write_counts_on_enough_streams() {
+        // Three nodes, three copies, W = 2: each node counts on the next one round the order
+        // and lets the stream to the other linger.
+        let l = layout(3, 3, 2);
+        for me in 0..3u16 {
+            let next = (me + 1) % 3;
+            let other = (me + 2) % 3;
+            assert_eq!(lazy_target(&l, me, next), None, "me {me}");
+            assert_eq!(lazy_target(&l, me, other), Some(vec![next]), "me {me}");
+        }
+        // W = N: every copy is waited for.
+        let l = layout(3, 3, 3);
+        for me in 0..3u16 {
+            for peer in (0..3u16).filter(|&p| p != me) {
+                assert_eq!(lazy_target(&l, me, peer), None);
+            }
+        }
+        // More nodes than copies: every partition this node owns still has W - 1 owners
+        // whose streams do not linger.
+        let l = layout(5, 3, 2);
+        for me in 0..5u16 {
+            let eager: Vec<u16> = (0..5u16)
+                .filter(|&p| p != me && lazy_target(&l, me, p).is_none())
+                .collect();
+            for p in 0..PARTITIONS {
+                let set = l.owners_of_partition(p).write_set();
+                if set.contains(&me) {
+                    let n = set.iter().filter(|i| eager.contains(i)).count();
+                    assert!(n >= 1, "partition {p} of {me}: {set:?} eager {eager:?}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn batches_round_trip_and_refuse_garbage() {
