@@ -268,10 +268,18 @@ fn serve(config: ServerConfig, check_only: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     init_tracing(&config.log.format, &config.log.level);
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if config.limits.threads > 0 {
-        b.worker_threads(config.limits.threads);
-    }
+    // One thread: a current-thread runtime, which wakes tasks without the work-stealing
+    // scheduler's cross-thread handoffs (where five daemons share two cores, each wake-up
+    // counts).
+    let mut b = if config.limits.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if config.limits.threads > 0 {
+            b.worker_threads(config.limits.threads);
+        }
+        b
+    };
     let rt = b.enable_all().build()?;
     rt.block_on(k2hdkc_node::run(config))?;
     Ok(())

@@ -104,6 +104,11 @@ impl Server {
         }
         let blocking_writes = matches!(&sc.engine, k2hdkc_storage::EngineConfig::File(o) if o.fsync == k2hdkc_storage::Fsync::Always)
             || matches!(&sc.engine, k2hdkc_storage::EngineConfig::Temporary { fsync, .. } if *fsync == k2hdkc_storage::Fsync::Always);
+        // Only a multi-threaded runtime has other threads to move the waiting to (with one
+        // thread, a blocking write holds up everything anyway).
+        let blocking_writes = blocking_writes
+            && tokio::runtime::Handle::current().runtime_flavor()
+                == tokio::runtime::RuntimeFlavor::MultiThread;
         let store = if net.inline_blocking() {
             Store::open(sc)?
         } else {
