@@ -3,7 +3,7 @@
 # against one node, with the `k2hdkc bench` load generator on the same 2 cores: ops/s, latency,
 # and the CPU seconds of every server process (nodes + gateway) per operation.
 # Scenarios: one synchronous client (1 connection, depth 1; the load K2HDKC's figures were
-# measured with), and 16 connections x depth 8, for set:get 1:1 and 1:10 (sets-only for the
+# measured with), and 16 connections x depth 8, for set:get 1:0, 1:1 and 1:10 (sets-only for the
 # synchronous case too). Every daemon runs THREADS worker threads (default 1: five processes
 # share two cores here; `--threads 0` means one per core). Usage: scripts/bench-cluster.sh
 # [SECONDS] (default 8). REPLICAS=2 runs the cluster with N=2 (W=R=2) instead of N=3 (W=R=2).
@@ -40,7 +40,7 @@ PY
 "$k2" server --threads "$threads" --storage memory --memcached-listen 127.0.0.1:21311 >/dev/null 2>&1 & single=$!; pids+=($single)
 wait_port 21311
 "$k2" bench 127.0.0.1:21311 --keys 100000 --duration 1 -c 1 -p 16 >/dev/null 2>&1 || true
-for sc in "1 1 1:0" "1 1 1:1" "16 8 1:1" "16 8 1:10"; do
+for sc in "1 1 1:0" "1 1 1:1" "16 8 1:0" "16 8 1:1" "16 8 1:10"; do
     set -- $sc; c=$1; p=$2; ratio=$3
     scenario "single node" 21311 $single
 done
@@ -60,7 +60,7 @@ sleep 1
 wait_port 21511
 sleep 1
 "$k2" bench 127.0.0.1:21511 --keys 100000 --duration 1 -c 1 -p 16 >/dev/null 2>&1 || true
-for sc in "1 1 1:0" "1 1 1:1" "16 8 1:1" "16 8 1:10"; do
+for sc in "1 1 1:0" "1 1 1:1" "16 8 1:0" "16 8 1:1" "16 8 1:10"; do
     set -- $sc; c=$1; p=$2; ratio=$3
     scenario "3 nodes N=$replicas via gw" 21511 "${nodes[@]}" $gw
 done

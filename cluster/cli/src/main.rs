@@ -11,6 +11,13 @@ mod bench;
 mod cluster_cmds;
 mod shell;
 
+/// jemalloc instead of glibc's malloc: a node's request path allocates per request (frames,
+/// replies, feed entries), and glibc's allocator was a fifth of a cluster node's CPU in a
+/// profile. jemalloc beat both glibc and mimalloc on a single node's pipelined sets, where
+/// mimalloc lost a fifth (see docs/performance.md).
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "k2hdkc",
