@@ -80,7 +80,9 @@ impl Conn {
             addr,
             message: e.to_string(),
         })?;
-        let socket = sock.tcp().and_then(|t| {
+        // `(*sock)`: through the trait object to the stream's own `tcp` (on the box itself
+        // the blanket impl would look for a TcpStream in the box, and never find one).
+        let socket = (*sock).tcp().and_then(|t| {
             let r = socket2::SockRef::from(t);
             let _ = r.set_tcp_user_timeout(Some(user_timeout));
             r.try_clone().ok()
@@ -257,4 +259,46 @@ async fn reader<R: AsyncRead + Unpin>(mut rd: R, shared: Arc<Shared>, max_reply:
         }
     };
     shared.fail_all(&err);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// On TCP, the connection gets TCP_USER_TIMEOUT and a handle that `kill` resets through.
+    #[tokio::test]
+    async fn tcp_connections_get_a_user_timeout_and_reset_on_kill() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let accept = tokio::spawn(async move { l.accept().await.unwrap().0 });
+        let net = crate::Net::default();
+        let c = Conn::connect(addr, 1 << 20, None, &net, Duration::from_millis(1234))
+            .await
+            .unwrap();
+        let mut server = accept.await.unwrap();
+        {
+            let s = c.socket.lock();
+            let s = s.as_ref().expect("a socket handle on TCP");
+            assert_eq!(
+                s.tcp_user_timeout().unwrap(),
+                Some(Duration::from_millis(1234))
+            );
+            assert_eq!(s.linger().unwrap(), None);
+        }
+        c.kill(&ClientError::Closed);
+        assert!(c.socket.lock().is_none());
+        // The client's close was a reset (linger 0, which also discards whatever the kernel
+        // still held to send: requests stuck behind a cut link). After an orderly close the
+        // server's first write would still succeed (the client's kernel answers it with a
+        // reset); after a reset the server's socket is closed and the write fails at once.
+        let mut b = [0u8; 8];
+        let eof = tokio::time::timeout(Duration::from_secs(5), server.read(&mut b)).await;
+        assert!(matches!(eof, Ok(Ok(0))), "{eof:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            server.write_all(b"x").await.is_err(),
+            "the server could still write: the close was not a reset"
+        );
+    }
 }

@@ -362,7 +362,21 @@ impl Client {
         self.inner.cfg.addr
     }
 
+    /// A connection of the pool, within the connect timeout in all (waiting for the slot
+    /// included: callers queue there while another one connects to a peer that does not
+    /// answer). Nothing is sent before this returns, so a timeout here is safe to retry
+    /// elsewhere.
     async fn conn(&self) -> Result<Arc<Conn>, ClientError> {
+        let cfg = &self.inner.cfg;
+        tokio::time::timeout(cfg.connect_timeout, self.conn_inner())
+            .await
+            .map_err(|_| ClientError::Connect {
+                addr: cfg.addr,
+                message: format!("no connection within {:?}", cfg.connect_timeout),
+            })?
+    }
+
+    async fn conn_inner(&self) -> Result<Arc<Conn>, ClientError> {
         let i = self.inner.next_slot.fetch_add(1, Ordering::Relaxed) % self.inner.slots.len();
         let mut slot = self.inner.slots[i].lock().await;
         let cfg = &self.inner.cfg;
@@ -375,21 +389,14 @@ impl Client {
                 return Ok(c.clone());
             }
         }
-        let c = tokio::time::timeout(
-            cfg.connect_timeout,
-            Conn::connect(
-                cfg.addr,
-                cfg.max_reply_bytes,
-                cfg.tls.as_ref(),
-                &cfg.net,
-                cfg.request_timeout,
-            ),
+        let c = Conn::connect(
+            cfg.addr,
+            cfg.max_reply_bytes,
+            cfg.tls.as_ref(),
+            &cfg.net,
+            cfg.request_timeout,
         )
-        .await
-        .map_err(|_| ClientError::Connect {
-            addr: cfg.addr,
-            message: format!("no answer within {:?}", cfg.connect_timeout),
-        })??;
+        .await?;
         let c = Arc::new(c);
         *slot = Some(c.clone());
         Ok(c)

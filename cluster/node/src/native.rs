@@ -591,6 +591,7 @@ fn dispatch(
                 frame: frame.to_vec(),
                 deadline: a
                     .deadline
+                    .or_else(crate::routing::inherited_deadline)
                     .unwrap_or_else(|| shared.store.now_ms() + c.run_budget_ms()),
             });
             true
@@ -617,6 +618,7 @@ fn dispatch(
             // What it routes on must not outlive this request's own deadline.
             let deadline = a
                 .deadline
+                .or_else(crate::routing::inherited_deadline)
                 .unwrap_or_else(|| shared.store.now_ms() + c.run_budget_ms());
             let batch = crate::routing::with_deadline(Some(deadline), || {
                 crate::memcached::process(shared, m, &limits, v, &mut inner, here)

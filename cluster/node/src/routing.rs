@@ -112,10 +112,15 @@ thread_local! {
 /// Run `f` (which parses a forwarded request) so that the forwards it makes inherit
 /// `deadline`: a request routed on by this node must not outlive its first sender's wait.
 pub(crate) fn with_deadline<T>(deadline: Option<u64>, f: impl FnOnce() -> T) -> T {
-    let before = DEADLINE.with(|d| d.replace(deadline));
-    let r = f();
-    DEADLINE.with(|d| d.set(before));
-    r
+    /// Puts the outer value back even if `f` panics (the thread lives on in the runtime).
+    struct Restore(Option<u64>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            DEADLINE.with(|d| d.set(self.0));
+        }
+    }
+    let _restore = Restore(DEADLINE.with(|d| d.replace(deadline)));
+    f()
 }
 
 /// The deadline a forward made now inherits (`None` outside a forwarded request).
@@ -137,9 +142,17 @@ fn rerun_local(shared: &Arc<Shared>, mode: u8, bytes: &[u8]) -> (Vec<u8>, Vec<De
     };
     let limits = crate::memcached::limits_of(shared);
     let mut o = Vec::new();
+    /// Turns checks back on even if the run panics (the thread lives on in the runtime).
+    struct On;
+    impl Drop for On {
+        fn drop(&mut self) {
+            READ_CHECKS.with(|c| c.set(true));
+        }
+    }
     READ_CHECKS.with(|c| c.set(false));
+    let on = On;
     let b = crate::memcached::process(shared, m, &limits, bytes, &mut o, true);
-    READ_CHECKS.with(|c| c.set(true));
+    drop(on);
     (o, b.deferred)
 }
 
@@ -236,7 +249,6 @@ async fn forward_all(
         .forwarded
         .fetch_add(pieces.len() as u64, Relaxed);
     let mut p = peer.forwards.pipeline();
-    let budget = cluster.store.now_ms() + cluster.run_budget_ms();
     for piece in &pieces {
         p.push(
             Op::Forward,
@@ -249,7 +261,7 @@ async fn forward_all(
                 pass: cluster.token.as_deref(),
                 // On the peer's clock; unknown before the first heartbeat (then the peer
                 // bounds only the time it holds the request back itself).
-                deadline: peer.peer_time(piece.deadline.unwrap_or(budget).min(budget)),
+                deadline: peer.peer_time(piece.deadline),
                 ..Default::default()
             },
         );
@@ -298,7 +310,9 @@ pub(crate) struct Piece {
     bytes: Vec<u8>,
     strip_end: bool,
     error: Vec<u8>,
-    deadline: Option<u64>,
+    /// Not run after this (this node's clock): set when the piece is first sent, and kept
+    /// when it is routed again.
+    deadline: u64,
 }
 
 /// Where a deferred item's result goes: (piece, edit) in [`resolve_many`].
@@ -399,7 +413,8 @@ fn resolve_many<'a>(
                             bytes,
                             strip_end,
                             error,
-                            deadline,
+                            deadline: deadline
+                                .unwrap_or_else(|| shared.store.now_ms() + c.run_budget_ms()),
                         });
                     }
                     Deferred::Control { at, id, request } => {
@@ -495,7 +510,9 @@ fn resolve_many<'a>(
                                 return (slot, Some(error_reply(MODE_NATIVE, &frame, msg)));
                             }
                             let mut inner = Vec::new();
-                            let batch = crate::native::process(&sh, &frame, &mut inner, false);
+                            let batch = with_deadline(Some(deadline), || {
+                                crate::native::process(&sh, &frame, &mut inner, false)
+                            });
                             (slot, Some(resolve(&sh, inner, batch.deferred).await))
                         });
                     }
@@ -633,8 +650,19 @@ fn resolve_many<'a>(
             let mut route = cluster.route_partition(&cluster.layout(), piece.partition);
             if matches!(route, Route::Local) && cluster.in_takeover() {
                 // Collect first; then the partition may have a leader elsewhere again.
-                cluster.wait_takeover().await;
+                let left = piece.deadline.saturating_sub(shared.store.now_ms());
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_millis(left),
+                    cluster.wait_takeover(),
+                )
+                .await;
                 route = cluster.route_partition(&cluster.layout(), piece.partition);
+            }
+            if shared.store.now_ms() > piece.deadline {
+                // Its sender stops waiting about now: run it no more (see `Deferred::Later`).
+                cluster.stats.expired.fetch_add(1, Relaxed);
+                edits[slot.0][slot.1].2 = Some(piece.error);
+                continue;
             }
             let r = match route {
                 Route::Local => {
@@ -645,8 +673,9 @@ fn resolve_many<'a>(
                     };
                     let limits = crate::memcached::limits_of(shared);
                     let mut o = Vec::new();
-                    let b =
-                        crate::memcached::process(shared, m, &limits, &piece.bytes, &mut o, true);
+                    let b = with_deadline(Some(piece.deadline), || {
+                        crate::memcached::process(shared, m, &limits, &piece.bytes, &mut o, true)
+                    });
                     let mut o = resolve(shared, o, b.deferred).await;
                     if piece.strip_end && o.ends_with(b"END\r\n") {
                         o.truncate(o.len() - 5);

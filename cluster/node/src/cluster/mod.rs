@@ -123,14 +123,17 @@ pub struct Peer {
     pub catching_up: AtomicBool,
     streaming: AtomicBool,
     /// The peer's clock minus this node's, in ms, as the last heartbeat measured it (to
-    /// within half its round trip); `CLOCK_UNKNOWN` before the first one.
+    /// within half its round trip, `clock_error`); `CLOCK_UNKNOWN` before the first one.
     clock_offset: AtomicI64,
+    /// Half the round trip of the heartbeat that measured `clock_offset`, in ms.
+    clock_error: AtomicU64,
 }
 
 /// [`Peer`]'s clock offset before a heartbeat measured it.
 const CLOCK_UNKNOWN: i64 = i64::MIN;
 /// A heartbeat whose round trip took longer than this does not update the clock offset
-/// (its error bound would be too loose to set deadlines by).
+/// (its error bound would be too loose to set deadlines by; the bound is taken off every
+/// deadline sent, see [`Peer::peer_time`]).
 const CLOCK_MAX_RTT_MS: u64 = 200;
 
 impl Peer {
@@ -151,11 +154,13 @@ impl Peer {
         self.up() && !self.catching_up.load(Relaxed)
     }
 
-    /// `local_ms` (this node's clock) on the peer's clock, once a heartbeat measured the
-    /// offset between them.
+    /// The deadline `local_ms` (this node's clock) on the peer's clock, once a heartbeat
+    /// measured the offset between them: early by the measurement's error bound, so the
+    /// peer never takes it for later than it is.
     pub fn peer_time(&self, local_ms: u64) -> Option<u64> {
         let off = self.clock_offset.load(Relaxed);
-        (off != CLOCK_UNKNOWN).then(|| local_ms.saturating_add_signed(off))
+        let err = self.clock_error.load(Relaxed);
+        (off != CLOCK_UNKNOWN).then(|| local_ms.saturating_add_signed(off).saturating_sub(err))
     }
 
     /// Record a heartbeat's reading of the peer's clock: sent at `t0`, answered at `t1`
@@ -168,6 +173,9 @@ impl Peer {
         let mid = t0 + rtt / 2;
         let off = i128::from(theirs) - i128::from(mid);
         let off = off.clamp(i128::from(i64::MIN + 1), i128::from(i64::MAX)) as i64;
+        // Two relaxed stores: a reader may pair one round's offset with the other's bound,
+        // both from heartbeats of under `CLOCK_MAX_RTT_MS`.
+        self.clock_error.store(rtt.div_ceil(2), Relaxed);
         self.clock_offset.store(off, Relaxed);
     }
 }
@@ -468,6 +476,7 @@ impl Cluster {
             catching_up: AtomicBool::new(false),
             streaming: AtomicBool::new(false),
             clock_offset: AtomicI64::new(CLOCK_UNKNOWN),
+            clock_error: AtomicU64::new(0),
         });
         peers.insert(addr.to_string(), p.clone());
         p
