@@ -368,7 +368,16 @@ impl Client {
     /// elsewhere.
     async fn conn(&self) -> Result<Arc<Conn>, ClientError> {
         let cfg = &self.inner.cfg;
-        tokio::time::timeout(cfg.connect_timeout, self.conn_inner())
+        let i = self.inner.next_slot.fetch_add(1, Ordering::Relaxed) % self.inner.slots.len();
+        // The usual case, without a timer: the slot is free and its connection healthy.
+        if let Ok(slot) = self.inner.slots[i].try_lock()
+            && let Some(c) = slot.as_ref()
+            && !c.is_dead()
+            && !c.stuck(cfg.request_timeout)
+        {
+            return Ok(c.clone());
+        }
+        tokio::time::timeout(cfg.connect_timeout, self.conn_slot(i))
             .await
             .map_err(|_| ClientError::Connect {
                 addr: cfg.addr,
@@ -376,8 +385,7 @@ impl Client {
             })?
     }
 
-    async fn conn_inner(&self) -> Result<Arc<Conn>, ClientError> {
-        let i = self.inner.next_slot.fetch_add(1, Ordering::Relaxed) % self.inner.slots.len();
+    async fn conn_slot(&self, i: usize) -> Result<Arc<Conn>, ClientError> {
         let mut slot = self.inner.slots[i].lock().await;
         let cfg = &self.inner.cfg;
         if let Some(c) = slot.as_ref() {
