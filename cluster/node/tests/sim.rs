@@ -2,12 +2,16 @@
 //!
 //! Three real server nodes — membership, the Paxos layout agreement, replication streams,
 //! hand-overs and takeovers, quorum reads — run on turmoil's simulated network and clock
-//! (through the `Transport` seam and the store's `Clock`), in memory mode. Two clients write
-//! their own keys and increment one shared counter through random nodes while a schedule drawn
+//! (through the `Transport` seam and the store's `Clock`), in memory mode, with a gateway. Two
+//! clients write their own keys and increment one shared counter through random nodes and the
+//! gateway while a schedule drawn
 //! from the seed crashes and restarts nodes (memory mode: a restarted node has lost
-//! everything) and cuts one node off from the others; one fault at a time, each healed before
-//! the next. After the last heal a checker reads every key through every node and asks the
-//! cluster to compare its copies.
+//! everything), cuts one node off from the others, or holds its messages, or only those
+//! between it and the gateway (delivered at the heal, as TCP retransmits after a link comes
+//! back); one fault at a time, each healed before
+//! the next (cutting a node off cuts it from the gateway too). After the last heal a checker
+//! reads every key through every node and the gateway, and asks the cluster to compare its
+//! copies.
 //!
 //! What holds (and is asserted): every key reads back its last acknowledged value or a later
 //! value whose write had an unknown outcome (never an older or a never-written one); the
@@ -217,7 +221,36 @@ async fn worker(
     while start.elapsed() < Duration::from_secs(LOAD_SECS) {
         let c = &clients[rng.usize(..clients.len())];
         n += 1;
-        if rng.u8(..10) < 7 {
+        let dice = rng.u8(..10);
+        if dice < 2 {
+            // Read one of this client's own keys (nobody else writes them): it must show the
+            // last acknowledged value or a later one of unknown outcome, now, not only after
+            // the heal (a stale write that lands late and is overwritten again before the end
+            // would pass the final check).
+            let key = format!("c{id}-k{}", rng.usize(..KEYS));
+            let r = c.get(key.as_bytes()).await;
+            let mut h = history.lock().unwrap();
+            h.ops += 1;
+            match r {
+                Ok(got) => {
+                    let got = got.map(|i| String::from_utf8_lossy(&i.value).into_owned());
+                    let acked = h.acked.get(&key).cloned();
+                    let maybe = h.maybe.get(&key).cloned().unwrap_or_default();
+                    let fine = match &got {
+                        Some(v) => acked.as_ref() == Some(v) || maybe.contains(v),
+                        None => acked.is_none(),
+                    };
+                    if !fine {
+                        let t = turmoil::sim_elapsed().unwrap_or_default();
+                        h.violations.push(format!(
+                            "{key}: read {got:?} at {t:?} via {}; acknowledged {acked:?}, maybe {maybe:?}",
+                            c.addr()
+                        ));
+                    }
+                }
+                Err(_) => h.failed += 1,
+            }
+        } else if dice < 8 {
             let key = format!("c{id}-k{}", rng.usize(..KEYS));
             let value = format!("c{id}-v{n}");
             let r = c.set(key.as_bytes(), value.as_bytes()).await;
@@ -344,6 +377,12 @@ enum Fault {
     Crash(usize),
     /// Cut node `i` off from the other nodes and the clients, heal later.
     Isolate(usize),
+    /// Hold every message to and from node `i` (a link that is down while TCP retransmits),
+    /// deliver them all later.
+    Hold(usize),
+    /// Hold only the messages between the gateway and node `i` (the node stays in touch with
+    /// the other nodes), deliver them later.
+    HoldGateway(usize),
 }
 
 /// A simulation with the three server nodes as hosts n1..n3: (the simulation, host names,
@@ -380,6 +419,27 @@ fn nodes_sim<'a>(seed: u64, secs: u64) -> (turmoil::Sim<'a>, Vec<String>, Vec<So
 /// Run one seed; returns a line describing the run, or the checker's findings.
 fn run_seed(seed: u64) -> Result<String, String> {
     let (mut sim, names, nodes) = nodes_sim(seed, LOAD_SECS + 180);
+    // A gateway (K2HDKC's slave): holds nothing, routes every request to its primary. It is
+    // never crashed itself, but cutting a node off cuts it from the gateway too.
+    sim.host("gw", || async {
+        let ip = turmoil::lookup("gw");
+        let mut c = node_config(0, ip, turmoil::lookup("n1"));
+        c.cluster.name = Some("gw".into());
+        c.cluster.gateway = true;
+        let env = Env {
+            net: net(),
+            clock: Some(Arc::new(SimClock)),
+        };
+        let _gateway = Server::start_with(c, env).await?;
+        std::future::pending::<()>().await;
+        Ok(())
+    });
+    // What the clients talk to: every node, and the gateway.
+    let targets: Vec<SocketAddr> = nodes
+        .iter()
+        .copied()
+        .chain([SocketAddr::new(sim.lookup("gw"), PORT)])
+        .collect();
     let history = Arc::new(Mutex::new(History::default()));
     let ready = Arc::new(AtomicBool::new(false));
     {
@@ -393,8 +453,8 @@ fn run_seed(seed: u64) -> Result<String, String> {
     }
     let workers: Vec<String> = (0..2).map(|i| format!("w{i}")).collect();
     for (i, w) in workers.iter().enumerate() {
-        let (nodes, history, ready) = (nodes.clone(), history.clone(), ready.clone());
-        sim.client(w.as_str(), worker(i, seed, nodes, history, ready));
+        let (targets, history, ready) = (targets.clone(), history.clone(), ready.clone());
+        sim.client(w.as_str(), worker(i, seed, targets, history, ready));
     }
     // The fault schedule: after the load starts, one fault every few seconds, each lasting
     // 2-5 s, then at least 3 s of calm.
@@ -403,10 +463,11 @@ fn run_seed(seed: u64) -> Result<String, String> {
     let mut t = 3_000u64;
     while t + 8_000 < LOAD_SECS * 1000 {
         let i = rng.usize(..NODES);
-        let f = if rng.bool() {
-            Fault::Crash(i)
-        } else {
-            Fault::Isolate(i)
+        let f = match rng.u8(..4) {
+            0 => Fault::Crash(i),
+            1 => Fault::Isolate(i),
+            2 => Fault::Hold(i),
+            _ => Fault::HoldGateway(i),
         };
         let len = rng.u64(2_000..5_000);
         faults.push((t, t + len, f));
@@ -420,6 +481,7 @@ fn run_seed(seed: u64) -> Result<String, String> {
             .filter(|(j, _)| *j != i)
             .map(|(_, n)| n.clone())
             .chain(workers.iter().cloned())
+            .chain(["gw".to_string()])
             .collect()
     };
     let mut load_start: Option<Duration> = None;
@@ -427,8 +489,8 @@ fn run_seed(seed: u64) -> Result<String, String> {
     let mut active: Option<(u64, Fault)> = None;
     let go = Arc::new(AtomicBool::new(false));
     {
-        let (nodes, history, go) = (nodes.clone(), history.clone(), go.clone());
-        sim.client("checker", check(nodes, history, go));
+        let (targets, history, go) = (targets.clone(), history.clone(), go.clone());
+        sim.client("checker", check(targets, history, go));
     }
     let mut checker_started = false;
     loop {
@@ -452,6 +514,12 @@ fn run_seed(seed: u64) -> Result<String, String> {
                         sim.repair(names[i].as_str(), o.as_str());
                     }
                 }
+                Fault::Hold(i) => {
+                    for o in others(i) {
+                        sim.release(names[i].as_str(), o.as_str());
+                    }
+                }
+                Fault::HoldGateway(i) => sim.release(names[i].as_str(), "gw"),
             }
             active = None;
         }
@@ -466,6 +534,12 @@ fn run_seed(seed: u64) -> Result<String, String> {
                         sim.partition(names[i].as_str(), o.as_str());
                     }
                 }
+                Fault::Hold(i) => {
+                    for o in others(i) {
+                        sim.hold(names[i].as_str(), o.as_str());
+                    }
+                }
+                Fault::HoldGateway(i) => sim.hold(names[i].as_str(), "gw"),
             }
             active = Some((end, f));
             next += 1;

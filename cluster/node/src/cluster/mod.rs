@@ -1094,9 +1094,19 @@ impl Cluster {
                     p.resync_since.store(since, SeqCst);
                     p.resync_all.store(true, SeqCst);
                 }
+                // It asked, so it is up, whatever this node's heartbeats to it say yet (after
+                // a partition they can fail for a request timeout more, on connections that
+                // broke): taking it for down, this node would go on leading its partitions
+                // while it leads them again itself, and two primaries lose increments (the
+                // simulation found this with a gateway routing to the returned node).
+                *p.last_ok.lock().expect("lock") = Some(Instant::now());
+                let was_down = !p.up.swap(true, SeqCst);
+                if was_down {
+                    tracing::info!(peer = %p.addr, "peer is up (it asked for a flush)");
+                }
                 if req["force"] == json!(true) {
                     p.force_release.store(true, SeqCst);
-                } else if p.catching_up.swap(false, SeqCst) {
+                } else if p.catching_up.swap(false, SeqCst) || was_down {
                     // It is catching up and will lead its partitions next: stop leading them
                     // here now (requests for them go to it, which holds them until it is
                     // done), and let what runs here already finish before the position
