@@ -22,7 +22,35 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// A loopback address with a port that was free a moment ago.
+///
+/// Taken below the kernel's ephemeral range: a port from `bind(:0)` is an ephemeral one, and a
+/// server started on it seconds later can find it taken by the local end of some other test's
+/// outgoing connection (seen in CI: a node that "did not start"). Each call of a process
+/// moves on to the next port (from a start that differs per process), checked by binding it.
 pub fn free_addr() -> SocketAddr {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let lowest_ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let (lo, hi) = (10_000u32, lowest_ephemeral.min(65_536));
+    if hi > lo + 1000 {
+        let span = hi - lo;
+        // Spread processes over the range: a test binary's runs do not share a counter.
+        let _ = NEXT.compare_exchange(
+            0,
+            1 + (std::process::id().wrapping_mul(7919) % span),
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+        for _ in 0..2000 {
+            let port = lo + NEXT.fetch_add(1, Ordering::SeqCst) % span;
+            if let Ok(l) = TcpListener::bind(("127.0.0.1", port as u16)) {
+                return l.local_addr().expect("local addr");
+            }
+        }
+    }
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     l.local_addr().expect("local addr")
 }
