@@ -567,36 +567,35 @@ fn dispatch(
             }
             false
         }
-        Op::Forward if a.deadline.is_some_and(|d| shared.store.now_ms() > d) => {
-            // Its sender has stopped waiting and reported a failure (it sat in a queue, or on
-            // a link that was down): running it now would give it a version newer than
-            // writes acknowledged since.
-            c.stats
-                .expired
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            wire::write_error(
-                out,
-                Status::Unavailable,
-                id,
-                "the request's deadline passed",
-            );
-            false
-        }
-        Op::Forward if !local_only && (c.in_takeover() || c.catching_up()) => {
-            // This node is collecting what the other owners hold (a takeover, or catching up
-            // after a start, pause or partition): run it once that is done, if that is in
-            // time.
-            deferred.push(Deferred::Later {
-                at: out.len(),
-                frame: frame.to_vec(),
-                deadline: a
-                    .deadline
-                    .or_else(crate::routing::inherited_deadline)
-                    .unwrap_or_else(|| shared.store.now_ms() + c.run_budget_ms()),
-            });
-            true
-        }
         Op::Forward => {
+            if a.deadline.is_some_and(|d| c.expired(d)) {
+                // Its sender has stopped waiting and reported a failure (it sat in a queue,
+                // or on a link that was down): running it now would give it a version newer
+                // than writes acknowledged since.
+                wire::write_error(
+                    out,
+                    Status::Unavailable,
+                    id,
+                    "the request's deadline passed",
+                );
+                return false;
+            }
+            // What it waits for or routes on must not outlive this request's own deadline.
+            let deadline = a
+                .deadline
+                .or_else(crate::routing::inherited_deadline)
+                .unwrap_or_else(|| c.fresh_deadline());
+            if !local_only && (c.in_takeover() || c.catching_up()) {
+                // This node is collecting what the other owners hold (a takeover, or catching
+                // up after a start, pause or partition): run it once that is done, if that is
+                // in time.
+                deferred.push(Deferred::Later {
+                    at: out.len(),
+                    frame: frame.to_vec(),
+                    deadline,
+                });
+                return true;
+            }
             let (Some(v), Some(mode)) = (a.value, a.mode) else {
                 wire::write_error(out, Status::BadRequest, id, "Forward needs Value and Mode");
                 return false;
@@ -615,11 +614,6 @@ fn dispatch(
             };
             let limits = crate::memcached::limits_of(shared);
             let mut inner = Vec::new();
-            // What it routes on must not outlive this request's own deadline.
-            let deadline = a
-                .deadline
-                .or_else(crate::routing::inherited_deadline)
-                .unwrap_or_else(|| shared.store.now_ms() + c.run_budget_ms());
             let batch = crate::routing::with_deadline(Some(deadline), || {
                 crate::memcached::process(shared, m, &limits, v, &mut inner, here)
             });
@@ -668,7 +662,7 @@ fn dispatch(
                         at: out.len(),
                         frame: frame.to_vec(),
                         deadline: crate::routing::inherited_deadline()
-                            .unwrap_or_else(|| shared.store.now_ms() + c.run_budget_ms()),
+                            .unwrap_or_else(|| c.fresh_deadline()),
                     });
                     false
                 }

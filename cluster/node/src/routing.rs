@@ -201,7 +201,7 @@ pub(crate) async fn forward(
     bytes: &[u8],
 ) -> Result<Vec<u8>, String> {
     cluster.stats.forwarded.fetch_add(1, Relaxed);
-    let deadline = cluster.store.now_ms() + cluster.run_budget_ms();
+    let deadline = cluster.fresh_deadline();
     let args = Args {
         value: Some(bytes),
         mode: Some(mode),
@@ -413,8 +413,7 @@ fn resolve_many<'a>(
                             bytes,
                             strip_end,
                             error,
-                            deadline: deadline
-                                .unwrap_or_else(|| shared.store.now_ms() + c.run_budget_ms()),
+                            deadline: deadline.unwrap_or_else(|| c.fresh_deadline()),
                         });
                     }
                     Deferred::Control { at, id, request } => {
@@ -488,12 +487,7 @@ fn resolve_many<'a>(
                         e.push((at, 0, None));
                         let sh = shared.clone();
                         set.spawn(async move {
-                            let left = deadline.saturating_sub(sh.store.now_ms());
-                            let _ = tokio::time::timeout(
-                                std::time::Duration::from_millis(left),
-                                c.wait_takeover(),
-                            )
-                            .await;
+                            c.wait_takeover_until(deadline).await;
                             if c.in_takeover() || c.catching_up() {
                                 // Still not ready (cut off from the majority, say): the
                                 // sender stops waiting about now; say so instead of waiting
@@ -502,10 +496,9 @@ fn resolve_many<'a>(
                                 let msg = "this node is catching up and cannot run requests yet";
                                 return (slot, Some(error_reply(MODE_NATIVE, &frame, msg)));
                             }
-                            if sh.store.now_ms() > deadline {
+                            if c.expired(deadline) {
                                 // Run now, it would take a version newer than writes
                                 // acknowledged after its sender reported it failed.
-                                c.stats.expired.fetch_add(1, Relaxed);
                                 let msg = "the request's deadline passed while this node caught up";
                                 return (slot, Some(error_reply(MODE_NATIVE, &frame, msg)));
                             }
@@ -650,17 +643,11 @@ fn resolve_many<'a>(
             let mut route = cluster.route_partition(&cluster.layout(), piece.partition);
             if matches!(route, Route::Local) && cluster.in_takeover() {
                 // Collect first; then the partition may have a leader elsewhere again.
-                let left = piece.deadline.saturating_sub(shared.store.now_ms());
-                let _ = tokio::time::timeout(
-                    std::time::Duration::from_millis(left),
-                    cluster.wait_takeover(),
-                )
-                .await;
+                cluster.wait_takeover_until(piece.deadline).await;
                 route = cluster.route_partition(&cluster.layout(), piece.partition);
             }
-            if shared.store.now_ms() > piece.deadline {
+            if cluster.expired(piece.deadline) {
                 // Its sender stops waiting about now: run it no more (see `Deferred::Later`).
-                cluster.stats.expired.fetch_add(1, Relaxed);
                 edits[slot.0][slot.1].2 = Some(piece.error);
                 continue;
             }

@@ -426,6 +426,21 @@ impl Cluster {
         t - (t / 5).max(50).min(t / 2)
     }
 
+    /// The deadline (this node's clock) of a request that starts here now without one.
+    pub fn fresh_deadline(&self) -> u64 {
+        self.store.now_ms() + self.run_budget_ms()
+    }
+
+    /// Whether `deadline` (this node's clock) has passed; counted as an expired request if
+    /// so (the caller then answers with an error instead of running it).
+    pub fn expired(&self, deadline: u64) -> bool {
+        let past = self.store.now_ms() > deadline;
+        if past {
+            self.stats.expired.fetch_add(1, Relaxed);
+        }
+        past
+    }
+
     /// Run blocking work (a scan of the store) off the async threads, or in place where the
     /// transport asks for it (a simulation).
     pub async fn blocking<T: Send + 'static>(
@@ -813,7 +828,19 @@ impl Cluster {
 
     /// Wait until no takeover sync and no catch-up runs (bounded by the request timeout).
     pub async fn wait_takeover(&self) {
-        let deadline = tokio::time::Instant::now() + self.request_timeout();
+        self.wait_takeover_for(self.request_timeout()).await
+    }
+
+    /// [`Cluster::wait_takeover`], but no longer than until `deadline` (this node's clock,
+    /// unix ms): a request's own deadline.
+    pub async fn wait_takeover_until(&self, deadline: u64) {
+        let left = deadline.saturating_sub(self.store.now_ms());
+        self.wait_takeover_for(Duration::from_millis(left).min(self.request_timeout()))
+            .await
+    }
+
+    async fn wait_takeover_for(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
         let busy = || self.in_takeover() || self.catching_up();
         while busy() && tokio::time::Instant::now() < deadline {
             let n = self.takeover_done.notified();
