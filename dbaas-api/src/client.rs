@@ -134,17 +134,28 @@ struct Http {
     token: Option<String>,
 }
 
+/// The message of a Trove fault body (`{"badRequest": {"message": ...}}`).
+fn fault_message(v: &Value) -> Option<String> {
+    v.as_object()
+        .and_then(|o| o.values().next())
+        .and_then(|f| f["message"].as_str())
+        .map(str::to_string)
+}
+
 impl Http {
-    async fn call(
+    /// Send a request (with the token, a JSON body if any, asking for JSON if `json`); the
+    /// status and the body text.
+    async fn send(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<Value>,
-    ) -> anyhow::Result<(u16, Value)> {
-        let mut r = self
-            .c
-            .request(method, format!("{}{path}", self.base))
-            .header("accept", "application/json");
+        json: bool,
+    ) -> anyhow::Result<(u16, String)> {
+        let mut r = self.c.request(method, format!("{}{path}", self.base));
+        if json {
+            r = r.header("accept", "application/json");
+        }
         if let Some(t) = &self.token {
             r = r.header("x-auth-token", t);
         }
@@ -156,7 +167,16 @@ impl Http {
             .await
             .with_context(|| format!("calling {}{path}", self.base))?;
         let code = resp.status().as_u16();
-        let text = resp.text().await.unwrap_or_default();
+        Ok((code, resp.text().await.unwrap_or_default()))
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let (code, text) = self.send(method, path, body, true).await?;
         let v: Value = if text.is_empty() {
             Value::Null
         } else {
@@ -173,12 +193,7 @@ impl Http {
     ) -> anyhow::Result<Value> {
         let (code, v) = self.call(method, path, body).await?;
         if code >= 400 {
-            let msg = v
-                .as_object()
-                .and_then(|o| o.values().next())
-                .and_then(|f| f["message"].as_str())
-                .map(str::to_string)
-                .unwrap_or_else(|| v.to_string());
+            let msg = fault_message(&v).unwrap_or_else(|| v.to_string());
             bail!("{msg} (HTTP {code})");
         }
         Ok(v)
@@ -186,24 +201,10 @@ impl Http {
 
     /// A text resource (errors as for JSON calls).
     async fn text(&self, path: &str) -> anyhow::Result<String> {
-        let mut r = self.c.get(format!("{}{path}", self.base));
-        if let Some(t) = &self.token {
-            r = r.header("x-auth-token", t);
-        }
-        let resp = r
-            .send()
-            .await
-            .with_context(|| format!("calling {}{path}", self.base))?;
-        let code = resp.status().as_u16();
-        let text = resp.text().await.unwrap_or_default();
+        let (code, text) = self.send(reqwest::Method::GET, path, None, false).await?;
         if code >= 400 {
-            let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
-            let msg = v
-                .as_object()
-                .and_then(|o| o.values().next())
-                .and_then(|f| f["message"].as_str())
-                .unwrap_or(&text)
-                .to_string();
+            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            let msg = fault_message(&v).unwrap_or(text);
             bail!("{msg} (HTTP {code})");
         }
         Ok(text)
@@ -310,16 +311,7 @@ pub async fn run(a: ClusterArgs) -> anyhow::Result<()> {
             let c = h.cluster(cluster).await?;
             let id = s(&c["id"]).to_string();
             let items: Vec<Value> = (0..*count).map(|_| member(flavor, *volume)).collect();
-            h.ok(
-                Method::POST,
-                &format!("/clusters/{id}"),
-                Some(json!({"grow": items})),
-            )
-            .await?;
-            if *wait {
-                wait_active(&h, &id, limit).await?;
-            }
-            show(&h, &id, a.json).await?;
+            resize(&h, &id, json!({"grow": items}), *wait, limit, a.json).await?;
         }
         ClusterCmd::Shrink {
             cluster,
@@ -350,16 +342,7 @@ pub async fn run(a: ClusterArgs) -> anyhow::Result<()> {
                     .collect::<anyhow::Result<_>>()?
             };
             let items: Vec<Value> = victims.iter().map(|v| json!({"id": v})).collect();
-            h.ok(
-                Method::POST,
-                &format!("/clusters/{id}"),
-                Some(json!({"shrink": items})),
-            )
-            .await?;
-            if *wait {
-                wait_active(&h, &id, limit).await?;
-            }
-            show(&h, &id, a.json).await?;
+            resize(&h, &id, json!({"shrink": items}), *wait, limit, a.json).await?;
         }
         ClusterCmd::Backup {
             cluster,
@@ -546,6 +529,27 @@ fn progress(what: &str, done: usize, total: usize) {
     let bar = "#".repeat(done.min(total) * 25 / total);
     eprint!("\r{what} [{bar:<25}] {done}/{total}   ");
     let _ = std::io::stderr().flush();
+}
+
+/// Post a grow or shrink `action` to cluster `id`, wait for it if asked, and show the result.
+async fn resize(
+    h: &Http,
+    id: &str,
+    action: Value,
+    wait: bool,
+    limit: Duration,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    h.ok(
+        reqwest::Method::POST,
+        &format!("/clusters/{id}"),
+        Some(action),
+    )
+    .await?;
+    if wait {
+        wait_active(h, id, limit).await?;
+    }
+    show(h, id, as_json).await
 }
 
 async fn wait_active(h: &Http, id: &str, limit: Duration) -> anyhow::Result<()> {

@@ -146,19 +146,8 @@ fn slave_and_servers_on_separate_hosts_survive_a_partition_and_follow_scaling() 
         &vm,
         "slave-vm-ns4",
     );
-    let in_slave = |args: Vec<String>| {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &lab.ns(4)])
-            .arg(bin("k2hr3"))
-            .args(&args)
-            .output()
-            .expect("k2hr3 in the slave host");
-        assert!(
-            out.status.success(),
-            "k2hr3 {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let slave_ns = lab.ns(4);
+    let in_slave = |args: Vec<String>| slave.k2hr3(Some(&slave_ns), args);
     in_slave(slave.register_args());
     in_slave(slave.get_args(false));
     let ini = slave.ini.clone();

@@ -674,6 +674,25 @@ impl SlaveVm {
         }
     }
 
+    /// Run `k2hr3 args` on the slave host (inside network namespace `netns` when given) and
+    /// check that it succeeded.
+    pub fn k2hr3(&self, netns: Option<&str>, args: Vec<String>) {
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin("k2hr3"));
+                c
+            }
+            None => Command::new(bin("k2hr3")),
+        };
+        let out = cmd.args(&args).output().expect("k2hr3 on the slave host");
+        assert!(
+            out.status.success(),
+            "k2hr3 {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// `k2hr3 register` as the runcmd does it.
     pub fn register_args(&self) -> Vec<String> {
         self.register.clone()
@@ -770,18 +789,7 @@ fn slave_user_data_bootstraps_a_gateway_that_follows_grow_and_shrink() {
     let doc = std::fs::read_to_string(&ud).expect("user-data");
     let vm = dir.path().join("vm");
     let slave = SlaveVm::new(&doc, &vm, "slave-vm-1");
-    let k2hr3_bin = bin("k2hr3");
-    let run = |args: Vec<String>| {
-        let out = Command::new(&k2hr3_bin)
-            .args(&args)
-            .output()
-            .expect("k2hr3");
-        assert!(
-            out.status.success(),
-            "k2hr3 {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let run = |args: Vec<String>| slave.k2hr3(None, args);
     run(slave.register_args());
     run(slave.get_args(false));
     let ini = slave.ini.clone();
@@ -792,7 +800,7 @@ fn slave_user_data_bootstraps_a_gateway_that_follows_grow_and_shrink() {
         std::fs::read_to_string(&ini).unwrap_or_default()
     );
     let _watch = Proc::start(
-        &k2hr3_bin,
+        &bin("k2hr3"),
         &slave.get_args(true),
         Some(&vm.join("watch.log")),
     );
@@ -834,21 +842,15 @@ fn slave_user_data_bootstraps_a_gateway_that_follows_grow_and_shrink() {
         }
     };
     through_gateway("slave-k1");
-    cli(&["grow", "s1", "--wait"]);
-    eprintln!(
-        "slave file followed the grow in {:.1}s",
-        wait_svrnodes(&ini, 4, "grow")
-    );
-    for n in 0..20 {
-        through_gateway(&format!("slave-grow-{n}"));
-    }
-    cli(&["shrink", "s1", "--wait"]);
-    eprintln!(
-        "slave file followed the shrink in {:.1}s",
-        wait_svrnodes(&ini, 3, "shrink")
-    );
-    for n in 0..20 {
-        through_gateway(&format!("slave-shrink-{n}"));
+    for (what, members) in [("grow", 4), ("shrink", 3)] {
+        cli(&[what, "s1", "--wait"]);
+        eprintln!(
+            "slave file followed the {what} in {:.1}s",
+            wait_svrnodes(&ini, members, what)
+        );
+        for n in 0..20 {
+            through_gateway(&format!("slave-{what}-{n}"));
+        }
     }
     run(slave.unregister_args());
     cli(&["delete", "s1", "--wait"]);
