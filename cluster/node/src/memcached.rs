@@ -1066,6 +1066,34 @@ fn routed_text(
                     }
                     close
                 }
+                Route::Remote(peer) if c.direct_writes() && plain_text_set(&req).is_some() => {
+                    let (key, data, flags, exptime, noreply) =
+                        plain_text_set(&req).expect("checked");
+                    let version = shared.store.next_version();
+                    deferred.push(Deferred::Direct(Box::new(crate::routing::DirectSet {
+                        at: out.len(),
+                        peer,
+                        partition: k2hdkc_layout::partition_of(key),
+                        key: key.to_vec(),
+                        value: data.to_vec(),
+                        flags,
+                        expire: expire_of(exptime),
+                        version,
+                        reply: if noreply {
+                            Vec::new()
+                        } else {
+                            text::STORED.to_vec()
+                        },
+                        mode: MODE_TEXT,
+                        bytes: raw.to_vec(),
+                        error: if noreply {
+                            Vec::new()
+                        } else {
+                            error_reply(MODE_TEXT, raw, "the owner of the key did not answer")
+                        },
+                    })));
+                    false
+                }
                 Route::Remote(peer) => {
                     deferred.push(Deferred::Forward {
                         at: out.len(),
@@ -1091,6 +1119,24 @@ fn routed_text(
                 }
             }
         }
+    }
+}
+
+/// A text `set` (not `cas`, `add`, ...): its key, data, flags, exptime and noreply.
+type PlainSet<'a> = (&'a [u8], &'a [u8], u32, i64, bool);
+
+fn plain_text_set<'a>(req: &TextRequest<'a>) -> Option<PlainSet<'a>> {
+    match req {
+        TextRequest::Store {
+            cmd: StoreCmd::Set,
+            key,
+            data,
+            flags,
+            exptime,
+            noreply,
+            ..
+        } => Some((key, data, *flags, *exptime, *noreply)),
+        _ => None,
     }
 }
 
@@ -1160,6 +1206,40 @@ fn routed_binary(
                 track_write(shared, before, at, out, req.key, MODE_BINARY, raw, deferred);
             }
             close
+        }
+        Route::Remote(peer)
+            if c.direct_writes() && req.opcode.base() == Opcode::Set && req.cas() == 0 =>
+        {
+            let (flags, exptime) = req.store_extras().unwrap_or((0, 0));
+            let version = shared.store.next_version();
+            let mut reply = Vec::new();
+            if !req.is_quiet() {
+                binary::write_response(
+                    &mut reply,
+                    req.opcode.as_u8(),
+                    Status::Success,
+                    req.opaque(),
+                    version.ts,
+                    &[],
+                    &[],
+                    &[],
+                );
+            }
+            deferred.push(Deferred::Direct(Box::new(crate::routing::DirectSet {
+                at: out.len(),
+                peer,
+                partition: k2hdkc_layout::partition_of(req.key),
+                key: req.key.to_vec(),
+                value: req.value.to_vec(),
+                flags,
+                expire: expire_of(exptime as i64),
+                version,
+                reply,
+                mode: MODE_BINARY,
+                bytes: raw.to_vec(),
+                error: error_reply(MODE_BINARY, raw, ""),
+            })));
+            false
         }
         Route::Remote(peer) => {
             deferred.push(Deferred::Forward {

@@ -179,7 +179,7 @@ fn cmd_of(op: Op) -> Cmd {
         CounterInit | CounterGet | CounterCas | CounterAdd => Cmd::Counter,
         Scan => Cmd::Scan,
         FlushAll => Cmd::Flush,
-        Noop | Hello | Stats | Cluster | Replicate | Forward | Check => Cmd::Other,
+        Noop | Hello | Stats | Cluster | Replicate | Forward | Check | Put => Cmd::Other,
     }
 }
 
@@ -436,7 +436,7 @@ fn run(shared: &Shared, op: Op, a: &Args<'_>, out: &mut Vec<u8>) -> Result<(), F
             let n = store.flush_all()?;
             wire::put_u64(out, Tag::Count, n as u64);
         }
-        Op::Cluster | Op::Replicate | Op::Forward | Op::Check => {
+        Op::Cluster | Op::Replicate | Op::Forward | Op::Check | Op::Put => {
             return Err(fail(
                 Status::Unavailable,
                 "this node is not part of a cluster (start it with --join)",
@@ -476,6 +476,18 @@ fn written_partitions(a: &Args<'_>) -> Vec<usize> {
     p
 }
 
+/// A native set a gateway may write to the owners itself: unconditional, unencrypted, at the
+/// cluster's write quorum.
+fn plain_set(op: Op, a: &Args<'_>) -> bool {
+    op == Op::Set
+        && a.value.is_some()
+        && a.mode.is_none_or(|m| m == 0)
+        && a.cas.is_none()
+        && a.pass.is_none()
+        && a.encrypt.is_none()
+        && a.level.is_none_or(|l| l == 0 || l == 2)
+}
+
 /// Run one frame in a cluster: the cluster's own ops, or a data op here or at its primary.
 #[allow(clippy::too_many_arguments)]
 fn dispatch(
@@ -496,7 +508,10 @@ fn dispatch(
         Ok(a) => a,
         Err(_) => return exec(shared, header.code, id, body, out),
     };
-    if matches!(op, Op::Cluster | Op::Replicate | Op::Forward | Op::Check) && !c.authorized(a.pass)
+    if matches!(
+        op,
+        Op::Cluster | Op::Replicate | Op::Forward | Op::Check | Op::Put
+    ) && !c.authorized(a.pass)
     {
         shared.metrics.protocol_errors.fetch_add(1, Relaxed);
         tracing::warn!(op = %op, "refused a cluster request without the cluster credential");
@@ -544,6 +559,60 @@ fn dispatch(
                 }
                 Err(e) => {
                     wire::write_error(out, Status::BadRequest, id, &e);
+                    false
+                }
+            }
+        }
+        Op::Put => {
+            shared.metrics.cmd(Cmd::Set);
+            if a.deadline.is_some_and(|d| c.expired(d)) {
+                // As for `Forward`: its sender stopped waiting and took another way.
+                wire::write_error(
+                    out,
+                    Status::Unavailable,
+                    id,
+                    "the request's deadline passed",
+                );
+                return false;
+            }
+            let (Some(key), Some(value), Some((ts, node)), Some(level)) =
+                (a.key, a.value, a.version, a.level)
+            else {
+                wire::write_error(
+                    out,
+                    Status::BadRequest,
+                    id,
+                    "Put needs Key, Value, Version and Level",
+                );
+                return false;
+            };
+            let sender = a.to.and_then(|t| std::str::from_utf8(t).ok());
+            if level != 1 && sender.is_none() {
+                wire::write_error(out, Status::BadRequest, id, "a replica's Put needs To");
+                return false;
+            }
+            let req = crate::cluster::DirectPut {
+                key,
+                value,
+                flags: a.flags.unwrap_or(0),
+                expire: expire_of(a.expire),
+                version: k2hdkc_storage::Version { ts, node },
+                primary: level == 1,
+                sender: sender.unwrap_or_default(),
+            };
+            match c.put_direct(req) {
+                Ok(()) => {
+                    let s = wire::begin_response(out, Status::Ok, id);
+                    wire::finish_response(out, s);
+                    true
+                }
+                Err((status, msg, version)) => {
+                    let s = wire::begin_response(out, status, id);
+                    if let Some(v) = version {
+                        wire::put_version(out, v.ts, v.node);
+                    }
+                    wire::put(out, Tag::Message, msg.as_bytes());
+                    wire::finish_response(out, s);
                     false
                 }
             }
@@ -711,6 +780,34 @@ fn dispatch(
                         });
                     }
                     // Quiet handling is done above, before the range was recorded.
+                    false
+                }
+                Route::Remote(peer) if c.direct_writes() && plain_set(op, &a) => {
+                    let version = shared.store.next_version();
+                    let mut reply = Vec::new();
+                    if header.flags & FLAG_QUIET == 0 {
+                        let s = wire::begin_response(&mut reply, Status::Ok, id);
+                        wire::put_u64(&mut reply, Tag::Cas, version.ts);
+                        wire::finish_response(&mut reply, s);
+                    }
+                    deferred.push(Deferred::Direct(Box::new(crate::routing::DirectSet {
+                        at: out.len(),
+                        peer,
+                        partition: k2hdkc_layout::partition_of(key),
+                        key: key.to_vec(),
+                        value: a.value.unwrap_or_default().to_vec(),
+                        flags: a.flags.unwrap_or(0),
+                        expire: expire_of(a.expire),
+                        version,
+                        reply,
+                        mode: MODE_NATIVE,
+                        bytes: frame.to_vec(),
+                        error: error_reply(
+                            MODE_NATIVE,
+                            frame,
+                            "the owner of the key did not answer",
+                        ),
+                    })));
                     false
                 }
                 Route::Remote(peer) => {

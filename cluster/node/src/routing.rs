@@ -100,6 +100,30 @@ pub(crate) enum Deferred {
         strip_end: bool,
         error: Vec<u8>,
     },
+    /// A plain set this gateway writes to the key's owners itself (see [`DirectSet`]).
+    Direct(Box<DirectSet>),
+}
+
+/// A plain set a gateway writes to the key's primary and to the replicas its write quorum
+/// needs, at once, with a version it chose (`Op::Put`, see `Cluster::put_direct`): one
+/// network hop less than through the primary. It succeeds when the primary and `W - 1`
+/// replicas wrote it (then `reply` goes at `at`); else, and when data moves or too few
+/// owners are up, it is forwarded to the primary as `bytes` (its `error` if that fails too),
+/// which writes it with a version of its own.
+pub(crate) struct DirectSet {
+    pub at: usize,
+    /// The primary as this gateway routes the key.
+    pub peer: Arc<Peer>,
+    pub partition: usize,
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub flags: u32,
+    pub expire: k2hdkc_storage::Expire,
+    pub version: k2hdkc_storage::Version,
+    pub reply: Vec<u8>,
+    pub mode: u8,
+    pub bytes: Vec<u8>,
+    pub error: Vec<u8>,
 }
 
 thread_local! {
@@ -166,6 +190,7 @@ impl Deferred {
             | Deferred::Later { at, .. }
             | Deferred::ReadCheck { at, .. }
             | Deferred::Scan { at, .. } => *at,
+            Deferred::Direct(d) => d.at,
             Deferred::Broadcast { .. } => usize::MAX,
         }
     }
@@ -302,6 +327,172 @@ async fn forward_all(
         .collect()
 }
 
+/// Run gateway sets ([`DirectSet`]): one pipeline of `Op::Put` per owner, all at once; the
+/// sets that fell short go to their primary as forwards. Returns each set's reply, or the
+/// pieces whose primary refused the connection (to route again, as for [`forward_all`]).
+async fn direct_all(
+    cluster: &Arc<Cluster>,
+    store: &k2hdkc_storage::Store,
+    items: Vec<(Slot, Box<DirectSet>)>,
+) -> Vec<(Slot, Result<Vec<u8>, Piece>)> {
+    let l = cluster.layout();
+    let need = l.effective_write_quorum();
+    let deadline = cluster.fresh_deadline();
+    // Per owner: which sets go there, and whether as their primary.
+    let mut per_peer: std::collections::BTreeMap<String, (Arc<Peer>, Vec<Target>)> =
+        Default::default();
+    // Per set: replicas asked (`None`: not sent directly at all).
+    let mut asked: Vec<Option<usize>> = Vec::with_capacity(items.len());
+    for (i, (_, d)) in items.iter().enumerate() {
+        let o = l.owners_of_partition(d.partition);
+        let primary_owns = o.current.iter().any(|&n| l.node(n).addr == d.peer.addr);
+        if l.moving() || !primary_owns {
+            asked.push(None);
+            continue;
+        }
+        let replicas: Vec<Arc<Peer>> = o
+            .current
+            .iter()
+            .map(|&n| l.node(n).addr.as_str())
+            .filter(|a| *a != d.peer.addr && *a != cluster.addr)
+            .map(|a| cluster.peer(a))
+            .filter(|p| p.routable())
+            .take(need.saturating_sub(1))
+            .collect();
+        if replicas.len() + 1 < need {
+            asked.push(None);
+            continue;
+        }
+        asked.push(Some(replicas.len()));
+        per_peer
+            .entry(d.peer.addr.clone())
+            .or_insert_with(|| (d.peer.clone(), Vec::new()))
+            .1
+            .push((i, true));
+        for r in replicas {
+            per_peer
+                .entry(r.addr.clone())
+                .or_insert_with(|| (r.clone(), Vec::new()))
+                .1
+                .push((i, false));
+        }
+    }
+    let items = Arc::new(items);
+    let mut set = tokio::task::JoinSet::new();
+    for (_, (peer, list)) in per_peer {
+        let items = items.clone();
+        let token = cluster.token.clone();
+        set.spawn(async move {
+            let mut p = peer.forwards.pipeline();
+            for &(i, primary) in &list {
+                let d = &items[i].1;
+                p.push(
+                    Op::Put,
+                    &Args {
+                        key: Some(&d.key),
+                        value: Some(&d.value),
+                        flags: Some(d.flags),
+                        expire: Some(wire_expiry(d.expire)),
+                        version: Some((d.version.ts, d.version.node)),
+                        count: Some(d.partition as u64),
+                        level: Some(if primary { 1 } else { 2 }),
+                        to: (!primary).then_some(d.peer.addr.as_bytes()),
+                        pass: token.as_deref(),
+                        deadline: peer.peer_time(deadline),
+                        ..Default::default()
+                    },
+                );
+            }
+            let replies = p.run().await.unwrap_or_default();
+            let mut replies = replies.into_iter();
+            list.into_iter()
+                .map(|(i, primary)| {
+                    let (ok, seen) = match replies.next() {
+                        Some(Ok(r)) => (
+                            r.status() == Some(Status::Ok),
+                            r.versions
+                                .first()
+                                .map(|&(ts, node)| k2hdkc_storage::Version { ts, node }),
+                        ),
+                        _ => (false, None),
+                    };
+                    (i, primary, ok, seen)
+                })
+                .collect::<Vec<_>>()
+        });
+    }
+    let mut primary_ok = vec![false; items.len()];
+    let mut replica_oks = vec![0usize; items.len()];
+    while let Some(r) = set.join_next().await {
+        for (i, primary, ok, seen) in r.unwrap_or_default() {
+            if let Some(v) = seen {
+                // The primary has a newer version of the key: this clock learns it, so the
+                // retry through the primary is rare from now on.
+                store.observe_version(v);
+            }
+            if ok && primary {
+                primary_ok[i] = true;
+            } else if ok {
+                replica_oks[i] += 1;
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(items.len());
+    let mut fallbacks: std::collections::BTreeMap<String, (Arc<Peer>, Vec<Piece>)> =
+        Default::default();
+    // (Every task is done: the sets are read through the shared list.)
+    for (i, (slot, d)) in items.iter().enumerate() {
+        let done = asked[i].is_some_and(|n| primary_ok[i] && replica_oks[i] >= n);
+        if done {
+            cluster.stats.direct_sent.fetch_add(1, Relaxed);
+            out.push((*slot, Ok(d.reply.clone())));
+            continue;
+        }
+        if asked[i].is_some() {
+            cluster.stats.direct_fallbacks.fetch_add(1, Relaxed);
+            tracing::debug!(
+                primary = %d.peer.addr,
+                primary_ok = primary_ok[i],
+                replicas_ok = replica_oks[i],
+                "a gateway set fell short at the owners; sending it through the primary"
+            );
+        }
+        fallbacks
+            .entry(d.peer.addr.clone())
+            .or_insert_with(|| (d.peer.clone(), Vec::new()))
+            .1
+            .push(Piece {
+                k: *slot,
+                partition: d.partition,
+                mode: d.mode,
+                bytes: d.bytes.clone(),
+                strip_end: false,
+                error: d.error.clone(),
+                deadline,
+            });
+    }
+    for (_, (peer, pieces)) in fallbacks {
+        out.extend(forward_all(cluster, &peer, pieces).await);
+    }
+    out
+}
+
+/// A gateway set's place in the list, and whether it goes to that owner as to its primary.
+type Target = (usize, bool);
+
+/// A storage expiry as the native protocol carries it.
+fn wire_expiry(e: k2hdkc_storage::Expire) -> k2hdkc_proto::native::Expiry {
+    use k2hdkc_proto::native::Expiry;
+    use k2hdkc_storage::Expire;
+    match e {
+        Expire::Default => Expiry::Default,
+        Expire::Keep => Expiry::Keep,
+        Expire::Never => Expiry::Never,
+        Expire::At(t) => Expiry::At(t),
+        Expire::After(s) => Expiry::After(s),
+    }
+}
+
 /// One request forwarded to a peer.
 pub(crate) struct Piece {
     k: Slot,
@@ -371,6 +562,7 @@ fn resolve_many<'a>(
         // (slot, error) of every local write, and the wait they share.
         let mut quorum_slots: Vec<QuorumWait> = Vec::new();
         let mut nested: Vec<(Slot, u32, Vec<u8>, Vec<Deferred>)> = Vec::new();
+        let mut directs: Vec<(Slot, Box<DirectSet>)> = Vec::new();
         let mut wrote = false;
         for (pi, (out, mut pending)) in pieces.into_iter().enumerate() {
             pending.sort_by_key(Deferred::at);
@@ -415,6 +607,10 @@ fn resolve_many<'a>(
                             error,
                             deadline: deadline.unwrap_or_else(|| c.fresh_deadline()),
                         });
+                    }
+                    Deferred::Direct(d) => {
+                        e.push((d.at, 0, None));
+                        directs.push((slot, d));
                     }
                     Deferred::Control { at, id, request } => {
                         e.push((at, 0, None));
@@ -540,6 +736,11 @@ fn resolve_many<'a>(
         for (_, (peer, pieces)) in forwards {
             let c = cluster.clone();
             piped.spawn(async move { forward_all(&c, &peer, pieces).await });
+        }
+        if !directs.is_empty() {
+            let c = cluster.clone();
+            let store = shared.store.clone();
+            piped.spawn(async move { direct_all(&c, &store, directs).await });
         }
         // The shared waits run together, here (no task each).
         let quorum = async {

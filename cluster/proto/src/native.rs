@@ -150,6 +150,15 @@ code_enum! {
         /// `Value` = this node's versions of those keys, then opt `Value` = a replication
         /// batch of this node's records that are newer than the sender's.
         Check = 0x83,
+        /// A plain set sent by a gateway to every owner of the key at once, with the version
+        /// the gateway chose: `Key`, `Value`, `Flags`, `Expire`, `Version`, `Count` (the
+        /// partition), `Level` (1: the receiver is the key's primary; 2: a replica), `To` (a
+        /// replica's: the primary's native address), opt `Deadline`. The primary writes it
+        /// only if the version is newer than its record and it leads the partition; a
+        /// replica writes it by last-writer-wins. Reply: empty; `Exists` with `Version` when
+        /// the record is not older, `NotStored` when the record needs more than the request
+        /// (sub-keys, history, encryption), `Unavailable` when the receiver does not lead.
+        Put = 0x84,
     }
 }
 
@@ -585,6 +594,8 @@ pub struct Args<'a> {
     pub message: Option<&'a [u8]>,
     /// `Deadline`.
     pub deadline: Option<u64>,
+    /// `Version` (HLC timestamp, origin node).
+    pub version: Option<(u64, u32)>,
 }
 
 fn once<T>(slot: &mut Option<T>, tag: Tag, v: T) -> Result<(), FieldError> {
@@ -644,6 +655,7 @@ impl<'a> Args<'a> {
                 Tag::ItemKey => once(&mut a.item_key, tag, v)?,
                 Tag::Message => once(&mut a.message, tag, v)?,
                 Tag::Deadline => once(&mut a.deadline, tag, be_u64(v))?,
+                Tag::Version => once(&mut a.version, tag, (be_u64(&v[..8]), be_u32(&v[8..12])))?,
                 other => return Err(ferr(format!("field {other} is not allowed in a request"))),
             }
         }
@@ -707,6 +719,9 @@ impl<'a> Args<'a> {
         }
         b(out, Tag::ItemKey, self.item_key);
         b(out, Tag::Message, self.message);
+        if let Some((ts, node)) = self.version {
+            put_version(out, ts, node);
+        }
     }
 }
 

@@ -44,5 +44,5 @@ pub use queue::{Popped, QueueOpts};
 pub use record::{Ext, HistoryEntry, Kind, MAX_KEY_LEN, Meta, Record, RecordRef};
 pub use store::{
     Attrs, DeleteOutcome, EngineConfig, Expire, MAX_VALUE_CEILING, ScanPage, SetMode, SetOutcome,
-    Store, StoreConfig, StoreStats, SweepStats, Value, ValueRef, WriteOpts,
+    Store, StoreConfig, StoreStats, SweepStats, Value, ValueRef, Versioned, WriteOpts,
 };

@@ -178,6 +178,20 @@ pub struct WriteOpts<'a> {
     pub cas: Option<u64>,
 }
 
+/// Result of [`Store::set_versioned`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Versioned {
+    /// Written at this feed position.
+    Applied {
+        /// Feed position.
+        seq: u64,
+    },
+    /// The record here is this version, not older than the one given: nothing written.
+    Stale(Version),
+    /// The record needs more than the request (see [`Store::set_versioned`]).
+    Ineligible,
+}
+
 /// Result of a conditional write, in memcached's terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SetOutcome {
@@ -816,6 +830,100 @@ impl Store {
         let rec = Record::build(key, &stored, &meta, ext.as_ref());
         self.commit_and_wait(l, version, ChangeKind::Set, vec![Op::Put(rec)])?;
         Ok(SetOutcome::Stored { cas: version.ts })
+    }
+
+    /// A new version from this store's clock (a gateway stamps the plain sets it sends to
+    /// the owners itself; see [`Store::set_versioned`]).
+    pub fn next_version(&self) -> Version {
+        self.inner.hlc.now()
+    }
+
+    /// Let this store's clock pass `v` (a version seen in another node's reply).
+    pub fn observe_version(&self, v: Version) {
+        self.inner.hlc.observe(v);
+    }
+
+    /// A plain set whose version was chosen by the sender (a gateway writing to every owner
+    /// of the key at once): it applies only if `version` is newer than the key's record here
+    /// (tombstones included), builds the record from this store's own state like [`Store::set`]
+    /// would, and enters the feed as the sender's own write (`import == false`, the primary,
+    /// which streams it to the other owners) or as an import (a replica).
+    ///
+    /// Only records that need nothing but the request are written this way: a key with
+    /// sub-keys or history, an encrypted value, or a store that encrypts or keeps history
+    /// answers [`Versioned::Ineligible`], and the sender goes through the primary instead, so
+    /// that every owner builds the same record from the same request.
+    pub fn set_versioned(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        flags: u32,
+        expire: Expire,
+        version: Version,
+        import: bool,
+    ) -> Result<Versioned> {
+        self.check_key(key)?;
+        self.check_value(value.len())?;
+        self.check_import_version(version)?;
+        if self.inner.encrypt_by_default || self.inner.history > 0 {
+            return Ok(Versioned::Ineligible);
+        }
+        let mut l = self.inner.state.lock(&[key]);
+        let old = l.get(key)?;
+        if let Some(o) = old {
+            if o.version() >= version {
+                return Ok(Versioned::Stale(o.version()));
+            }
+            if o.has_ext() || o.encrypted() {
+                return Ok(Versioned::Ineligible);
+            }
+        }
+        self.inner.hlc.observe(version);
+        let now = (version.millis() / 1000).min(u32::MAX as u64) as u32;
+        let live = old.filter(|r| r.is_live(now));
+        let meta = Meta {
+            kind: Kind::Value,
+            encrypted: false,
+            flags,
+            version,
+            expire: self.expire_at(expire, live.map(|o| o.expire()), now),
+            created: live.map_or(now, |o| o.created()),
+        };
+        let rec = Record::build(key, value, &meta, None);
+        let kind = if import {
+            ChangeKind::Import
+        } else {
+            ChangeKind::Set
+        };
+        // The change's own version is this clock's, as for imports: the feed's versions then
+        // keep increasing with its positions however far behind the sender's clock is.
+        let at = self.inner.hlc.now();
+        let (seq, t) = self.commit_seq(&mut l, at, kind, vec![Op::Put(rec)])?;
+        drop(l);
+        self.durable(t)?;
+        Ok(Versioned::Applied { seq })
+    }
+
+    /// Put `rec` in place of the record of the same key and version when the two differ
+    /// (an import that last-writer-wins would skip, being no newer): a replica that built a
+    /// gateway's set from its own state takes the primary's record of it instead. Returns the
+    /// feed position of the change, or `None` when nothing was written.
+    pub fn replace_same_version(&self, rec: &Record) -> Result<Option<u64>> {
+        let v = rec.view();
+        let mut l = self.inner.state.lock(&[v.key()]);
+        let same = match l.get(v.key())? {
+            Some(cur) => cur.version() == v.version() && cur.as_bytes() != v.as_bytes(),
+            None => false,
+        };
+        if !same {
+            return Ok(None);
+        }
+        let at = self.inner.hlc.now();
+        let (seq, t) =
+            self.commit_seq(&mut l, at, ChangeKind::Import, vec![Op::Put(rec.clone())])?;
+        drop(l);
+        self.durable(t)?;
+        Ok(Some(seq))
     }
 
     /// Delete a key, leaving a tombstone.

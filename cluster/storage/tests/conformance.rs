@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use k2hdkc_storage::{
     ChangeFilter, ChangeKind, DeleteOutcome, Error, Expire, Kind as RecKind, Limit, QueueOpts,
-    SetMode, SetOutcome, Store, WriteOpts,
+    SetMode, SetOutcome, Store, Version, Versioned, WriteOpts,
 };
 
 use crate::harness::{Harness, Kind, T0, dump};
@@ -33,6 +33,7 @@ conformance!(
     history_of_versions,
     scans_page_in_order,
     change_feed,
+    versioned_sets,
     archive_round_trip,
     flush_all_leaves_tombstones,
     concurrent_updates_lose_nothing,
@@ -753,6 +754,72 @@ fn scans_page_in_order(h: &Harness) {
         .collect();
     assert_eq!(all, want);
     assert_eq!(s.scan(b"zzz", None, 10).unwrap(), Default::default());
+}
+
+/// `set_versioned`: a gateway's plain set, applied only when newer, refused where the record
+/// needs more than the request.
+fn versioned_sets(h: &Harness) {
+    let s = h.open();
+    let v1 = s.next_version();
+    let start = s.last_seq() + 1;
+    assert!(matches!(
+        s.set_versioned(b"k", b"one", 7, Expire::Default, v1, false)
+            .unwrap(),
+        Versioned::Applied { .. }
+    ));
+    let got = s.get(b"k", None).unwrap().unwrap();
+    assert_eq!(
+        (got.data.as_slice(), got.flags, got.version),
+        (&b"one"[..], 7, v1)
+    );
+    // The same or an older version changes nothing and says what is here.
+    assert_eq!(
+        s.set_versioned(b"k", b"old", 0, Expire::Default, v1, false)
+            .unwrap(),
+        Versioned::Stale(v1)
+    );
+    // The clock passed the version it was given: a local write after it is newer.
+    let cas = set(&s, b"k", b"two");
+    assert!(cas > v1.ts);
+    let newer = Version {
+        ts: cas + (1 << 20),
+        node: 9,
+    };
+    assert!(matches!(
+        s.set_versioned(b"k", b"three", 0, Expire::After(100), newer, true)
+            .unwrap(),
+        Versioned::Applied { .. }
+    ));
+    assert_eq!(val(&s, b"k").unwrap(), b"three");
+    let kinds: Vec<ChangeKind> = s
+        .feed_read(start, &ChangeFilter::default(), 10)
+        .unwrap()
+        .changes
+        .iter()
+        .map(|c| c.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![ChangeKind::Set, ChangeKind::Set, ChangeKind::Import]
+    );
+    // A key with sub-keys needs its old record: not written this way.
+    s.set_subkeys(b"p", &[b"c"]).unwrap();
+    let v = s.next_version();
+    assert_eq!(
+        s.set_versioned(b"p", b"x", 0, Expire::Default, v, false)
+            .unwrap(),
+        Versioned::Ineligible
+    );
+    assert!(s.get(b"p", None).unwrap().is_none_or(|v| v.data != b"x"));
+    // Neither is anything in a store that keeps history.
+    drop(s);
+    let s = h.open_with(|c| c.history = 2);
+    let v = s.next_version();
+    assert_eq!(
+        s.set_versioned(b"h", b"x", 0, Expire::Default, v, false)
+            .unwrap(),
+        Versioned::Ineligible
+    );
 }
 
 fn change_feed(h: &Harness) {

@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use k2hdkc_client::{Client, ClientConfig};
 use k2hdkc_layout::{Action, Change, Layout, Node, NodeIdx, PARTITIONS, Ring, partition_of};
 use k2hdkc_proto::native::{Args, Op, Status};
-use k2hdkc_storage::{Store, Version};
+use k2hdkc_storage::{Expire, Store, Version, Versioned};
 use serde_json::{Value as Json, json};
 
 use crate::chmpx::Desired;
@@ -55,6 +55,13 @@ pub enum Route {
 pub struct ClusterStats {
     /// Requests forwarded to their primary.
     pub forwarded: AtomicU64,
+    /// Gateway sets written here (`Op::Put`).
+    pub direct_puts: AtomicU64,
+    /// A gateway's sets it wrote to the owners itself, and those it then sent through the
+    /// primary instead (refused, or short of the quorum).
+    pub direct_sent: AtomicU64,
+    /// See `direct_sent`.
+    pub direct_fallbacks: AtomicU64,
     /// Forwarded requests that failed.
     pub forward_errors: AtomicU64,
     /// Requests (forwarded here, or waiting for a takeover) not run because their deadline
@@ -234,14 +241,55 @@ pub enum Origin {
         /// The change's position in the sender's feed.
         seq: u64,
     },
+    /// A gateway's plain set that names the key's primary ([`Cluster::put_direct`]): the
+    /// primary's stream delivers it to the other owners, so it is held back like a stream
+    /// import, but its position in the primary's feed is not known yet. When the primary's
+    /// own copy arrives here it becomes [`Origin::Stream`]; until then it is sent on if the
+    /// primary goes down, restarts or the layout changes, or after [`DIRECT_HOLD_MS`].
+    Direct {
+        /// The primary's native address.
+        sender: Arc<str>,
+        /// Its incarnation as this node knew it (0: not known).
+        incarnation: u64,
+        /// The layout version then.
+        layout: u64,
+        /// When it was written here (this node's clock, unix ms).
+        at_ms: u64,
+    },
     /// A partition transfer or a resync: other owners get theirs from the sender directly.
     Transfer,
     /// Not known (or no longer to be relied on): forward it.
     Unknown,
 }
 
+/// A gateway's plain set as `Op::Put` carries it (see [`Cluster::put_direct`]).
+pub struct DirectPut<'a> {
+    /// The key.
+    pub key: &'a [u8],
+    /// The value.
+    pub value: &'a [u8],
+    /// Client flags.
+    pub flags: u32,
+    /// Expiry.
+    pub expire: Expire,
+    /// The version the gateway chose.
+    pub version: Version,
+    /// Whether the receiver is the key's primary (else a replica).
+    pub primary: bool,
+    /// The primary's native address (a replica holds the copy back for its stream).
+    pub sender: &'a str,
+}
+
 /// Most imported changes whose origin is remembered; older ones are forwarded (safe).
 const ORIGINS_CAP: usize = 1 << 21;
+
+/// Longest a replica holds back a gateway's set waiting for the primary's copy before it sends
+/// it on itself (safe: at worst a second copy).
+pub const DIRECT_HOLD_MS: u64 = 10_000;
+
+/// Most gateway sets a replica remembers while it waits for the primary's copies (beyond it,
+/// they are sent on after the hold: safe).
+const DIRECT_CAP: usize = 1 << 18;
 
 /// A node's view of the cluster.
 pub struct Cluster {
@@ -285,6 +333,16 @@ pub struct Cluster {
     pub incarnation: u64,
     /// Who delivered the imported changes still in the feed, by local feed position.
     pub origins: Mutex<std::collections::BTreeMap<u64, Origin>>,
+    /// Gateway sets written here as a replica whose primary's copy has not arrived yet: key to
+    /// (version, local feed position, when: unix ms).
+    direct: Mutex<HashMap<Vec<u8>, (Version, u64, u64)>>,
+    /// What became of gateway sets written here as a replica once the primary's copy came:
+    /// local feed position to (its origin now, when: unix ms). Streams that hold one back
+    /// look here (`Cluster::settled_origin`).
+    direct_settled: Mutex<HashMap<u64, (Origin, u64)>>,
+    /// The highest feed position a write quorum waits for (streams to owners a quorum counts
+    /// on send at once only up to it; past it they may gather changes, see `replicate`).
+    pub quorum_wait: AtomicU64,
     /// What the CHMPX-style file asks for, if the node runs from one.
     desired: Mutex<Option<Desired>>,
     /// Collecting what the other owners hold before leading partitions taken over.
@@ -377,6 +435,9 @@ impl Cluster {
             started: Instant::now(),
             incarnation,
             origins: Mutex::new(Default::default()),
+            direct: Mutex::new(HashMap::new()),
+            direct_settled: Mutex::new(HashMap::new()),
+            quorum_wait: AtomicU64::new(0),
             desired: Mutex::new(None),
             takeover: AtomicBool::new(false),
             takeover_done: tokio::sync::Notify::new(),
@@ -394,6 +455,11 @@ impl Cluster {
     /// Whether this node is a gateway (holds no data).
     pub fn gateway(&self) -> bool {
         self.cfg.gateway
+    }
+
+    /// Whether this gateway writes plain sets to the owners itself ([`Cluster::put_direct`]).
+    pub fn direct_writes(&self) -> bool {
+        self.cfg.gateway && self.cfg.direct_writes
     }
 
     /// The committed layout.
@@ -1010,6 +1076,10 @@ impl Cluster {
         all: bool,
     ) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + self.request_timeout();
+        if self.quorum_wait.fetch_max(seq, SeqCst) < seq {
+            // A stream that gathers changes must send these now.
+            self.written.notify_waiters();
+        }
         loop {
             let notified = self.acked.notified();
             tokio::pin!(notified);
@@ -1258,6 +1328,9 @@ impl Cluster {
                           "done": self.transfer_done.load(SeqCst),
                           "finished_version": self.transfers_finished.load(SeqCst)},
             "forwarded": self.stats.forwarded.load(Relaxed),
+            "direct_sets": self.stats.direct_sent.load(Relaxed),
+            "direct_fallbacks": self.stats.direct_fallbacks.load(Relaxed),
+            "direct_puts": self.stats.direct_puts.load(Relaxed),
             "expired": self.stats.expired.load(Relaxed),
             "quorum_failures": self.stats.quorum_failures.load(Relaxed),
             "replicated": self.stats.replicated.load(Relaxed),
@@ -1292,7 +1365,7 @@ impl Cluster {
         use std::fmt::Write as _;
         let mut o = String::new();
         let l = self.layout();
-        let gauges: [(&str, &str, &str, u64); 16] = [
+        let gauges: [(&str, &str, &str, u64); 19] = [
             (
                 "k2hdkc_cluster_layout_version",
                 "gauge",
@@ -1310,6 +1383,24 @@ impl Cluster {
                 "counter",
                 "Forwarded requests that failed.",
                 self.stats.forward_errors.load(Relaxed),
+            ),
+            (
+                "k2hdkc_cluster_direct_sets_total",
+                "counter",
+                "Plain sets a gateway wrote to the owners itself.",
+                self.stats.direct_sent.load(Relaxed),
+            ),
+            (
+                "k2hdkc_cluster_direct_fallbacks_total",
+                "counter",
+                "Plain sets a gateway sent through the primary after writing to the owners fell short.",
+                self.stats.direct_fallbacks.load(Relaxed),
+            ),
+            (
+                "k2hdkc_cluster_direct_puts_total",
+                "counter",
+                "Gateway sets written here.",
+                self.stats.direct_puts.load(Relaxed),
             ),
             (
                 "k2hdkc_cluster_expired_requests_total",
@@ -1847,6 +1938,7 @@ impl Cluster {
             // pause of this process.
             self.tick();
             self.prune_origins();
+            self.prune_direct();
             if !self.gateway() && !self.majority_reachable(&l) && !self.catching_up() {
                 tracing::warn!(
                     "cut off from the majority of the cluster; leading nothing until it is back"
@@ -2062,6 +2154,14 @@ impl Cluster {
         let sender = from
             .and_then(|f| std::str::from_utf8(f).ok())
             .and_then(|f| self.note_sender(f));
+        let direct_matches = match &sender {
+            Some((s, inc)) if position != 0 => Some((s.clone(), *inc)),
+            _ => None,
+        };
+        let found = match &direct_matches {
+            Some(_) => self.take_direct(&changes),
+            None => Vec::new(),
+        };
         let (n, mapped) = self
             .store
             .import_changes_mapped(changes, false)
@@ -2084,8 +2184,200 @@ impl Cluster {
                 o.pop_first();
             }
         }
+        if let Some((sender, inc)) = direct_matches
+            && !found.is_empty()
+        {
+            self.settle_direct(found, &sender, inc);
+        }
         self.stats.imported.fetch_add(n as u64, Relaxed);
         Ok(n)
+    }
+
+    /// A gateway's plain set (`Op::Put`) with the version it chose. As the key's primary
+    /// (`primary`), this node writes it only while it leads the partition (and no data
+    /// moves) and only if the version is newer than its record, which it then streams to the
+    /// other owners as its own write: so the primary still orders every write of the key, and
+    /// what CAS, append and counters read there includes every set acknowledged. As a replica
+    /// it writes it by last-writer-wins and holds it back from the other owners like a copy
+    /// from the primary's stream (`Origin::Direct`). `Err` is the reply: its status, text,
+    /// and the version here when that is not older.
+    pub fn put_direct(&self, req: DirectPut<'_>) -> Result<(), (Status, String, Option<Version>)> {
+        let fail = |s: Status, m: &str| Err((s, m.to_string(), None));
+        if self.gateway() {
+            return fail(Status::Unavailable, "a gateway holds no data");
+        }
+        let l = self.layout();
+        let p = partition_of(req.key);
+        if req.primary {
+            if l.moving()
+                || self.in_takeover()
+                || self.catching_up()
+                || !matches!(self.route_partition(&l, p), Route::Local)
+            {
+                return fail(
+                    Status::Unavailable,
+                    "this node does not lead the key's partition now",
+                );
+            }
+        } else {
+            let owns = l
+                .nodes
+                .iter()
+                .position(|n| n.addr == self.addr)
+                .is_some_and(|me| {
+                    l.owners_of_partition(p)
+                        .write_set()
+                        .contains(&(me as NodeIdx))
+                });
+            if !owns {
+                return fail(
+                    Status::Unavailable,
+                    "this node does not own the key's partition",
+                );
+            }
+        }
+        let r = self.store.set_versioned(
+            req.key,
+            req.value,
+            req.flags,
+            req.expire,
+            req.version,
+            !req.primary,
+        );
+        match r {
+            Ok(Versioned::Applied { seq }) => {
+                if !req.primary {
+                    let sender: Arc<str> = Arc::from(req.sender);
+                    let incarnation = self
+                        .known_peer(req.sender)
+                        .and_then(|p| p.view.lock().expect("lock").as_ref().map(|v| v.incarnation))
+                        .unwrap_or(0);
+                    self.origins.lock().expect("lock").insert(
+                        seq,
+                        Origin::Direct {
+                            sender,
+                            incarnation,
+                            layout: l.version,
+                            at_ms: self.store.now_ms(),
+                        },
+                    );
+                    let mut d = self.direct.lock().expect("lock");
+                    if d.len() < DIRECT_CAP {
+                        d.insert(req.key.to_vec(), (req.version, seq, self.store.now_ms()));
+                    }
+                }
+                self.stats.direct_puts.fetch_add(1, Relaxed);
+                tracing::trace!(primary = req.primary, seq, "wrote a gateway set");
+                if req.primary {
+                    // Its streams pick it up now rather than at their next poll (a replica's
+                    // hold it back anyway, and find it at their next batch).
+                    self.written.notify_waiters();
+                }
+                Ok(())
+            }
+            // A replica that holds something newer has nothing to add: the primary decides.
+            Ok(Versioned::Stale(_)) if !req.primary => Ok(()),
+            Ok(Versioned::Stale(v)) => Err((
+                Status::Exists,
+                "the key's record here is not older than this version".into(),
+                Some(v),
+            )),
+            Ok(Versioned::Ineligible) => fail(
+                Status::NotStored,
+                "the key's record needs more than the request (sub-keys, history or encryption)",
+            ),
+            Err(e) => Err((crate::native::status_of(&e), e.to_string(), None)),
+        }
+    }
+
+    /// The primary's copies of gateway sets this node wrote as a replica, in a batch from
+    /// its stream (`changes`, before they are imported): (local feed position, position in
+    /// the sender's feed, the primary's record). They stop waiting here.
+    fn take_direct(
+        &self,
+        changes: &[k2hdkc_storage::Change],
+    ) -> Vec<(u64, u64, k2hdkc_storage::Record)> {
+        let mut d = self.direct.lock().expect("lock");
+        if d.is_empty() {
+            return Vec::new();
+        }
+        let mut found = Vec::new();
+        for c in changes {
+            for op in &c.ops {
+                let k2hdkc_storage::Op::Put(r) = op else {
+                    continue;
+                };
+                let v = r.view();
+                if d.get(v.key()).is_some_and(|(dv, _, _)| *dv == v.version()) {
+                    let (_, local, _) = d.remove(v.key()).expect("present");
+                    found.push((local, c.seq, r.clone()));
+                }
+            }
+        }
+        found
+    }
+
+    /// [`Cluster::take_direct`]'s finds become copies from the sender's stream; where this
+    /// node built a record that differs from the primary's (its own old state differed), the
+    /// primary's replaces it.
+    fn settle_direct(
+        &self,
+        found: Vec<(u64, u64, k2hdkc_storage::Record)>,
+        sender: &Arc<str>,
+        incarnation: u64,
+    ) {
+        let now = self.store.now_ms();
+        for (local, their, rec) in found {
+            let replaced = self.store.replace_same_version(&rec).ok().flatten();
+            let stream = Origin::Stream {
+                sender: sender.clone(),
+                incarnation,
+                seq: their,
+            };
+            // (`origins` is never locked while `direct_settled` is.)
+            let now_origin = match replaced {
+                // The replacement travels as the primary's copy; the record it replaced is
+                // gone and need not.
+                Some(seq) => {
+                    self.origins.lock().expect("lock").insert(seq, stream);
+                    Origin::Transfer
+                }
+                None => stream,
+            };
+            self.direct_settled
+                .lock()
+                .expect("lock")
+                .insert(local, (now_origin, now));
+        }
+    }
+
+    /// Forget gateway sets waiting for the primary's copy once their hold is over (they are
+    /// sent on by then).
+    fn prune_direct(&self) {
+        let now = self.store.now_ms();
+        self.direct
+            .lock()
+            .expect("lock")
+            .retain(|_, (_, _, at)| now.saturating_sub(*at) < DIRECT_HOLD_MS);
+        // Held changes are looked at again every few hundred milliseconds; a settled origin
+        // is kept well past the hold itself.
+        self.direct_settled
+            .lock()
+            .expect("lock")
+            .retain(|_, (_, at)| now.saturating_sub(*at) < 2 * DIRECT_HOLD_MS);
+    }
+
+    /// The origin of the change at local feed position `seq` whose origin was `o`: for a
+    /// gateway set, what it became once the primary's copy came (see [`Origin::Direct`]).
+    pub fn settled_origin(&self, seq: u64, o: Origin) -> Origin {
+        if !matches!(o, Origin::Direct { .. }) {
+            return o;
+        }
+        self.direct_settled
+            .lock()
+            .expect("lock")
+            .get(&seq)
+            .map_or(o, |(s, _)| s.clone())
     }
 
     /// Who sends a replication batch, with its streams' positions, so receivers learn them

@@ -138,6 +138,28 @@ fn fate(
         } => (sender, incarnation, seq),
         Origin::Transfer => return Fate::Skip,
         Origin::Unknown => return Fate::Send,
+        Origin::Direct {
+            sender,
+            incarnation,
+            layout,
+            at_ms,
+        } => {
+            if &**sender == target {
+                return Fate::Skip;
+            }
+            // The primary streams it to the target unless it went down, restarted or the
+            // layout moved on; a copy it never sends (it refused the set, or failed before
+            // writing it) is sent from here after the hold.
+            let alive = views.get(cluster, sender).is_some_and(|v| {
+                v.is_none_or(|v| *incarnation == 0 || v.incarnation == *incarnation)
+            });
+            let young = cluster.store.now_ms().saturating_sub(*at_ms) < super::DIRECT_HOLD_MS;
+            return if alive && young && *layout == version {
+                Fate::Hold
+            } else {
+                Fate::Send
+            };
+        }
     };
     if &**sender == target {
         return Fate::Skip;
@@ -194,6 +216,7 @@ impl Held {
         let mut keep = Vec::new();
         let mut views = Views::default();
         for (c, o) in self.changes.drain(..) {
+            let o = cluster.settled_origin(c.seq, o);
             match fate(cluster, &mut views, Some(&o), target, version) {
                 Fate::Send => out.push(c),
                 Fate::Skip => {}
@@ -470,6 +493,7 @@ pub async fn stream(cluster: Arc<Cluster>, peer: Arc<Peer>) {
                     (c.kind == ChangeKind::Import)
                         .then(|| o.get(&c.seq).cloned())
                         .flatten()
+                        .map(|origin| cluster.settled_origin(c.seq, origin))
                 })
                 .collect()
         };
@@ -537,6 +561,18 @@ pub async fn stream(cluster: Arc<Cluster>, peer: Arc<Peer>) {
             let until = *linger.get_or_insert_with(|| tokio::time::Instant::now() + LINGER);
             if counted_on_up && tokio::time::Instant::now() < until {
                 tokio::time::sleep_until(until).await;
+                continue;
+            }
+            // A stream a quorum counts on gathers too while no write waits for what it has
+            // (gateway sets, whose quorum the gateway collects itself): until a write waits.
+            let woken = cluster.written.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if cluster.quorum_wait.load(SeqCst) < from && tokio::time::Instant::now() < until {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => {}
+                    _ = woken => {}
+                }
                 continue;
             }
         }
