@@ -269,12 +269,26 @@ async fn forward_all(
     peer: &Peer,
     pieces: Vec<Piece>,
 ) -> Vec<(Slot, Result<Vec<u8>, Piece>)> {
+    let mut p = peer.forwards.pipeline();
+    push_pieces(cluster, peer, &mut p, &pieces);
+    // Bounded by the pool's timeouts (connect, then the request timeout, which kills the
+    // connection so nothing given up on is sent later: see `forward`).
+    let replies = p.run().await;
+    piece_results(cluster, peer, pieces, replies)
+}
+
+/// Queue forwards on a pipeline to `peer`.
+fn push_pieces(
+    cluster: &Cluster,
+    peer: &Peer,
+    p: &mut k2hdkc_client::Pipeline<'_>,
+    pieces: &[Piece],
+) {
     cluster
         .stats
         .forwarded
         .fetch_add(pieces.len() as u64, Relaxed);
-    let mut p = peer.forwards.pipeline();
-    for piece in &pieces {
+    for piece in pieces {
         p.push(
             Op::Forward,
             &Args {
@@ -291,9 +305,18 @@ async fn forward_all(
             },
         );
     }
-    // Bounded by the pool's timeouts (connect, then the request timeout, which kills the
-    // connection so nothing given up on is sent later: see `forward`).
-    let replies = match p.run().await {
+}
+
+/// The replies of forwards queued by [`push_pieces`]: each piece's reply bytes, its error
+/// reply, or (the peer refused the connection, so it ran none of them) the piece itself, to
+/// route again.
+fn piece_results(
+    cluster: &Arc<Cluster>,
+    peer: &Peer,
+    pieces: Vec<Piece>,
+    replies: PipelineReplies,
+) -> Vec<(Slot, Result<Vec<u8>, Piece>)> {
+    let replies = match replies {
         Ok(r) => r,
         Err(k2hdkc_client::ClientError::Connect { .. }) => {
             peer.suspect();
@@ -327,20 +350,32 @@ async fn forward_all(
         .collect()
 }
 
-/// Run gateway sets ([`DirectSet`]): one pipeline of `Op::Put` per owner, all at once; the
-/// sets that fell short go to their primary as forwards. Returns each set's reply, or the
-/// pieces whose primary refused the connection (to route again, as for [`forward_all`]).
+/// What a pipeline's run gives.
+type PipelineReplies = Result<
+    Vec<Result<k2hdkc_client::Reply, k2hdkc_client::ClientError>>,
+    k2hdkc_client::ClientError,
+>;
+
+/// Run gateway sets ([`DirectSet`]) and the batch's `forwards`: one pipeline per owner with
+/// its `Op::Put`s and forwards in request order, all owners at once; the sets that fell short
+/// then go to their primary as forwards. Returns each set's and forward's reply, or the
+/// pieces whose peer refused the connection (to route again, as for [`forward_all`]).
 async fn direct_all(
     cluster: &Arc<Cluster>,
     store: &k2hdkc_storage::Store,
     items: Vec<(Slot, Box<DirectSet>)>,
+    forwards: std::collections::BTreeMap<String, (Arc<Peer>, Vec<Piece>)>,
 ) -> Vec<(Slot, Result<Vec<u8>, Piece>)> {
     let l = cluster.layout();
     let need = l.effective_write_quorum();
     let deadline = cluster.fresh_deadline();
-    // Per owner: which sets go there, and whether as their primary.
-    let mut per_peer: std::collections::BTreeMap<String, (Arc<Peer>, Vec<Target>)> =
-        Default::default();
+    // Per owner: which sets go there (and whether as their primary), and the batch's
+    // forwards to it: one pipeline each, in request order, so that a read after a set of the
+    // same key on one client connection runs after it at the primary.
+    let mut per_peer: std::collections::BTreeMap<String, PeerBatch> = Default::default();
+    for (addr, (peer, pieces)) in forwards {
+        per_peer.insert(addr, (peer, Vec::new(), pieces));
+    }
     // Per set: replicas asked (`None`: not sent directly at all).
     let mut asked: Vec<Option<usize>> = Vec::with_capacity(items.len());
     for (i, (_, d)) in items.iter().enumerate() {
@@ -366,25 +401,41 @@ async fn direct_all(
         asked.push(Some(replicas.len()));
         per_peer
             .entry(d.peer.addr.clone())
-            .or_insert_with(|| (d.peer.clone(), Vec::new()))
+            .or_insert_with(|| (d.peer.clone(), Vec::new(), Vec::new()))
             .1
             .push((i, true));
         for r in replicas {
             per_peer
                 .entry(r.addr.clone())
-                .or_insert_with(|| (r.clone(), Vec::new()))
+                .or_insert_with(|| (r.clone(), Vec::new(), Vec::new()))
                 .1
                 .push((i, false));
         }
     }
     let items = Arc::new(items);
     let mut set = tokio::task::JoinSet::new();
-    for (_, (peer, list)) in per_peer {
+    for (_, (peer, list, pieces)) in per_peer {
         let items = items.clone();
-        let token = cluster.token.clone();
+        let c = cluster.clone();
         set.spawn(async move {
+            // Request order: sets and forwards by their place in the client's batch.
+            let mut order: Vec<(Slot, Option<Target>, Option<usize>)> = list
+                .iter()
+                .map(|&t| (items[t.0].0, Some(t), None))
+                .chain(pieces.iter().enumerate().map(|(j, p)| (p.k, None, Some(j))))
+                .collect();
+            order.sort_by_key(|o| o.0);
             let mut p = peer.forwards.pipeline();
-            for &(i, primary) in &list {
+            let mut put_at = Vec::with_capacity(list.len());
+            let mut piece_at = Vec::with_capacity(pieces.len());
+            for (n, (_, put, piece)) in order.iter().enumerate() {
+                if let Some(j) = piece {
+                    piece_at.push(n);
+                    push_pieces(&c, &peer, &mut p, std::slice::from_ref(&pieces[*j]));
+                    continue;
+                }
+                let Some((i, primary)) = *put else { continue };
+                put_at.push((n, i, primary));
                 let d = &items[i].1;
                 p.push(
                     Op::Put,
@@ -397,17 +448,36 @@ async fn direct_all(
                         count: Some(d.partition as u64),
                         level: Some(if primary { 1 } else { 2 }),
                         to: (!primary).then_some(d.peer.addr.as_bytes()),
-                        pass: token.as_deref(),
+                        pass: c.token.as_deref(),
                         deadline: peer.peer_time(deadline),
                         ..Default::default()
                     },
                 );
             }
-            let replies = p.run().await.unwrap_or_default();
-            let mut replies = replies.into_iter();
-            list.into_iter()
-                .map(|(i, primary)| {
-                    let (ok, seen) = match replies.next() {
+            let run = p.run().await;
+            // Split the replies: the sets' here, the forwards' to `piece_results`.
+            let (mut put_replies, piece_replies) = match run {
+                Ok(all) => {
+                    let mut slots: Vec<Option<Result<k2hdkc_client::Reply, _>>> =
+                        all.into_iter().map(Some).collect();
+                    let puts: Vec<_> = put_at
+                        .iter()
+                        .map(|&(n, _, _)| slots.get_mut(n).and_then(Option::take))
+                        .collect();
+                    let rest = piece_at
+                        .iter()
+                        .filter_map(|&n| slots.get_mut(n).and_then(Option::take))
+                        .collect();
+                    (puts, Ok(rest))
+                }
+                Err(e) => (Vec::new(), Err(e)),
+            };
+            put_replies.resize_with(put_at.len(), || None);
+            let sets = put_at
+                .iter()
+                .zip(put_replies)
+                .map(|(&(_, i, primary), r)| {
+                    let (ok, seen) = match r {
                         Some(Ok(r)) => (
                             r.status() == Some(Status::Ok),
                             r.versions
@@ -418,13 +488,22 @@ async fn direct_all(
                     };
                     (i, primary, ok, seen)
                 })
-                .collect::<Vec<_>>()
+                .collect::<Vec<_>>();
+            let forwarded = if pieces.is_empty() {
+                Vec::new()
+            } else {
+                piece_results(&c, &peer, pieces, piece_replies)
+            };
+            (sets, forwarded)
         });
     }
     let mut primary_ok = vec![false; items.len()];
     let mut replica_oks = vec![0usize; items.len()];
+    let mut out = Vec::with_capacity(items.len());
     while let Some(r) = set.join_next().await {
-        for (i, primary, ok, seen) in r.unwrap_or_default() {
+        let Ok((sets, forwarded)) = r else { continue };
+        out.extend(forwarded);
+        for (i, primary, ok, seen) in sets {
             if let Some(v) = seen {
                 // The primary has a newer version of the key: this clock learns it, so the
                 // retry through the primary is rare from now on.
@@ -437,7 +516,6 @@ async fn direct_all(
             }
         }
     }
-    let mut out = Vec::with_capacity(items.len());
     let mut fallbacks: std::collections::BTreeMap<String, (Arc<Peer>, Vec<Piece>)> =
         Default::default();
     // (Every task is done: the sets are read through the shared list.)
@@ -479,6 +557,9 @@ async fn direct_all(
 
 /// A gateway set's place in the list, and whether it goes to that owner as to its primary.
 type Target = (usize, bool);
+
+/// What one pipeline to one owner carries: its gateway sets and the batch's forwards.
+type PeerBatch = (Arc<Peer>, Vec<Target>, Vec<Piece>);
 
 /// A storage expiry as the native protocol carries it.
 fn wire_expiry(e: k2hdkc_storage::Expire) -> k2hdkc_proto::native::Expiry {
@@ -733,14 +814,16 @@ fn resolve_many<'a>(
             cluster.written.notify_waiters();
         }
         let mut piped = tokio::task::JoinSet::new();
-        for (_, (peer, pieces)) in forwards {
-            let c = cluster.clone();
-            piped.spawn(async move { forward_all(&c, &peer, pieces).await });
-        }
-        if !directs.is_empty() {
+        if directs.is_empty() {
+            for (_, (peer, pieces)) in forwards {
+                let c = cluster.clone();
+                piped.spawn(async move { forward_all(&c, &peer, pieces).await });
+            }
+        } else {
+            // The forwards share the sets' pipelines (see `direct_all`).
             let c = cluster.clone();
             let store = shared.store.clone();
-            piped.spawn(async move { direct_all(&c, &store, directs).await });
+            piped.spawn(async move { direct_all(&c, &store, directs, forwards).await });
         }
         // The shared waits run together, here (no task each).
         let quorum = async {
