@@ -116,6 +116,10 @@ struct ServerArgs {
     /// Lowest TLS version: 1.2 (default) or 1.3.
     #[arg(long, env = "K2HDKC_TLS_MIN_VERSION")]
     tls_min_version: Option<String>,
+    /// Gateway only: write plain sets to the key's owners directly (`cluster.direct_writes`;
+    /// experimental, see docs/cluster.md).
+    #[arg(long)]
+    direct_writes: bool,
     /// TLS on the memcached port (clients must use it): the port's certificate (PEM).
     #[arg(long)]
     memcached_tls_cert: Option<PathBuf>,
@@ -302,6 +306,9 @@ fn main() -> anyhow::Result<()> {
         Cmd::Gateway(a) => {
             let mut config = a.config_unvalidated().context("configuration")?;
             config.cluster.gateway = true;
+            if a.direct_writes {
+                config.cluster.direct_writes = true;
+            }
             k2hdkc_node::chmpx::apply_file(&mut config).context("configuration")?;
             config.storage.mode = StorageMode::Memory;
             if config.listen.native.is_none() {
