@@ -7,7 +7,7 @@
 # synchronous case too). Every daemon runs THREADS worker threads (default 1: five processes
 # share two cores here; `--threads 0` means one per core). Usage: scripts/bench-cluster.sh
 # [SECONDS] (default 8). REPLICAS=2 runs the cluster with N=2 (W=R=2) instead of N=3 (W=R=2);
-# DIRECT_WRITES=1 runs the gateway with --direct-writes.
+# NO_DIRECT_WRITES=1 runs the gateway with --no-direct-writes (every set through the primary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-8}
@@ -57,7 +57,7 @@ wait_port 21406
 sleep 1
 "$k2" ctl 127.0.0.1:21402 set-replicas "$replicas" --write-quorum 2 --read-quorum 2 >/dev/null
 "$k2" ctl 127.0.0.1:21402 attach --wait >/dev/null 2>&1
-"$k2" gateway --threads "$threads" ${DIRECT_WRITES:+--direct-writes} --join 127.0.0.1:21402 --memcached-listen 127.0.0.1:21511 --native-listen 127.0.0.1:21512 >"$work/gw.log" 2>&1 & gw=$!; pids+=($gw)
+"$k2" gateway --threads "$threads" ${NO_DIRECT_WRITES:+--no-direct-writes} --join 127.0.0.1:21402 --memcached-listen 127.0.0.1:21511 --native-listen 127.0.0.1:21512 >"$work/gw.log" 2>&1 & gw=$!; pids+=($gw)
 wait_port 21511
 sleep 1
 "$k2" bench 127.0.0.1:21511 --keys 100000 --duration 1 -c 1 -p 16 >/dev/null 2>&1 || true

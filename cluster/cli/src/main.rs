@@ -116,10 +116,10 @@ struct ServerArgs {
     /// Lowest TLS version: 1.2 (default) or 1.3.
     #[arg(long, env = "K2HDKC_TLS_MIN_VERSION")]
     tls_min_version: Option<String>,
-    /// Gateway only: write plain sets to the key's owners directly (`cluster.direct_writes`;
-    /// experimental, see docs/cluster.md).
+    /// Gateway only: send every set through the key's primary, not to the owners directly
+    /// (`cluster.direct_writes = false`; see docs/cluster.md).
     #[arg(long)]
-    direct_writes: bool,
+    no_direct_writes: bool,
     /// TLS on the memcached port (clients must use it): the port's certificate (PEM).
     #[arg(long)]
     memcached_tls_cert: Option<PathBuf>,
@@ -306,8 +306,8 @@ fn main() -> anyhow::Result<()> {
         Cmd::Gateway(a) => {
             let mut config = a.config_unvalidated().context("configuration")?;
             config.cluster.gateway = true;
-            if a.direct_writes {
-                config.cluster.direct_writes = true;
+            if a.no_direct_writes {
+                config.cluster.direct_writes = false;
             }
             k2hdkc_node::chmpx::apply_file(&mut config).context("configuration")?;
             config.storage.mode = StorageMode::Memory;

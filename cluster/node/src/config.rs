@@ -221,8 +221,8 @@ pub struct ClusterConfig {
     pub gateway: bool,
     /// A gateway sends plain sets to the key's primary and the replicas its write quorum
     /// needs at once, with a version it chose, instead of through the primary (one network
-    /// hop less per set); the primary still decides (see docs/cluster.md). Off (the
-    /// default; experimental): every request goes through the primary.
+    /// hop less per set); the primary still decides (see docs/cluster.md). Off: every
+    /// request goes through the primary.
     pub direct_writes: bool,
     /// Failure domain of this node (replicas go to distinct zones).
     pub zone: String,
@@ -293,7 +293,7 @@ impl Default for ClusterConfig {
             cluster: "k2hdkc".into(),
             join: Vec::new(),
             gateway: false,
-            direct_writes: false,
+            direct_writes: true,
             zone: "default".into(),
             capacity: 100,
             heartbeat_ms: 500,

@@ -426,8 +426,6 @@ fn run_seed(seed: u64) -> Result<String, String> {
         let mut c = node_config(0, ip, turmoil::lookup("n1"));
         c.cluster.name = Some("gw".into());
         c.cluster.gateway = true;
-        // Its plain sets go to the owners directly (`Op::Put`), so the faults cover them.
-        c.cluster.direct_writes = true;
         let env = Env {
             net: net(),
             clock: Some(Arc::new(SimClock)),

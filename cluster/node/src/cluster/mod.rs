@@ -245,7 +245,8 @@ pub enum Origin {
     /// primary's stream delivers it to the other owners, so it is held back like a stream
     /// import, but its position in the primary's feed is not known yet. When the primary's
     /// own copy arrives here it becomes [`Origin::Stream`]; until then it is sent on if the
-    /// primary goes down, restarts or the layout changes, or after [`DIRECT_HOLD_MS`].
+    /// primary goes down, restarts or the layout changes, or after [`DIRECT_HOLD_MS`] (to the
+    /// primary too: the set may have failed there).
     Direct {
         /// The primary's native address.
         sender: Arc<str>,
@@ -284,8 +285,9 @@ pub struct DirectPut<'a> {
 const ORIGINS_CAP: usize = 1 << 21;
 
 /// Longest a replica holds back a gateway's set waiting for the primary's copy before it sends
-/// it on itself (safe: at worst a second copy).
-pub const DIRECT_HOLD_MS: u64 = 10_000;
+/// it on itself (safe: at worst a second copy). The primary's copy normally comes within a
+/// few milliseconds (its streams gather for at most 2 ms).
+pub const DIRECT_HOLD_MS: u64 = 2_000;
 
 /// Most gateway sets a replica remembers while it waits for the primary's copies (beyond it,
 /// they are sent on after the hold: safe).

@@ -144,12 +144,12 @@ fn fate(
             layout,
             at_ms,
         } => {
-            if &**sender == target {
-                return Fate::Skip;
-            }
             // The primary streams it to the target unless it went down, restarted or the
             // layout moved on; a copy it never sends (it refused the set, or failed before
-            // writing it) is sent from here after the hold.
+            // writing it) is sent from here after the hold, to the primary itself too (it
+            // takes it by last-writer-wins; without it the primary would lack what the
+            // replicas have, if the set failed on the way through it as well). Once the
+            // primary's copy arrived, the origin is its stream (`settled_origin`).
             let alive = views.get(cluster, sender).is_some_and(|v| {
                 v.is_none_or(|v| *incarnation == 0 || v.incarnation == *incarnation)
             });
