@@ -476,6 +476,21 @@ fn written_partitions(a: &Args<'_>) -> Vec<usize> {
     p
 }
 
+/// Answer Unavailable for a request from a peer whose `Deadline` passed; returns whether it
+/// did (then the request must not run).
+fn refused_expired(c: &Cluster, a: &Args<'_>, id: u32, out: &mut Vec<u8>) -> bool {
+    let expired = a.deadline.is_some_and(|d| c.expired(d));
+    if expired {
+        wire::write_error(
+            out,
+            Status::Unavailable,
+            id,
+            "the request's deadline passed",
+        );
+    }
+    expired
+}
+
 /// A native set a gateway may write to the owners itself: unconditional, unencrypted, at the
 /// cluster's write quorum.
 fn plain_set(op: Op, a: &Args<'_>) -> bool {
@@ -565,14 +580,8 @@ fn dispatch(
         }
         Op::Put => {
             shared.metrics.cmd(Cmd::Set);
-            if a.deadline.is_some_and(|d| c.expired(d)) {
-                // As for `Forward`: its sender stopped waiting and took another way.
-                wire::write_error(
-                    out,
-                    Status::Unavailable,
-                    id,
-                    "the request's deadline passed",
-                );
+            // As for `Forward`: its sender stopped waiting and took another way.
+            if refused_expired(c, &a, id, out) {
                 return false;
             }
             let (Some(key), Some(value), Some((ts, node)), Some(level)) =
@@ -637,16 +646,10 @@ fn dispatch(
             false
         }
         Op::Forward => {
-            if a.deadline.is_some_and(|d| c.expired(d)) {
-                // Its sender has stopped waiting and reported a failure (it sat in a queue,
-                // or on a link that was down): running it now would give it a version newer
-                // than writes acknowledged since.
-                wire::write_error(
-                    out,
-                    Status::Unavailable,
-                    id,
-                    "the request's deadline passed",
-                );
+            // Its sender has stopped waiting and reported a failure (it sat in a queue, or on
+            // a link that was down): running it now would give it a version newer than writes
+            // acknowledged since.
+            if refused_expired(c, &a, id, out) {
                 return false;
             }
             // What it waits for or routes on must not outlive this request's own deadline.
