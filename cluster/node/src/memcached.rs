@@ -1066,9 +1066,10 @@ fn routed_text(
                     }
                     close
                 }
-                Route::Remote(peer) if c.direct_writes() && plain_text_set(&req).is_some() => {
-                    let (key, data, flags, exptime, noreply) =
-                        plain_text_set(&req).expect("checked");
+                Route::Remote(peer)
+                    if let Some((key, data, flags, exptime, noreply)) =
+                        plain_text_set(&req).filter(|_| c.direct_writes()) =>
+                {
                     let version = shared.store.next_version();
                     deferred.push(Deferred::Direct(Box::new(crate::routing::DirectSet {
                         at: out.len(),

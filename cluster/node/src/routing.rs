@@ -12,6 +12,7 @@
 //! either kept as it is or replaced whole by the request's error reply; nothing is written for
 //! a request twice.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -378,6 +379,8 @@ async fn direct_all(
     }
     // Per set: replicas asked (`None`: not sent directly at all).
     let mut asked: Vec<Option<usize>> = Vec::with_capacity(items.len());
+    // The batch's owners, routable or not (`None`).
+    let mut peers: HashMap<String, Option<Arc<Peer>>> = HashMap::new();
     for (i, (_, d)) in items.iter().enumerate() {
         let o = l.owners_of_partition(d.partition);
         let primary_owns = o.current.iter().any(|&n| l.node(n).addr == d.peer.addr);
@@ -390,8 +393,13 @@ async fn direct_all(
             .iter()
             .map(|&n| l.node(n).addr.as_str())
             .filter(|a| *a != d.peer.addr && *a != cluster.addr)
-            .map(|a| cluster.peer(a))
-            .filter(|p| p.routable())
+            .filter_map(|a| {
+                // Looked up once per owner and batch, not once per set.
+                peers
+                    .entry(a.to_string())
+                    .or_insert_with(|| Some(cluster.peer(a)).filter(|p| p.routable()))
+                    .clone()
+            })
             .take(need.saturating_sub(1))
             .collect();
         if replicas.len() + 1 < need {
@@ -419,23 +427,20 @@ async fn direct_all(
         let c = cluster.clone();
         set.spawn(async move {
             // Request order: sets and forwards by their place in the client's batch.
-            let mut order: Vec<(Slot, Option<Target>, Option<usize>)> = list
+            let mut order: Vec<(Slot, Entry)> = list
                 .iter()
-                .map(|&t| (items[t.0].0, Some(t), None))
-                .chain(pieces.iter().enumerate().map(|(j, p)| (p.k, None, Some(j))))
+                .map(|&(i, primary)| (items[i].0, Entry::Put(i, primary)))
+                .chain(pieces.iter().map(|p| (p.k, Entry::Forward)))
                 .collect();
             order.sort_by_key(|o| o.0);
             let mut p = peer.forwards.pipeline();
-            let mut put_at = Vec::with_capacity(list.len());
-            let mut piece_at = Vec::with_capacity(pieces.len());
-            for (n, (_, put, piece)) in order.iter().enumerate() {
-                if let Some(j) = piece {
-                    piece_at.push(n);
-                    push_pieces(&c, &peer, &mut p, std::slice::from_ref(&pieces[*j]));
+            let mut next_piece = pieces.iter();
+            for (_, e) in &order {
+                let Entry::Put(i, primary) = *e else {
+                    let piece = next_piece.next().expect("one entry per piece");
+                    push_pieces(&c, &peer, &mut p, std::slice::from_ref(piece));
                     continue;
-                }
-                let Some((i, primary)) = *put else { continue };
-                put_at.push((n, i, primary));
+                };
                 let d = &items[i].1;
                 p.push(
                     Op::Put,
@@ -454,29 +459,30 @@ async fn direct_all(
                     },
                 );
             }
-            let run = p.run().await;
-            // Split the replies: the sets' here, the forwards' to `piece_results`.
-            let (mut put_replies, piece_replies) = match run {
+            // The replies in the same order: the sets' here, the forwards' to
+            // `piece_results` (which also takes a failed run as it is).
+            let mut sets = Vec::with_capacity(list.len());
+            let piece_replies = match p.run().await {
                 Ok(all) => {
-                    let mut slots: Vec<Option<Result<k2hdkc_client::Reply, _>>> =
-                        all.into_iter().map(Some).collect();
-                    let puts: Vec<_> = put_at
-                        .iter()
-                        .map(|&(n, _, _)| slots.get_mut(n).and_then(Option::take))
-                        .collect();
-                    let rest = piece_at
-                        .iter()
-                        .filter_map(|&n| slots.get_mut(n).and_then(Option::take))
-                        .collect();
-                    (puts, Ok(rest))
+                    let mut all = all.into_iter();
+                    let mut forwarded = Vec::with_capacity(pieces.len());
+                    for (_, e) in &order {
+                        let r = all.next();
+                        match *e {
+                            Entry::Put(i, primary) => sets.push((i, primary, r)),
+                            Entry::Forward => forwarded.extend(r),
+                        }
+                    }
+                    Ok(forwarded)
                 }
-                Err(e) => (Vec::new(), Err(e)),
+                Err(e) => {
+                    sets.extend(list.iter().map(|&(i, primary)| (i, primary, None)));
+                    Err(e)
+                }
             };
-            put_replies.resize_with(put_at.len(), || None);
-            let sets = put_at
-                .iter()
-                .zip(put_replies)
-                .map(|(&(_, i, primary), r)| {
+            let sets = sets
+                .into_iter()
+                .map(|(i, primary, r)| {
                     let (ok, seen) = match r {
                         Some(Ok(r)) => (
                             r.status() == Some(Status::Ok),
@@ -560,6 +566,14 @@ type Target = (usize, bool);
 
 /// What one pipeline to one owner carries: its gateway sets and the batch's forwards.
 type PeerBatch = (Arc<Peer>, Vec<Target>, Vec<Piece>);
+
+/// One request of a [`PeerBatch`] in request order: a gateway set (its place in the list, and
+/// whether to its primary), or the next forward.
+#[derive(Clone, Copy)]
+enum Entry {
+    Put(usize, bool),
+    Forward,
+}
 
 /// A storage expiry as the native protocol carries it.
 fn wire_expiry(e: k2hdkc_storage::Expire) -> k2hdkc_proto::native::Expiry {

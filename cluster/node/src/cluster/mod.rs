@@ -2156,19 +2156,17 @@ impl Cluster {
         let sender = from
             .and_then(|f| std::str::from_utf8(f).ok())
             .and_then(|f| self.note_sender(f));
-        let direct_matches = match &sender {
-            Some((s, inc)) if position != 0 => Some((s.clone(), *inc)),
-            _ => None,
-        };
-        let found = match &direct_matches {
-            Some(_) => self.take_direct(&changes),
-            None => Vec::new(),
+        // The primary's copies of gateway sets written here come in its stream.
+        let found = if sender.is_some() && position != 0 {
+            self.take_direct(&changes)
+        } else {
+            Vec::new()
         };
         let (n, mapped) = self
             .store
             .import_changes_mapped(changes, false)
             .map_err(|e| e.to_string())?;
-        if let Some((sender, incarnation)) = sender {
+        if let Some((sender, incarnation)) = &sender {
             let mut o = self.origins.lock().expect("lock");
             for (seq, local) in mapped {
                 let origin = if position == 0 {
@@ -2176,7 +2174,7 @@ impl Cluster {
                 } else {
                     Origin::Stream {
                         sender: sender.clone(),
-                        incarnation,
+                        incarnation: *incarnation,
                         seq,
                     }
                 };
@@ -2186,10 +2184,10 @@ impl Cluster {
                 o.pop_first();
             }
         }
-        if let Some((sender, inc)) = direct_matches
+        if let Some((sender, inc)) = &sender
             && !found.is_empty()
         {
-            self.settle_direct(found, &sender, inc);
+            self.settle_direct(found, sender, *inc);
         }
         self.stats.imported.fetch_add(n as u64, Relaxed);
         Ok(n)
@@ -2336,7 +2334,8 @@ impl Cluster {
                 incarnation,
                 seq: their,
             };
-            // (`origins` is never locked while `direct_settled` is.)
+            // (`direct_settled` is locked while `origins` is, by the streams' lookups: never
+            // the other way round.)
             let now_origin = match replaced {
                 // The replacement travels as the primary's copy; the record it replaced is
                 // gone and need not.

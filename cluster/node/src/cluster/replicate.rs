@@ -565,13 +565,18 @@ pub async fn stream(cluster: Arc<Cluster>, peer: Arc<Peer>) {
             }
             // A stream a quorum counts on gathers too while no write waits for what it has
             // (gateway sets, whose quorum the gateway collects itself): until a write waits.
-            let woken = cluster.written.notified();
-            tokio::pin!(woken);
-            woken.as_mut().enable();
-            if cluster.quorum_wait.load(SeqCst) < from && tokio::time::Instant::now() < until {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(until) => {}
-                    _ = woken => {}
+            let unwaited = || cluster.quorum_wait.load(SeqCst) < from;
+            if unwaited() && tokio::time::Instant::now() < until {
+                let woken = cluster.written.notified();
+                tokio::pin!(woken);
+                woken.as_mut().enable();
+                // Checked again once listening: a write that started to wait in between
+                // notified before this could hear it.
+                if unwaited() {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(until) => {}
+                        _ = woken => {}
+                    }
                 }
                 continue;
             }
