@@ -1162,6 +1162,104 @@ fn memory_node_restart_refetches_everything() {
     }
 }
 
+/// `k2hdkc bench --join`: the load generator runs a gateway in its own process (the slave
+/// node inside the client), which joins with the cluster secret, writes the sets straight to
+/// their owners and reads through them; every preloaded key is then readable at a node, with
+/// a value the load wrote. Without the secret the embedded gateway is refused and the command
+/// says so instead of measuring nothing.
+#[test]
+fn embedded_gateway_reaches_the_owners() {
+    let dir = system_tests::test_dir();
+    let addrs: Vec<(SocketAddr, SocketAddr)> = (0..3).map(|_| (free_addr(), free_addr())).collect();
+    let seed = addrs[0].0;
+    let _procs: Vec<Proc> = (0..3)
+        .map(|i| {
+            let name = format!("n{}", i + 1);
+            let args = server_args(
+                &name,
+                &["--storage", "memory"],
+                addrs[i].0,
+                addrs[i].1,
+                seed,
+                &[],
+            );
+            let p = Proc::start(
+                &bin("k2hdkc"),
+                &args,
+                Some(&dir.path().join(format!("{name}.log"))),
+            );
+            assert!(
+                wait_listening(addrs[i].0, Duration::from_secs(10)),
+                "{name}"
+            );
+            p
+        })
+        .collect();
+    form_cluster(seed, 3);
+    let bench = |secret_file: &Path| {
+        Command::new(bin("k2hdkc"))
+            .args(["bench", "--join", &seed.to_string(), "--secret-file"])
+            .arg(secret_file)
+            .args([
+                "--keys",
+                "300",
+                "--requests",
+                "3000",
+                "-c",
+                "2",
+                "-p",
+                "4",
+                "--ratio",
+                "1:1",
+                "--json",
+            ])
+            .output()
+            .expect("run k2hdkc bench")
+    };
+    let before: u64 = addrs
+        .iter()
+        .map(|a| counter(&node_stats(a.0), "direct_puts"))
+        .sum();
+    let out = bench(secret());
+    assert!(
+        out.status.success(),
+        "bench --join failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bench JSON");
+    assert!(j["ops"].as_u64().unwrap_or(0) >= 3000, "{j}");
+    assert_eq!(j["addr"], "embedded gateway", "{j}");
+    // Every key was preloaded, so every get hits.
+    assert_eq!(j["get_hit_ratio"].as_f64(), Some(1.0), "{j}");
+    let after: u64 = addrs
+        .iter()
+        .map(|a| counter(&node_stats(a.0), "direct_puts"))
+        .sum();
+    // Preload (300) and about half of 3000 (at random) are sets, each written to two owners
+    // directly.
+    assert!(
+        after - before >= 2 * (300 + 1200),
+        "direct puts {before} -> {after}"
+    );
+    let mut c = Mc::connect(addrs[1].1).expect("n2");
+    for i in (0..300).step_by(29) {
+        let v = c
+            .get(&format!("{i:0>16}"))
+            .expect("get")
+            .unwrap_or_default();
+        assert!(
+            v == "v".repeat(100) || v == "x".repeat(100),
+            "key {i}: {v:?}"
+        );
+    }
+    let wrong = dir.path().join("wrong-secret");
+    std::fs::write(&wrong, "not-the-secret-of-this-cluster-at-all\n").expect("write");
+    let out = bench(&wrong);
+    assert!(!out.status.success(), "bench with a wrong secret succeeded");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("could not reach"), "{err}");
+}
+
 /// Mutual TLS on the native port: nodes, the gateway and `ctl` present certificates from the
 /// cluster CA; `ctl` without a certificate, or with one from another CA, is refused during the
 /// handshake, and memcached clients of the gateway notice nothing. Needs the `openssl` command

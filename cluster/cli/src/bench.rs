@@ -36,7 +36,19 @@ pub enum Protocol {
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
     /// Server address (of the chosen protocol's listener).
-    pub addr: SocketAddr,
+    #[arg(required_unless_present = "join")]
+    pub addr: Option<SocketAddr>,
+    /// Instead of ADDR: run a gateway inside this process (K2HDKC's slave node in the client's
+    /// own process) that joins the cluster through this node's native address, and send the
+    /// load to it over in-process connections (repeatable, or comma-separated).
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["addr", "tls_ca"])]
+    pub join: Vec<String>,
+    /// The cluster secret, for --join.
+    #[arg(long, requires = "join")]
+    pub secret_file: Option<std::path::PathBuf>,
+    /// With --join: send every set through the key's primary, not to the owners directly.
+    #[arg(long, requires = "join")]
+    pub no_direct_writes: bool,
     /// Protocol to speak.
     #[arg(long, value_enum, default_value_t = Protocol::Memcached)]
     pub protocol: Protocol,
@@ -84,11 +96,58 @@ pub struct BenchArgs {
     pub tls_key: Option<std::path::PathBuf>,
 }
 
-/// Connect (and handshake, with `--tls-ca`).
-async fn connect(a: &BenchArgs) -> anyhow::Result<Sock> {
-    let s = TcpStream::connect(a.addr)
+/// Where the load goes.
+enum Target {
+    /// A server's listener.
+    Tcp(SocketAddr),
+    /// A gateway in this process (`--join`).
+    Embedded(k2hdkc_node::Server),
+}
+
+impl Target {
+    fn describe(&self) -> String {
+        match self {
+            Target::Tcp(a) => a.to_string(),
+            Target::Embedded(_) => "embedded gateway".into(),
+        }
+    }
+}
+
+/// Start the embedded gateway of `--join` and wait until it can route every key.
+async fn embedded_gateway(a: &BenchArgs) -> anyhow::Result<k2hdkc_node::Server> {
+    let mut c = k2hdkc_node::ServerConfig::default();
+    c.cluster.gateway = true;
+    c.cluster.join = a.join.clone();
+    c.cluster.secret_file = a.secret_file.clone();
+    c.cluster.direct_writes = !a.no_direct_writes;
+    c.storage.mode = k2hdkc_node::StorageMode::Memory;
+    c.listen.memcached = None;
+    // Peers never call a gateway; it needs a native address only as its identity.
+    c.listen.native = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    c.limits.threads = a.threads;
+    c.limits.max_connections = c.limits.max_connections.max(a.connections + 1);
+    let server = k2hdkc_node::Server::start(c)
         .await
-        .with_context(|| format!("connect {}", a.addr))?;
+        .context("embedded gateway")?;
+    if !server.wait_routable(Duration::from_secs(15)).await {
+        let _ = server.shutdown().await;
+        bail!(
+            "the embedded gateway could not reach an owner of every partition through {} within 15 s (is the cluster attached, and is the secret file the cluster's?)",
+            a.join.join(",")
+        );
+    }
+    Ok(server)
+}
+
+/// Connect (and handshake, with `--tls-ca`).
+async fn connect(a: &BenchArgs, target: &Target) -> anyhow::Result<Sock> {
+    let addr = match target {
+        Target::Tcp(addr) => *addr,
+        Target::Embedded(server) => return Ok(Box::new(server.connect_local())),
+    };
+    let s = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connect {addr}"))?;
     s.set_nodelay(true)?;
     let Some(ca) = &a.tls_ca else {
         return Ok(Box::new(s));
@@ -99,7 +158,7 @@ async fn connect(a: &BenchArgs) -> anyhow::Result<Sock> {
     let t = c
         .connect(s)
         .await
-        .map_err(|e| anyhow::anyhow!("{}: {e}", a.addr))?;
+        .map_err(|e| anyhow::anyhow!("{addr}: {e}"))?;
     Ok(Box::new(t))
 }
 
@@ -238,8 +297,8 @@ struct Totals {
     gets: AtomicU64,
 }
 
-async fn preload(a: &BenchArgs) -> anyhow::Result<()> {
-    let mut s = connect(a).await?;
+async fn preload(a: &BenchArgs, target: &Target) -> anyhow::Result<()> {
+    let mut s = connect(a, target).await?;
     let value = vec![b'v'; a.value_size];
     let mut buf = Vec::new();
     let mut pos = 0;
@@ -267,12 +326,13 @@ async fn preload(a: &BenchArgs) -> anyhow::Result<()> {
 
 async fn worker(
     a: Arc<BenchArgs>,
+    target: Arc<Target>,
     seed: u64,
     until: Instant,
     t: Arc<Totals>,
 ) -> anyhow::Result<Vec<u32>> {
     let (sets, gets) = parse_ratio(&a.ratio)?;
-    let mut s = connect(&a).await?;
+    let mut s = connect(&a, &target).await?;
     let mut rng = fastrand::Rng::with_seed(seed);
     let value = vec![b'x'; a.value_size];
     let mut buf = Vec::with_capacity(1 << 16);
@@ -347,12 +407,24 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     if a.requests == Some(0) {
         bail!("--requests must be positive");
     }
+    let target = Arc::new(match a.addr {
+        Some(addr) => Target::Tcp(addr),
+        None => Target::Embedded(embedded_gateway(&a).await?),
+    });
+    let r = drive(a, target.clone()).await;
+    if let Ok(Target::Embedded(server)) = Arc::try_unwrap(target) {
+        let _ = server.shutdown().await;
+    }
+    r
+}
+
+async fn drive(a: BenchArgs, target: Arc<Target>) -> anyhow::Result<()> {
     if !a.no_preload {
         eprintln!(
             "preloading {} keys of {} bytes with {}-byte values ...",
             a.keys, a.key_size, a.value_size
         );
-        preload(&a).await?;
+        preload(&a, &target).await?;
     }
     let a = Arc::new(a);
     let t = Arc::new(Totals {
@@ -364,7 +436,15 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let start = Instant::now();
     let until = start + Duration::from_secs(a.duration);
     let tasks: Vec<_> = (0..a.connections)
-        .map(|i| tokio::spawn(worker(a.clone(), 0x5eed + i as u64, until, t.clone())))
+        .map(|i| {
+            tokio::spawn(worker(
+                a.clone(),
+                target.clone(),
+                0x5eed + i as u64,
+                until,
+                t.clone(),
+            ))
+        })
         .collect();
     let mut last = 0;
     let finished = || tasks.iter().all(|t| t.is_finished());
@@ -402,7 +482,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let ops = t.ops.load(Ordering::Relaxed);
     let gets = t.gets.load(Ordering::Relaxed);
     let report = serde_json::json!({
-        "addr": a.addr.to_string(),
+        "addr": target.describe(),
         "protocol": format!("{:?}", a.protocol).to_lowercase(),
         "threads": a.threads,
         "connections": a.connections,

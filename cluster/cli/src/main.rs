@@ -327,10 +327,20 @@ fn main() -> anyhow::Result<()> {
             small_runtime()?.block_on(cluster_cmds::dev_cluster(a))?
         }
         Cmd::Bench(a) => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(a.threads.max(1))
-                .enable_all()
-                .build()?;
+            if !a.join.is_empty() {
+                // The embedded gateway's warnings (a refused join, say) say why it cannot route.
+                init_tracing("human", "warn");
+            }
+            // An embedded gateway on one thread shares a current-thread runtime with the load,
+            // as a gateway daemon with `--threads 1` does: a request then crosses no thread.
+            let mut b = if a.threads == 1 && !a.join.is_empty() {
+                tokio::runtime::Builder::new_current_thread()
+            } else {
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                b.worker_threads(a.threads.max(1));
+                b
+            };
+            let rt = b.enable_all().build()?;
             rt.block_on(bench::run(a))?;
         }
         Cmd::Shell(a) => {

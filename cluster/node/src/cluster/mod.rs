@@ -626,6 +626,14 @@ impl Cluster {
             .unwrap_or_else(|| Route::Unavailable(format!("every owner of partition {p} is down")))
     }
 
+    /// Whether the layout is known and every partition has somewhere to run now.
+    pub fn routes_everything(&self) -> bool {
+        let l = self.layout();
+        l.version > 0
+            && (0..PARTITIONS)
+                .all(|p| !matches!(self.route_partition(&l, p), Route::Unavailable(_)))
+    }
+
     /// Whether this node is catching up (and so leads nothing).
     pub fn catching_up(&self) -> bool {
         self.catching_up.load(SeqCst)
