@@ -200,12 +200,13 @@ async fn read_reply(
             buf.drain(..*pos);
             *pos = 0;
         }
-        let mut chunk = [0u8; 65536];
-        let n = s.read(&mut chunk).await?;
+        // Into the buffer's spare room: a zeroed chunk per read would cost more than the
+        // reply.
+        buf.reserve(64 << 10);
+        let n = s.read_buf(buf).await?;
         if n == 0 {
             bail!("server closed the connection");
         }
-        buf.extend_from_slice(&chunk[..n]);
     }
 }
 
