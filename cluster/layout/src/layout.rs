@@ -163,6 +163,11 @@ pub struct Owners<'a> {
 }
 
 impl Owners<'_> {
+    /// Whether `node` is in the [`Owners::write_set`] (without building it).
+    pub fn writes_to(&self, node: NodeIdx) -> bool {
+        self.current.contains(&node) || self.previous.is_some_and(|p| p.contains(&node))
+    }
+
     /// Every node a write must reach: current owners, then previous ones not among them.
     pub fn write_set(&self) -> Vec<NodeIdx> {
         let mut all = self.current.to_vec();

@@ -2232,11 +2232,7 @@ impl Cluster {
                 .nodes
                 .iter()
                 .position(|n| n.addr == self.addr)
-                .is_some_and(|me| {
-                    l.owners_of_partition(p)
-                        .write_set()
-                        .contains(&(me as NodeIdx))
-                });
+                .is_some_and(|me| l.owners_of_partition(p).writes_to(me as NodeIdx));
             if !owns {
                 return fail(
                     Status::Unavailable,
