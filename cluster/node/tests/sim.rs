@@ -291,6 +291,7 @@ async fn check(
     nodes: Vec<SocketAddr>,
     history: Arc<Mutex<History>>,
     go: Arc<AtomicBool>,
+    gone: Option<String>,
 ) -> turmoil::Result {
     while !go.load(Ordering::SeqCst) {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -300,6 +301,41 @@ async fn check(
         let keys: Vec<String> = h.acked.keys().chain(h.maybe.keys()).cloned().collect();
         (h.violations.clone(), keys)
     };
+    if let Some(gone) = &gone {
+        // The detached node is out of service and no data moves any more (bounded). It may
+        // be back as a recognised node: one crashed after it left restarts empty and, as its
+        // `--join` says, asks to be added again (SERVICE OUT, holding nothing).
+        let c = client(nodes[0]);
+        let mut settled = false;
+        let mut last = Json::Null;
+        for _ in 0..240 {
+            if let Ok(s) = control(&c, json!({"method": "status"})).await {
+                let serving: Vec<&str> = s["nodes"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter(|n| n["ring"] == "SERVICE IN")
+                            .filter_map(|n| n["name"].as_str())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if s["moving"] == false
+                    && !serving.contains(&gone.as_str())
+                    && serving.len() == NODES
+                {
+                    settled = true;
+                    break;
+                }
+                last = s;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        if !settled {
+            problems.push(format!(
+                "{gone} is still in service, or data still moves: {last}"
+            ));
+        }
+    }
     for &addr in &nodes {
         let c = client(addr);
         for key in &keys {
@@ -388,6 +424,16 @@ enum Fault {
 /// A simulation with the three server nodes as hosts n1..n3: (the simulation, host names,
 /// native addresses).
 fn nodes_sim<'a>(seed: u64, secs: u64) -> (turmoil::Sim<'a>, Vec<String>, Vec<SocketAddr>) {
+    nodes_sim_late(seed, secs, None)
+}
+
+/// [`nodes_sim`], and with `late` a fourth server node, n4, which starts (and joins) once the
+/// flag is set.
+fn nodes_sim_late<'a>(
+    seed: u64,
+    secs: u64,
+    late: Option<Arc<AtomicBool>>,
+) -> (turmoil::Sim<'a>, Vec<String>, Vec<SocketAddr>) {
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
         .simulation_duration(Duration::from_secs(secs))
@@ -395,18 +441,28 @@ fn nodes_sim<'a>(seed: u64, secs: u64) -> (turmoil::Sim<'a>, Vec<String>, Vec<So
         .max_message_latency(Duration::from_millis(4))
         .tcp_capacity(1 << 16)
         .build();
-    let names: Vec<String> = (0..NODES).map(|i| format!("n{}", i + 1)).collect();
+    let hosts = NODES + usize::from(late.is_some());
+    let names: Vec<String> = (0..hosts).map(|i| format!("n{}", i + 1)).collect();
     for (i, name) in names.iter().enumerate() {
-        sim.host(name.as_str(), move || async move {
-            let ip = turmoil::lookup(format!("n{}", i + 1));
-            let seed_ip = turmoil::lookup("n1");
-            let env = Env {
-                net: net(),
-                clock: Some(Arc::new(SimClock)),
-            };
-            let _server = Server::start_with(node_config(i, ip, seed_ip), env).await?;
-            std::future::pending::<()>().await;
-            Ok(())
+        let gate = late.clone().filter(|_| i == NODES);
+        sim.host(name.as_str(), move || {
+            let gate = gate.clone();
+            async move {
+                if let Some(g) = gate {
+                    while !g.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                let ip = turmoil::lookup(format!("n{}", i + 1));
+                let seed_ip = turmoil::lookup("n1");
+                let env = Env {
+                    net: net(),
+                    clock: Some(Arc::new(SimClock)),
+                };
+                let _server = Server::start_with(node_config(i, ip, seed_ip), env).await?;
+                std::future::pending::<()>().await;
+                Ok(())
+            }
         });
     }
     let nodes: Vec<SocketAddr> = names
@@ -416,9 +472,14 @@ fn nodes_sim<'a>(seed: u64, secs: u64) -> (turmoil::Sim<'a>, Vec<String>, Vec<So
     (sim, names, nodes)
 }
 
-/// Run one seed; returns a line describing the run, or the checker's findings.
-fn run_seed(seed: u64) -> Result<String, String> {
-    let (mut sim, names, nodes) = nodes_sim(seed, LOAD_SECS + 180);
+/// Run one seed; returns a line describing the run, or the checker's findings. With
+/// `movements`, data moves under the load and the faults too: a fourth node starts 6 s into
+/// the load and is attached, and 22 s in one of the first three (drawn from the seed) is
+/// detached; the check then reads through the nodes left.
+fn run_seed(seed: u64, movements: bool) -> Result<String, String> {
+    let late = movements.then(|| Arc::new(AtomicBool::new(false)));
+    let (mut sim, names, nodes) = nodes_sim_late(seed, LOAD_SECS + 180, late.clone());
+    let leaving = movements.then(|| fastrand::Rng::with_seed(seed ^ 0x5eed).usize(..NODES));
     // A gateway (K2HDKC's slave): holds nothing, routes every request to its primary. It is
     // never crashed itself, but cutting a node off cuts it from the gateway too.
     sim.host("gw", || async {
@@ -434,11 +495,19 @@ fn run_seed(seed: u64) -> Result<String, String> {
         std::future::pending::<()>().await;
         Ok(())
     });
-    // What the clients talk to: every node, and the gateway.
+    // What the clients talk to: every node (the late one fails until it started), and the
+    // gateway.
     let targets: Vec<SocketAddr> = nodes
         .iter()
         .copied()
         .chain([SocketAddr::new(sim.lookup("gw"), PORT)])
+        .collect();
+    // What the checker reads through: the nodes the cluster has at the end, and the gateway.
+    let final_targets: Vec<SocketAddr> = targets
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| Some(*i) != leaving)
+        .map(|(_, a)| *a)
         .collect();
     let history = Arc::new(Mutex::new(History::default()));
     let ready = Arc::new(AtomicBool::new(false));
@@ -448,6 +517,66 @@ fn run_seed(seed: u64) -> Result<String, String> {
             form(&nodes).await?;
             client(nodes[0]).set(b"ctr", b"0").await?;
             ready.store(true, Ordering::SeqCst);
+            Ok(())
+        });
+    }
+    let movement_log = Arc::new(Mutex::new(Vec::<String>::new()));
+    if let (Some(gate), Some(leaving)) = (late.clone(), leaving) {
+        let (nodes, ready, log) = (nodes.clone(), ready.clone(), movement_log.clone());
+        sim.client("admin", async move {
+            while !ready.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let start = tokio::time::Instant::now();
+            let note = |m: String| {
+                let t = turmoil::sim_elapsed().unwrap_or_default();
+                log.lock()
+                    .unwrap()
+                    .push(format!("{:.1}s {m}", t.as_secs_f64()));
+            };
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            gate.store(true, Ordering::SeqCst);
+            let change = |ch: Change| json!({"method": "change", "change": ch});
+            // Through any node that answers (a fault may have one down or cut off).
+            let ask = |req: Json| {
+                let nodes = nodes.clone();
+                async move {
+                    let mut last = String::new();
+                    for attempt in 0..120 {
+                        let c = client(nodes[attempt % NODES]);
+                        match control(&c, req.clone()).await {
+                            Ok(j) => return Ok(j),
+                            Err(e) => last = e,
+                        }
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                    Err(last)
+                }
+            };
+            let mut recognised = false;
+            for _ in 0..200 {
+                if let Ok(s) = ask(json!({"method": "status"})).await
+                    && s["nodes"].as_array().map_or(0, Vec::len) == NODES + 1
+                {
+                    recognised = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if !recognised {
+                note("n4 was not recognised".into());
+                return Ok(());
+            }
+            match ask(change(Change::Attach { names: vec![] })).await {
+                Ok(_) => note("attached n4".into()),
+                Err(e) => note(format!("attach failed: {e}")),
+            }
+            tokio::time::sleep_until(start + Duration::from_secs(22)).await;
+            let name = format!("n{}", leaving + 1);
+            match ask(change(Change::Detach { name: name.clone() })).await {
+                Ok(_) => note(format!("detaching {name}")),
+                Err(e) => note(format!("detach of {name} failed: {e}")),
+            }
             Ok(())
         });
     }
@@ -482,6 +611,7 @@ fn run_seed(seed: u64) -> Result<String, String> {
             .map(|(_, n)| n.clone())
             .chain(workers.iter().cloned())
             .chain(["gw".to_string()])
+            .chain(movements.then(|| "admin".to_string()))
             .collect()
     };
     let mut load_start: Option<Duration> = None;
@@ -489,8 +619,9 @@ fn run_seed(seed: u64) -> Result<String, String> {
     let mut active: Option<(u64, Fault)> = None;
     let go = Arc::new(AtomicBool::new(false));
     {
-        let (targets, history, go) = (targets.clone(), history.clone(), go.clone());
-        sim.client("checker", check(targets, history, go));
+        let (targets, history, go) = (final_targets.clone(), history.clone(), go.clone());
+        let gone = leaving.map(|i| format!("n{}", i + 1));
+        sim.client("checker", check(targets, history, go, gone));
     }
     let mut checker_started = false;
     loop {
@@ -558,14 +689,20 @@ fn run_seed(seed: u64) -> Result<String, String> {
             h.ops
         ));
     }
+    let moved = movement_log.lock().unwrap().join(", ");
     Ok(format!(
-        "seed {seed}: {} faults {:?}; {} ops, {} failed ({:.2}%), {} increments acknowledged",
+        "seed {seed}: {} faults {:?}; {} ops, {} failed ({:.2}%), {} increments acknowledged{}",
         faults.len(),
         faults.iter().map(|f| f.2).collect::<Vec<_>>(),
         h.ops,
         h.failed,
         100.0 * h.failed as f64 / h.ops.max(1) as f64,
-        h.incrs_acked
+        h.incrs_acked,
+        if moved.is_empty() {
+            String::new()
+        } else {
+            format!("; {moved}")
+        }
     ))
 }
 
@@ -604,9 +741,31 @@ fn simulated_faults_lose_no_acknowledged_write() {
             (1..=n).collect()
         }
     };
+    run_seeds(seeds, false);
+}
+
+/// [`simulated_faults_lose_no_acknowledged_write`] while data moves: a fourth node is attached
+/// and one of the first three detached under the load and the faults.
+#[test]
+fn simulated_faults_during_attach_and_detach_lose_nothing() {
+    init_log();
+    let seeds: Vec<u64> = match std::env::var("K2HDKC_SIM_SEED") {
+        Ok(s) => vec![s.parse().expect("K2HDKC_SIM_SEED is a number")],
+        Err(_) => {
+            let n: u64 = std::env::var("K2HDKC_SIM_SEEDS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(4);
+            (1..=n).collect()
+        }
+    };
+    run_seeds(seeds, true);
+}
+
+fn run_seeds(seeds: Vec<u64>, movements: bool) {
     let mut failures = Vec::new();
     for seed in seeds {
-        match run_seed(seed) {
+        match run_seed(seed, movements) {
             Ok(line) => eprintln!("{line}"),
             Err(e) => {
                 eprintln!("seed {seed} FAILED:\n{e}");

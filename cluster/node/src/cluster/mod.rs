@@ -1796,6 +1796,20 @@ impl Cluster {
     pub async fn join(self: &Arc<Self>) {
         let seeds: Vec<String> = self.cfg.join.clone();
         let mut delay = Duration::from_millis(100);
+        // A node that keeps nothing (memory or temporary mode) cannot tell its first start
+        // from a restart: before it starts a cluster of its own, it listens a few heartbeats
+        // long for the nodes of the cluster it may have been in. They ping every node of
+        // their layout, down ones too, and a ping with a newer layout makes this node fetch
+        // it; starting a new cluster at once would let nodes join that one instead (found by
+        // the simulation: a restarted seed took in a joining node the real cluster never
+        // heard of). A node with a state directory knows: it bootstraps only on its first
+        // start.
+        let bootstrap_after = tokio::time::Instant::now()
+            + if self.state.0.is_none() {
+                Duration::from_millis(3 * self.cfg.heartbeat_ms)
+            } else {
+                Duration::ZERO
+            };
         while !self.stopping() {
             for s in &seeds {
                 if *s == self.addr {
@@ -1820,6 +1834,10 @@ impl Cluster {
                 };
                 let alone = l.nodes.is_empty() || paxos::voters(&l).iter().all(|v| *v == self.me);
                 let r = if alone && (seeds.contains(&self.addr) || !l.nodes.is_empty()) {
+                    if l.nodes.is_empty() && tokio::time::Instant::now() < bootstrap_after {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
                     self.propose(change).await
                 } else {
                     // Ask a node of the cluster to run the proposal.
