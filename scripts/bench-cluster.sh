@@ -54,7 +54,12 @@ for i in 1 2 3; do
     nodes+=($!); pids+=($!)
 done
 wait_port 21406
-sleep 1
+# Memory-mode nodes found a cluster only after listening a moment for an old one: wait until
+# all three are in the layout (bounded).
+for _ in $(seq 100); do
+    "$k2" ctl 127.0.0.1:21402 status --json 2>/dev/null | python3 -c 'import json,sys; sys.exit(len(json.load(sys.stdin)["nodes"]) != 3)' && break
+    sleep 0.1
+done
 "$k2" ctl 127.0.0.1:21402 set-replicas "$replicas" --write-quorum 2 --read-quorum 2 >/dev/null
 "$k2" ctl 127.0.0.1:21402 attach --wait >/dev/null 2>&1
 "$k2" gateway --threads "$threads" ${NO_DIRECT_WRITES:+--no-direct-writes} --join 127.0.0.1:21402 --memcached-listen 127.0.0.1:21511 --native-listen 127.0.0.1:21512 >"$work/gw.log" 2>&1 & gw=$!; pids+=($gw)
