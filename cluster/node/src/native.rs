@@ -35,6 +35,9 @@ pub(crate) fn process(shared: &Shared, buf: &[u8], out: &mut Vec<u8>, local_only
     let mut b = Batch::default();
     let m = &shared.metrics;
     let max = max_body(shared);
+    // Whether a request of this batch waits to run (`Deferred::Later`): the ones after it
+    // that would run here wait behind it.
+    let mut waiting = false;
     while b.consumed < buf.len() {
         match wire::parse_frame(&buf[b.consumed..], MAGIC_REQUEST, max) {
             FrameParse::Incomplete => break,
@@ -61,6 +64,7 @@ pub(crate) fn process(shared: &Shared, buf: &[u8], out: &mut Vec<u8>, local_only
                         frame,
                         out,
                         &mut b.deferred,
+                        &mut waiting,
                         local_only,
                     )
                 } else {
@@ -513,6 +517,7 @@ fn dispatch(
     frame: &[u8],
     out: &mut Vec<u8>,
     deferred: &mut Vec<Deferred>,
+    waiting: &mut bool,
     local_only: bool,
 ) -> bool {
     let id = header.id;
@@ -657,15 +662,17 @@ fn dispatch(
                 .deadline
                 .or_else(crate::routing::inherited_deadline)
                 .unwrap_or_else(|| c.fresh_deadline());
-            if !local_only && (c.in_takeover() || c.catching_up()) {
+            if !local_only && (c.in_takeover() || c.catching_up() || *waiting) {
                 // This node is collecting what the other owners hold (a takeover, or catching
                 // up after a start, pause or partition): run it once that is done, if that is
-                // in time.
+                // in time (and after the batch's requests before it that wait, even if the
+                // wait ended meanwhile).
                 deferred.push(Deferred::Later {
                     at: out.len(),
                     frame: frame.to_vec(),
                     deadline,
                 });
+                *waiting = true;
                 return true;
             }
             let (Some(v), Some(mode)) = (a.value, a.mode) else {
@@ -729,7 +736,8 @@ fn dispatch(
                 c.route(key)
             };
             match route {
-                Route::Local if !local_only && c.in_takeover() => {
+                Route::Local if !local_only && (c.in_takeover() || *waiting) => {
+                    *waiting = true;
                     deferred.push(Deferred::Later {
                         at: out.len(),
                         frame: frame.to_vec(),
@@ -818,6 +826,7 @@ fn dispatch(
                         at: out.len(),
                         peer,
                         partition: k2hdkc_layout::partition_of(key),
+                        key: k2hdkc_layout::key_hash(key),
                         mode: MODE_NATIVE,
                         bytes: frame.to_vec(),
                         strip_end: false,

@@ -50,6 +50,9 @@ pub(crate) enum Deferred {
         at: usize,
         peer: Arc<Peer>,
         partition: usize,
+        /// [`k2hdkc_layout::key_hash`] of the request's key (a gateway batch keeps a set and
+        /// a later request of the same key in order by it; see `direct_all`).
+        key: u64,
         mode: u8,
         bytes: Vec<u8>,
         strip_end: bool,
@@ -365,11 +368,16 @@ async fn direct_all(
     cluster: &Arc<Cluster>,
     store: &k2hdkc_storage::Store,
     items: Vec<(Slot, Box<DirectSet>)>,
-    forwards: std::collections::BTreeMap<String, (Arc<Peer>, Vec<Piece>)>,
+    forwards: Forwards,
 ) -> Vec<(Slot, Result<Vec<u8>, Piece>)> {
+    let deadline = cluster.fresh_deadline();
+    // A set whose key another request of the batch is about goes through the primary in line
+    // with it: a set written directly that then fell short would go through the primary
+    // after a later request ran there, so a read after it would miss it and an append would
+    // be lost under it (see `demote_followed`).
+    let (items, forwards) = demote_followed(items, forwards, deadline);
     let l = cluster.layout();
     let need = l.effective_write_quorum();
-    let deadline = cluster.fresh_deadline();
     // Per owner: which sets go there (and whether as their primary), and the batch's
     // forwards to it: one pipeline each, in request order, so that a read after a set of the
     // same key on one client connection runs after it at the primary.
@@ -548,6 +556,7 @@ async fn direct_all(
             .push(Piece {
                 k: *slot,
                 partition: d.partition,
+                key: k2hdkc_layout::key_hash(&d.key),
                 mode: d.mode,
                 bytes: d.bytes.clone(),
                 strip_end: false,
@@ -559,6 +568,61 @@ async fn direct_all(
         out.extend(forward_all(cluster, &peer, pieces).await);
     }
     out
+}
+
+/// Forwards by owner address: the owner and its pieces in request order.
+type Forwards = std::collections::BTreeMap<String, (Arc<Peer>, Vec<Piece>)>;
+
+/// Turn the gateway sets whose key another request of the batch is about into forwards to
+/// their primary, in request order with the batch's other forwards to it (see `direct_all`).
+fn demote_followed(
+    items: Vec<(Slot, Box<DirectSet>)>,
+    mut forwards: Forwards,
+    deadline: u64,
+) -> (Vec<(Slot, Box<DirectSet>)>, Forwards) {
+    // Requests per key: the forwards and the sets themselves. Any other request of a set's
+    // key makes it go in line: one after it would run before a fall-back; one before it
+    // could have its read check see the set at a replica first; of two sets, the first
+    // falling back would overwrite the second.
+    let keys: Vec<u64> = items
+        .iter()
+        .map(|(_, d)| k2hdkc_layout::key_hash(&d.key))
+        .collect();
+    let mut count: HashMap<u64, usize> = HashMap::new();
+    let pieces = forwards.values().flat_map(|(_, p)| p.iter().map(|p| p.key));
+    for key in pieces.chain(keys.iter().copied()) {
+        *count.entry(key).or_default() += 1;
+    }
+    let mut keep = Vec::with_capacity(items.len());
+    let mut touched = Vec::new();
+    for ((slot, d), key) in items.into_iter().zip(keys) {
+        if count.get(&key).is_none_or(|&n| n <= 1) {
+            keep.push((slot, d));
+            continue;
+        }
+        let d = *d;
+        touched.push(d.peer.addr.clone());
+        forwards
+            .entry(d.peer.addr.clone())
+            .or_insert_with(|| (d.peer.clone(), Vec::new()))
+            .1
+            .push(Piece {
+                k: slot,
+                partition: d.partition,
+                key,
+                mode: d.mode,
+                bytes: d.bytes,
+                strip_end: false,
+                error: d.error,
+                deadline,
+            });
+    }
+    for addr in touched {
+        if let Some((_, pieces)) = forwards.get_mut(&addr) {
+            pieces.sort_by_key(|p| p.k);
+        }
+    }
+    (keep, forwards)
 }
 
 /// A gateway set's place in the list, and whether it goes to that owner as to its primary.
@@ -592,6 +656,8 @@ fn wire_expiry(e: k2hdkc_storage::Expire) -> k2hdkc_proto::native::Expiry {
 pub(crate) struct Piece {
     k: Slot,
     partition: usize,
+    /// Its key's hash.
+    key: u64,
     mode: u8,
     bytes: Vec<u8>,
     strip_end: bool,
@@ -659,6 +725,8 @@ fn resolve_many<'a>(
         let mut nested: Vec<(Slot, u32, Vec<u8>, Vec<Deferred>)> = Vec::new();
         let mut directs: Vec<(Slot, Box<DirectSet>)> = Vec::new();
         let mut wrote = false;
+        // Run of the last `Deferred::Later` so far (see there).
+        let mut later_prev: Option<tokio::sync::oneshot::Receiver<()>> = None;
         for (pi, (out, mut pending)) in pieces.into_iter().enumerate() {
             pending.sort_by_key(Deferred::at);
             let mut e = Vec::with_capacity(pending.len());
@@ -682,6 +750,7 @@ fn resolve_many<'a>(
                         at,
                         peer,
                         partition,
+                        key,
                         mode,
                         bytes,
                         strip_end,
@@ -696,6 +765,7 @@ fn resolve_many<'a>(
                         f.1.push(Piece {
                             k: slot,
                             partition,
+                            key,
                             mode,
                             bytes,
                             strip_end,
@@ -777,8 +847,17 @@ fn resolve_many<'a>(
                     } => {
                         e.push((at, 0, None));
                         let sh = shared.clone();
+                        // They run in request order: each starts once the one before it has
+                        // run (its reply may still wait), as they would have without the
+                        // wait (a get after a set of its key must see it).
+                        let (ran, next) = tokio::sync::oneshot::channel::<()>();
+                        let before = later_prev.replace(next);
                         set.spawn(async move {
                             c.wait_takeover_until(deadline).await;
+                            if let Some(b) = before {
+                                let _ = b.await;
+                            }
+                            // (Dropping `ran` on an early return lets the next one go too.)
                             if c.in_takeover() || c.catching_up() {
                                 // Still not ready (cut off from the majority, say): the
                                 // sender stops waiting about now; say so instead of waiting
@@ -797,6 +876,7 @@ fn resolve_many<'a>(
                             let batch = with_deadline(Some(deadline), || {
                                 crate::native::process(&sh, &frame, &mut inner, false)
                             });
+                            let _ = ran.send(());
                             (slot, Some(resolve(&sh, inner, batch.deferred).await))
                         });
                     }

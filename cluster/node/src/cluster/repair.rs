@@ -249,6 +249,14 @@ pub async fn check(cluster: &Arc<Cluster>, reads: &[Read]) -> Vec<Verdict> {
         .stats
         .read_checks
         .fetch_add(reads.len() as u64, Relaxed);
+    // This node's versions now, before the answers import anything: an owner's copy newer
+    // than what a read saw but not newer than these was written here after the read ran (a
+    // later request of the same client batch, say); the read was current when it ran, and
+    // running it again would answer it with a write that comes after it.
+    let here: Vec<Version> = reads
+        .iter()
+        .map(|r| cluster.store.record_version(&r.key).unwrap_or_default())
+        .collect();
     let mut set = tokio::task::JoinSet::new();
     for (_, (peer, idx)) in groups {
         let c = cluster.clone();
@@ -280,7 +288,7 @@ pub async fn check(cluster: &Arc<Cluster>, reads: &[Read]) -> Vec<Verdict> {
             Ok(theirs) => {
                 let mut behind = Vec::new();
                 for ((&i, (key, mine)), their) in idx.iter().zip(&items).zip(theirs) {
-                    if their > *mine {
+                    if their > *mine && their > here[i] {
                         if verdicts[i] == Verdict::Current {
                             verdicts[i] = Verdict::Stale;
                         }
