@@ -1048,21 +1048,7 @@ fn partitioned_node_loses_nothing() {
     let _procs: Vec<Proc> = (0..3).map(start).collect();
     let seed = native(0);
     form_cluster(seed, 3);
-    let gw_mc = free_addr();
-    let _gw = Proc::start(
-        &bin("k2hdkc"),
-        &[
-            "gateway".into(),
-            "--join".into(),
-            seed.to_string(),
-            "--memcached-listen".into(),
-            gw_mc.to_string(),
-            "--secret-file".into(),
-            secret().to_string_lossy().to_string(),
-        ],
-        Some(&dir.path().join("gateway.log")),
-    );
-    assert!(wait_listening(gw_mc, Duration::from_secs(10)));
+    let (_gw, gw_mc) = start_gateway(dir.path(), seed);
     std::thread::sleep(Duration::from_millis(500));
 
     let tally = Arc::new(Mutex::new(Tally::default()));
@@ -1162,6 +1148,49 @@ fn memory_node_restart_refetches_everything() {
     }
 }
 
+/// A gateway joined through `seed` with the test secret, its memcached port listening; its
+/// log in `dir`.
+fn start_gateway(dir: &Path, seed: SocketAddr) -> (Proc, SocketAddr) {
+    let mc = free_addr();
+    let p = Proc::start(
+        &bin("k2hdkc"),
+        &[
+            "gateway".to_string(),
+            "--join".into(),
+            seed.to_string(),
+            "--memcached-listen".into(),
+            mc.to_string(),
+            "--secret-file".into(),
+            secret().to_string_lossy().into(),
+        ],
+        Some(&dir.join("gateway.log")),
+    );
+    assert!(wait_listening(mc, Duration::from_secs(10)), "gateway");
+    (p, mc)
+}
+
+/// Memory-mode nodes n1.. at `addrs` (native, memcached), joined through the first, with the
+/// test secret and `extra` arguments; logs in `dir`.
+fn memory_nodes(dir: &Path, addrs: &[(SocketAddr, SocketAddr)], extra: &[&str]) -> Vec<Proc> {
+    let mut storage = vec!["--storage", "memory"];
+    storage.extend_from_slice(extra);
+    addrs
+        .iter()
+        .enumerate()
+        .map(|(i, &(native, mc))| {
+            let name = format!("n{}", i + 1);
+            let args = server_args(&name, &storage, native, mc, addrs[0].0, &[]);
+            let p = Proc::start(
+                &bin("k2hdkc"),
+                &args,
+                Some(&dir.join(format!("{name}.log"))),
+            );
+            assert!(wait_listening(native, Duration::from_secs(10)), "{name}");
+            p
+        })
+        .collect()
+}
+
 /// `k2hdkc bench --join`: the load generator runs a gateway in its own process (the slave
 /// node inside the client), which joins with the cluster secret, writes the sets straight to
 /// their owners and reads through them; every preloaded key is then readable at a node, with
@@ -1172,29 +1201,7 @@ fn embedded_gateway_reaches_the_owners() {
     let dir = system_tests::test_dir();
     let addrs: Vec<(SocketAddr, SocketAddr)> = (0..3).map(|_| (free_addr(), free_addr())).collect();
     let seed = addrs[0].0;
-    let _procs: Vec<Proc> = (0..3)
-        .map(|i| {
-            let name = format!("n{}", i + 1);
-            let args = server_args(
-                &name,
-                &["--storage", "memory"],
-                addrs[i].0,
-                addrs[i].1,
-                seed,
-                &[],
-            );
-            let p = Proc::start(
-                &bin("k2hdkc"),
-                &args,
-                Some(&dir.path().join(format!("{name}.log"))),
-            );
-            assert!(
-                wait_listening(addrs[i].0, Duration::from_secs(10)),
-                "{name}"
-            );
-            p
-        })
-        .collect();
+    let _procs = memory_nodes(dir.path(), &addrs, &[]);
     form_cluster(seed, 3);
     let bench = |secret_file: &Path| {
         Command::new(bin("k2hdkc"))
@@ -1273,45 +1280,9 @@ fn gateway_batch_keeps_order_when_sets_go_through_the_primary() {
     let conf = conf.to_string_lossy().to_string();
     let addrs: Vec<(SocketAddr, SocketAddr)> = (0..3).map(|_| (free_addr(), free_addr())).collect();
     let seed = addrs[0].0;
-    let _procs: Vec<Proc> = (0..3)
-        .map(|i| {
-            let name = format!("n{}", i + 1);
-            let args = server_args(
-                &name,
-                &["--storage", "memory", "--config", &conf],
-                addrs[i].0,
-                addrs[i].1,
-                seed,
-                &[],
-            );
-            let p = Proc::start(
-                &bin("k2hdkc"),
-                &args,
-                Some(&dir.path().join(format!("{name}.log"))),
-            );
-            assert!(
-                wait_listening(addrs[i].0, Duration::from_secs(10)),
-                "{name}"
-            );
-            p
-        })
-        .collect();
+    let _procs = memory_nodes(dir.path(), &addrs, &["--config", &conf]);
     form_cluster(seed, 3);
-    let gw_mc = free_addr();
-    let _gw = Proc::start(
-        &bin("k2hdkc"),
-        &[
-            "gateway".to_string(),
-            "--join".into(),
-            seed.to_string(),
-            "--memcached-listen".into(),
-            gw_mc.to_string(),
-            "--secret-file".into(),
-            secret().to_string_lossy().into(),
-        ],
-        Some(&dir.path().join("gateway.log")),
-    );
-    assert!(wait_listening(gw_mc, Duration::from_secs(10)), "gateway");
+    let (_gw, gw_mc) = start_gateway(dir.path(), seed);
     let mut c = Mc::connect(gw_mc).expect("gateway");
     // The gateway may need a moment to learn the layout.
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -731,17 +731,7 @@ fn init_log() {
 #[test]
 fn simulated_faults_lose_no_acknowledged_write() {
     init_log();
-    let seeds: Vec<u64> = match std::env::var("K2HDKC_SIM_SEED") {
-        Ok(s) => vec![s.parse().expect("K2HDKC_SIM_SEED is a number")],
-        Err(_) => {
-            let n: u64 = std::env::var("K2HDKC_SIM_SEEDS")
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(10);
-            (1..=n).collect()
-        }
-    };
-    run_seeds(seeds, false);
+    run_seeds(seeds_from_env(10), false);
 }
 
 /// [`simulated_faults_lose_no_acknowledged_write`] while data moves: a fourth node is attached
@@ -749,17 +739,21 @@ fn simulated_faults_lose_no_acknowledged_write() {
 #[test]
 fn simulated_faults_during_attach_and_detach_lose_nothing() {
     init_log();
-    let seeds: Vec<u64> = match std::env::var("K2HDKC_SIM_SEED") {
+    run_seeds(seeds_from_env(4), true);
+}
+
+/// `K2HDKC_SIM_SEED=S` alone, else seeds 1..=`K2HDKC_SIM_SEEDS` (`default` without it).
+fn seeds_from_env(default: u64) -> Vec<u64> {
+    match std::env::var("K2HDKC_SIM_SEED") {
         Ok(s) => vec![s.parse().expect("K2HDKC_SIM_SEED is a number")],
         Err(_) => {
             let n: u64 = std::env::var("K2HDKC_SIM_SEEDS")
                 .ok()
                 .and_then(|s| s.parse().ok())
-                .unwrap_or(4);
+                .unwrap_or(default);
             (1..=n).collect()
         }
-    };
-    run_seeds(seeds, true);
+    }
 }
 
 fn run_seeds(seeds: Vec<u64>, movements: bool) {
