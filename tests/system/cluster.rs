@@ -1248,6 +1248,28 @@ fn embedded_gateway_reaches_the_owners() {
         after - before >= 2 * (300 + 1200),
         "direct puts {before} -> {after}"
     );
+    // The native protocol over the same kind of in-process connection.
+    let out = Command::new(bin("k2hdkc"))
+        .args(["bench", "--join", &seed.to_string(), "--secret-file"])
+        .arg(secret())
+        .args([
+            "--protocol",
+            "native",
+            "--keys",
+            "300",
+            "--requests",
+            "1000",
+        ])
+        .args(["-c", "2", "-p", "4", "--ratio", "1:1", "--json"])
+        .output()
+        .expect("run k2hdkc bench");
+    assert!(
+        out.status.success(),
+        "bench --join --protocol native failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bench JSON");
+    assert_eq!(j["get_hit_ratio"].as_f64(), Some(1.0), "{j}");
     let mut c = Mc::connect(addrs[1].1).expect("n2");
     for i in (0..300).step_by(29) {
         let v = c

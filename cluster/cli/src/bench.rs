@@ -143,7 +143,11 @@ async fn embedded_gateway(a: &BenchArgs) -> anyhow::Result<k2hdkc_node::Server> 
 async fn connect(a: &BenchArgs, target: &Target) -> anyhow::Result<Sock> {
     let addr = match target {
         Target::Tcp(addr) => *addr,
-        Target::Embedded(server) => return Ok(Box::new(server.connect_local())),
+        Target::Embedded(server) => {
+            return Ok(Box::new(
+                server.connect_local(a.protocol == Protocol::Native),
+            ));
+        }
     };
     let s = TcpStream::connect(addr)
         .await

@@ -285,11 +285,12 @@ impl Server {
     }
 
     /// A client connection from inside this process: the stream is served like a connection
-    /// accepted on the memcached listener (text, binary or native protocol, told apart by the
-    /// first byte), under the same limits, but crosses no socket. A gateway started this way
-    /// is K2HDKC's slave node inside the client's own process: a request reaches the owners
-    /// one process hop sooner than through a gateway daemon (`k2hdkc bench --join`).
-    pub fn connect_local(&self) -> BoxStream {
+    /// accepted on the memcached listener (text or binary memcached, told apart by the first
+    /// byte) or, with `native`, on the native one, under the same limits, but crosses no
+    /// socket. A gateway started this way is K2HDKC's slave node inside the client's own
+    /// process: a request reaches the owners one process hop sooner than through a gateway
+    /// daemon (`k2hdkc bench --join`).
+    pub fn connect_local(&self, native: bool) -> BoxStream {
         let (client, server) = tokio::io::duplex(LOCAL_PIPE_BYTES);
         let shared = self.shared.clone();
         let m = &shared.metrics;
@@ -304,7 +305,7 @@ impl Server {
         m.total_connections.fetch_add(1, Ordering::Relaxed);
         let stop = self.stop.subscribe();
         tokio::spawn(async move {
-            if let Err(e) = crate::memcached::serve(server, shared.clone(), stop, false).await {
+            if let Err(e) = crate::memcached::serve(server, shared.clone(), stop, native).await {
                 tracing::debug!(error = %e, "local connection ended with an error");
             }
             shared
