@@ -340,8 +340,10 @@ pub struct Cluster {
     direct: Mutex<HashMap<Vec<u8>, (Version, u64, u64)>>,
     /// What became of gateway sets written here as a replica once the primary's copy came:
     /// local feed position to (its origin now, when: unix ms). Streams that hold one back
-    /// look here (`Cluster::settled_origin`).
-    direct_settled: Mutex<HashMap<u64, (Origin, u64)>>,
+    /// look here (`Cluster::settled_origin`). Ordered: the lookups are of recent positions,
+    /// which a B-tree keeps together in cache where a hash table scatters them (measured: its
+    /// probes were a twentieth of a node's samples under pipelined gateway sets).
+    direct_settled: Mutex<std::collections::BTreeMap<u64, (Origin, u64)>>,
     /// The highest feed position a write quorum waits for (streams to owners a quorum counts
     /// on send at once only up to it; past it they may gather changes, see `replicate`).
     pub quorum_wait: AtomicU64,
@@ -438,7 +440,7 @@ impl Cluster {
             incarnation,
             origins: Mutex::new(Default::default()),
             direct: Mutex::new(HashMap::new()),
-            direct_settled: Mutex::new(HashMap::new()),
+            direct_settled: Mutex::new(Default::default()),
             quorum_wait: AtomicU64::new(0),
             desired: Mutex::new(None),
             takeover: AtomicBool::new(false),
