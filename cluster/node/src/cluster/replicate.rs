@@ -386,8 +386,8 @@ pub async fn stream(cluster: Arc<Cluster>, peer: Arc<Peer>) {
     let mut linger: Option<tokio::time::Instant> = None;
     let mut lazy: Option<(u64, Option<Vec<NodeIdx>>)> = None;
     // Whether the peer owns every partition, per installed layout (the same one, not only
-    // the same version) and index (see `owns_all`).
-    let mut share: Option<(Arc<Layout>, NodeIdx, bool)> = None;
+    // the same version; the peer's index follows from it: see `owns_all`).
+    let mut share: Option<(Arc<Layout>, bool)> = None;
     while !cluster.stopping() {
         let layout = cluster.layout();
         let Some(me_in_layout) = layout
@@ -515,10 +515,10 @@ pub async fn stream(cluster: Arc<Cluster>, peer: Arc<Peer>) {
                 .collect()
         };
         let all = match &share {
-            Some((l, i, all)) if Arc::ptr_eq(l, &layout) && *i == me_in_layout => *all,
+            Some((l, all)) if Arc::ptr_eq(l, &layout) => *all,
             _ => {
                 let all = owns_all(&layout, me_in_layout);
-                share = Some((layout.clone(), me_in_layout, all));
+                share = Some((layout.clone(), all));
                 all
             }
         };
