@@ -218,6 +218,11 @@ impl Plane {
             tenant_of(&c.project),
             r3_name(c)
         );
+        let slaves = format!(
+            "yrn:yahoo:::{}:role:{}/slave",
+            tenant_of(&c.project),
+            r3_name(c)
+        );
         format!(
             "{{{{#!k2hr3template }}}}\n# k2hdkc cluster {id} ({name}), rendered by K2HR3 for each reader\n\
              [GLOBAL]\nFILEVERSION = 1\nGROUP = {id}\nMODE = {mode}\nDELIVERMODE = hash\n\
@@ -225,7 +230,9 @@ impl Plane {
              MEMCACHED_PORT = 11211\nAUTOMERGE = {am}\nSSL = no\n\
              {{{{ %s% = %{role}/hosts/ip% }}}}{{{{ foreach %k% in %s% }}}}{{{{ %h% = %s%{{%k%}} }}}}\
              [SVRNODE]\nNAME = {{{{= %h%{{'host'}} }}}}\nCUK = {{{{= %h%{{'cuk'}} }}}}\n{{{{ done }}}}\
-             [SLVNODE]\nNAME = [.]*\nCTLPORT = 8031\n",
+             [SLVNODE]\nNAME = 127.0.0.1\nCTLPORT = 8031\n\
+             {{{{ %g% = %{slaves}/hosts/ip% }}}}{{{{ foreach %k% in %g% }}}}{{{{ %v% = %g%{{%k%}} }}}}\
+             [SLVNODE]\nNAME = {{{{= %v%{{'host'}} }}}}\nCTLPORT = 8031\n{{{{ done }}}}",
             id = c.id,
             name = c.name,
             rep = n - 1,

@@ -63,8 +63,8 @@ impl ServerNode {
     }
 }
 
-/// One `SLVNODE`: which client hosts may run gateways (kept for the control plane and status;
-/// gateways authenticate with the cluster secret).
+/// One `SLVNODE`: which client hosts may connect to the servers' cluster port (gateways and
+/// native clients; see [`Admission`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlaveNode {
     /// Host name, address or pattern.
@@ -749,8 +749,10 @@ fn from_doc(doc: &Json) -> Result<ChmpxConfig, ConfigError> {
     for (i, s) in list(get("SLVNODE")).iter().enumerate() {
         let path = format!("SLVNODE #{}", i + 1);
         let m = section(s, &path, &[SLVNODE_KEYS])?;
+        let name = text(&m, "NAME", &path)?.ok_or_else(|| invalid(&path, "NAME is required"))?;
+        slave_pattern(&name).map_err(|e| invalid(&path, e))?;
         slaves.push(SlaveNode {
-            name: text(&m, "NAME", &path)?.ok_or_else(|| invalid(&path, "NAME is required"))?,
+            name,
             ctlport: number(&m, "CTLPORT", &path)?,
             cuk: text(&m, "CUK", &path)?,
         });
@@ -818,6 +820,102 @@ pub fn apply_file(cfg: &mut ServerConfig) -> Result<Option<ChmpxConfig>, ConfigE
     c.apply(cfg, &sel)
         .map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))?;
     Ok(Some(c))
+}
+
+/// A `SLVNODE` `NAME` as CHMPX reads it: a POSIX extended regular expression searched for
+/// (not anchored) in the peer's names, so `[.]*` admits every host and `^10\.1\.` one subnet
+/// (a plain host name or address is taken exactly; see [`Admission`]).
+fn slave_pattern(name: &str) -> Result<regex_lite::Regex, String> {
+    regex_lite::Regex::new(name).map_err(|e| format!("NAME {name:?} is not a valid pattern: {e}"))
+}
+
+/// Which hosts may connect to a server node's cluster (native) port, as CHMPX allows: the
+/// hosts of `SVRNODE` and those matching a `SLVNODE` name.
+///
+/// Invariants: built from a validated file, with names resolved once per (re-)read, so the
+/// accept path only does set lookups and pattern searches. A peer is admitted when its
+/// address is one a `SVRNODE` host or a plain `SLVNODE` name (letters, digits, `.-_:`)
+/// resolved to, or when a `SLVNODE` pattern matches its address text (or `localhost`, for a
+/// loopback peer). Unlike CHMPX, plain names are not also searched as patterns (so
+/// `10.0.0.5` does not admit 10.0.0.50), and no reverse lookup is made (CHMPX also matches
+/// the peer's reverse-resolved name): patterns should be written over addresses.
+#[derive(Debug, Default)]
+pub struct Admission {
+    /// Addresses of the servers and of plain slave host names.
+    known: std::collections::HashSet<IpAddr>,
+    /// Slave name patterns.
+    patterns: Vec<regex_lite::Regex>,
+}
+
+impl Admission {
+    /// The hosts the description admits. Names are resolved here (a blocking lookup); one that
+    /// does not resolve admits nothing until a later read.
+    pub fn new(c: &ChmpxConfig) -> Admission {
+        let mut a = Admission::default();
+        let add_host = |a: &mut Admission, host: &str| {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            if let Ok(ip) = host.parse::<IpAddr>() {
+                a.known.insert(ip.to_canonical());
+            } else if let Ok(addrs) = (host, 0).to_socket_addrs() {
+                a.known.extend(addrs.map(|s| s.ip().to_canonical()));
+            } else {
+                tracing::warn!(host, "cannot resolve a host of the cluster description");
+            }
+        };
+        for s in &c.servers {
+            add_host(&mut a, &s.host);
+        }
+        for s in &c.slaves {
+            let plain = s
+                .name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '-' | '_' | ':'));
+            if plain {
+                // Exactly the host's addresses: as a pattern "10.0.0.5" would also match
+                // 10.0.0.50 and 110.0.0.5.
+                add_host(&mut a, &s.name);
+            } else if let Ok(p) = slave_pattern(&s.name) {
+                // Validated when the file was read.
+                a.patterns.push(p);
+            }
+        }
+        a
+    }
+
+    /// Whether a peer at `ip` may connect.
+    pub fn admits(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        if self.known.contains(&ip) {
+            return true;
+        }
+        if self.patterns.is_empty() {
+            return false;
+        }
+        let text = ip.to_string();
+        self.patterns
+            .iter()
+            .any(|p| p.is_match(&text) || (ip.is_loopback() && p.is_match("localhost")))
+    }
+}
+
+/// The admission in force on a server node: none (every host may connect) until a cluster
+/// description is read, then the latest read's.
+#[derive(Debug, Default)]
+pub struct Gate(std::sync::RwLock<Option<std::sync::Arc<Admission>>>);
+
+impl Gate {
+    /// Put a new admission in force.
+    pub fn set(&self, a: Admission) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(std::sync::Arc::new(a));
+    }
+
+    /// Whether a peer at `ip` may connect.
+    pub fn admits(&self, ip: IpAddr) -> bool {
+        match &*self.0.read().unwrap_or_else(|e| e.into_inner()) {
+            None => true,
+            Some(a) => a.admits(ip),
+        }
+    }
 }
 
 /// Whether an address belongs to this host (it can be bound).
@@ -1206,5 +1304,53 @@ K2HDKC:
             .apply(&mut gw, &SelfSelector::default())
             .unwrap();
         assert_eq!(gw.cluster.tls.unwrap().key, PathBuf::from("/g.key"));
+    }
+
+    #[test]
+    fn only_servers_and_matching_slaves_are_admitted() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // Every host, as the DBaaS and CHMPX's examples write it.
+        let any = Admission::new(&parse(INI, Syntax::Ini).unwrap());
+        for a in ["10.9.8.7", "::1", "192.168.0.1"] {
+            assert!(any.admits(ip(a)), "{a}");
+        }
+        let only = |slaves: &str| {
+            let text = INI.replace("[SLVNODE]\nNAME = [.]*\n", slaves);
+            Admission::new(&parse(&text, Syntax::Ini).unwrap())
+        };
+        // Servers (expanded names), an anchored address pattern, a plain address, localhost.
+        let a = only(
+            "[SLVNODE]\nNAME = ^192\\.168\\.1\\.\n[SLVNODE]\nNAME = 172.16.0.9\n\
+             [SLVNODE]\nNAME = ^localhost$\n",
+        );
+        for (host, admitted) in [
+            ("127.0.0.1", true),
+            ("10.0.0.3", true),
+            ("10.0.0.4", true),
+            ("10.0.0.5", false),
+            ("192.168.1.20", true),
+            ("192.168.10.1", false),
+            ("10.192.168.1", false),
+            ("172.16.0.9", true),
+            ("::ffff:172.16.0.9", true),
+            ("172.16.0.90", false),
+            ("::1", true),
+            ("127.0.0.2", true),
+            ("8.8.8.8", false),
+        ] {
+            assert_eq!(a.admits(ip(host)), admitted, "{host}");
+        }
+        // Without the localhost pattern, another loopback address is a stranger.
+        let b = only("[SLVNODE]\nNAME = ^10\\.1\\.2\\.3$\n");
+        assert!(b.admits(ip("10.1.2.3")) && b.admits(ip("127.0.0.1")));
+        assert!(!b.admits(ip("127.0.0.2")) && !b.admits(ip("10.1.2.30")));
+        // A pattern that does not compile is an error of the file, not a silent "no one".
+        let e = parse(&INI.replace("NAME = [.]*", "NAME = ([a-z"), Syntax::Ini).unwrap_err();
+        assert!(e.to_string().contains("SLVNODE #1"), "{e}");
+        // No description read yet: the gate lets everyone in; then the latest one counts.
+        let g = Gate::default();
+        assert!(g.admits(ip("8.8.8.8")));
+        g.set(only("[SLVNODE]\nNAME = ^10\\.1\\.\n"));
+        assert!(!g.admits(ip("8.8.8.8")) && g.admits(ip("10.1.0.1")));
     }
 }

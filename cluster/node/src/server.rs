@@ -54,6 +54,8 @@ pub struct Shared {
     pub tls: Option<k2hdkc_client::TlsAcceptor>,
     /// TLS of the memcached listener (`[listen.memcached_tls]`).
     pub client_tls: Option<k2hdkc_client::TlsAcceptor>,
+    /// Which hosts may connect to the native port (a server node's `SVRNODE`/`SLVNODE`).
+    pub gate: Arc<crate::chmpx::Gate>,
     shutting_down: AtomicBool,
     /// Addresses actually bound (port 0 resolved), by listener name.
     bound: std::sync::Mutex<Vec<(&'static str, SocketAddr)>>,
@@ -194,6 +196,19 @@ impl Server {
         } else {
             None
         };
+        // A server node started from a cluster description admits only its hosts to the
+        // native port (CHMPX's SVRNODE/SLVNODE), from the first connection on; a gateway's
+        // native port serves its own host's clients.
+        let gate = Arc::new(crate::chmpx::Gate::default());
+        let chmpx_file = config
+            .cluster
+            .chmpx_file
+            .clone()
+            .filter(|_| cluster.as_ref().is_some_and(|c| !c.gateway()));
+        if let Some(path) = &chmpx_file {
+            let c = crate::chmpx::load(path)?;
+            gate.set(crate::chmpx::Admission::new(&c));
+        }
         let shared = Arc::new(Shared {
             store,
             metrics: Metrics::default(),
@@ -203,6 +218,7 @@ impl Server {
             cluster: cluster.clone(),
             tls: tls_acceptor,
             client_tls,
+            gate: gate.clone(),
             shutting_down: AtomicBool::new(false),
             bound: Default::default(),
         });
@@ -238,6 +254,7 @@ impl Server {
             if let Some(path) = config.cluster.chmpx_file.clone() {
                 tokio::spawn(crate::cluster::watch_chmpx(
                     c.clone(),
+                    chmpx_file.as_ref().map(|_| gate.clone()),
                     path,
                     Duration::from_millis(config.cluster.config_poll_ms.max(100)),
                 ));
@@ -434,6 +451,12 @@ async fn accept_loop(
             tokio::spawn(reject(sock));
             continue;
         }
+        if matches!(proto, Proto::Native) && !shared.gate.admits(peer.ip()) {
+            m.rejected_connections.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, "refused a host not listed in SVRNODE or SLVNODE");
+            tokio::spawn(refuse(sock, shared.tls.is_some()));
+            continue;
+        }
         m.curr_connections.fetch_add(1, Ordering::Relaxed);
         m.total_connections.fetch_add(1, Ordering::Relaxed);
         let shared = shared.clone();
@@ -479,6 +502,31 @@ async fn reject(mut sock: BoxStream) {
     let _ = sock
         .write_all(b"SERVER_ERROR too many open connections\r\n")
         .await;
+    let _ = sock.shutdown().await;
+}
+
+/// Answer the first request of a refused native peer with `Refused`, then close (over TLS
+/// the peer could not read a plain reply: close at once).
+async fn refuse(mut sock: BoxStream, tls: bool) {
+    use k2hdkc_proto::native as wire;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if !tls {
+        let mut h = [0u8; wire::HEADER_LEN];
+        if let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_secs(5), sock.read_exact(&mut h)).await
+            && h[0] == wire::MAGIC_REQUEST
+            && let Some(header) = wire::Header::parse(&h)
+        {
+            let mut out = Vec::new();
+            wire::write_error(
+                &mut out,
+                wire::Status::Refused,
+                header.id,
+                "this host is not listed in the cluster's SVRNODE or SLVNODE",
+            );
+            let _ = sock.write_all(&out).await;
+        }
+    }
     let _ = sock.shutdown().await;
 }
 

@@ -543,3 +543,104 @@ async fn client_errors_and_reconnect() {
     drop(c);
     server.shutdown().await.unwrap();
 }
+
+/// A `Noop` from a connection whose source address is `src`: the reply, or how it failed.
+async fn noop_from(src: [u8; 4], addr: SocketAddr) -> Result<Reply, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    s.bind(SocketAddr::from((src, 0)))
+        .map_err(|e| e.to_string())?;
+    let mut st = s.connect(addr).await.map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    wire::write_request(&mut out, Op::Noop, 0, 7, &Args::default());
+    st.write_all(&out).await.map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    for _ in 0..100 {
+        if let FrameParse::Frame { header, body } = wire::parse_frame(&buf, MAGIC_RESPONSE, 1 << 20)
+        {
+            return Reply::decode(&header, body).map_err(|e| e.to_string());
+        }
+        match tokio::time::timeout(Duration::from_secs(5), st.read_buf(&mut buf)).await {
+            Ok(Ok(0)) => return Err("closed".into()),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err("no reply".into()),
+        }
+    }
+    Err("no whole reply".into())
+}
+
+/// A server started from a CHMPX description admits to its native port only the hosts of
+/// SVRNODE and those SLVNODE's names match, answers a stranger's first request with
+/// `Refused`, and follows a rewritten file (a broken one changes nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_listed_hosts_reach_a_server_started_from_a_cluster_description() {
+    let dir = tempfile::tempdir().unwrap();
+    let free = || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let (port, ctl) = (free(), free());
+    let conf = dir.path().join("cluster.ini");
+    let write = |slave: &str| {
+        let text = format!(
+            "[GLOBAL]\nFILEVERSION = 1\nGROUP = gate\nMODE = SERVER\nREPLICA = 0\n\
+             [SVRNODE]\nNAME = 127.0.0.1\nPORT = {port}\nCTLPORT = {ctl}\nCUSTOM_ID_SEED = n1\n\
+             [SLVNODE]\nNAME = {slave}\n"
+        );
+        let tmp = conf.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &conf).unwrap();
+    };
+    write(r"^127\.0\.0\.3$");
+    let mut c = ServerConfig::default();
+    c.cluster.chmpx_file = Some(conf.clone());
+    c.cluster.self_ctlport = Some(ctl);
+    c.cluster.config_poll_ms = 100;
+    k2hdkc_node::chmpx::apply_file(&mut c).unwrap();
+    let server = Server::start(c).await.unwrap();
+    let addr = server.addr("native").unwrap();
+    let status = |r: &Result<Reply, String>| r.as_ref().map(|r| r.status).unwrap_or(u8::MAX);
+    let (ok, refused) = (Status::Ok as u8, Status::Refused as u8);
+
+    // The server's own host (SVRNODE) and the listed slave are served; another is not.
+    assert_eq!(status(&noop_from([127, 0, 0, 1], addr).await), ok);
+    assert_eq!(status(&noop_from([127, 0, 0, 3], addr).await), ok);
+    let r = noop_from([127, 0, 0, 2], addr).await;
+    assert_eq!(status(&r), refused, "{r:?}");
+    let m = r.unwrap().message.unwrap_or_default();
+    assert!(m.contains("SLVNODE"), "{m}");
+    let c = client(addr).await;
+    // The node forms its one-node cluster in the background.
+    let mut stored = Err(ClientError::Closed);
+    for _ in 0..200 {
+        stored = c.set(b"k", b"v").await;
+        if stored.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stored.unwrap();
+
+    // A rewritten file moves the admission within a few polls.
+    write(r"^127\.0\.0\.2$");
+    let mut moved = false;
+    for _ in 0..100 {
+        if status(&noop_from([127, 0, 0, 2], addr).await) == ok {
+            moved = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(moved, "127.0.0.2 was not admitted after the file changed");
+    assert_eq!(status(&noop_from([127, 0, 0, 3], addr).await), refused);
+
+    // A file whose pattern does not compile changes nothing.
+    write("([a-z");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(status(&noop_from([127, 0, 0, 2], addr).await), ok);
+    assert_eq!(status(&noop_from([127, 0, 0, 3], addr).await), refused);
+    assert_eq!(c.get(b"k").await.unwrap().unwrap().value, b"v");
+    drop(c);
+    server.shutdown().await.unwrap();
+}

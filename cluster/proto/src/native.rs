@@ -193,6 +193,8 @@ code_enum! {
         Unavailable = 12,
         /// An internal failure (I/O, corrupt data).
         ServerError = 13,
+        /// This host may not connect (not listed in the cluster's `SVRNODE` or `SLVNODE`).
+        Refused = 14,
     }
 }
 

@@ -1812,18 +1812,26 @@ impl Cluster {
             } else {
                 Duration::ZERO
             };
+        let mut attempt = 0u64;
         while !self.stopping() {
+            attempt += 1;
+            let mut why = Vec::new();
             for s in &seeds {
                 if *s == self.addr {
                     continue;
                 }
-                if self.fetch_layout(s).await.is_ok() {
-                    break;
+                match self.fetch_layout(s).await {
+                    Ok(_) => break,
+                    Err(e) => why.push(format!("{s}: {e}")),
                 }
             }
             if self.gateway() {
                 if !self.layout().nodes.is_empty() {
                     return;
+                }
+                // Say why now and then (a refused host, a wrong secret, nothing listening).
+                if attempt % 8 == 3 {
+                    tracing::warn!(errors = %why.join("; "), "no cluster node answered yet; retrying");
                 }
             } else {
                 let l = self.layout();
@@ -2466,7 +2474,14 @@ impl Cluster {
 
 /// Follow a CHMPX-style file: hand what it asks for to the cluster now and whenever its
 /// contents change. A file that does not validate changes nothing (and says why, once).
-pub async fn watch_chmpx(cluster: Arc<Cluster>, path: std::path::PathBuf, every: Duration) {
+///
+/// `gate`, on a server node, gets the hosts each new description admits.
+pub async fn watch_chmpx(
+    cluster: Arc<Cluster>,
+    gate: Option<Arc<crate::chmpx::Gate>>,
+    path: std::path::PathBuf,
+    every: Duration,
+) {
     let mut last: Option<Vec<u8>> = None;
     while !cluster.stopping() {
         // A small file: a blocking read is shorter than handing it to another thread.
@@ -2476,6 +2491,17 @@ pub async fn watch_chmpx(cluster: Arc<Cluster>, path: std::path::PathBuf, every:
                 let syntax = crate::chmpx::Syntax::guess(Some(&path), &text);
                 match crate::chmpx::parse(&text, syntax) {
                     Ok(c) if c.group == cluster.layout().cluster => {
+                        if let Some(g) = &gate {
+                            // Name lookups can block for seconds on a bad resolver.
+                            let c = c.clone();
+                            if let Ok(a) = tokio::task::spawn_blocking(move || {
+                                crate::chmpx::Admission::new(&c)
+                            })
+                            .await
+                            {
+                                g.set(a);
+                            }
+                        }
                         let d = c.desired();
                         if last.is_some() {
                             tracing::info!(path = %path.display(), servers = ?d.servers, "cluster description changed");
