@@ -1148,6 +1148,75 @@ fn memory_node_restart_refetches_everything() {
     }
 }
 
+/// Hinted handoff survives a crash of the nodes that hold the hints: n3 is stopped (SIGSTOP),
+/// 300 writes land on n1 and n2 only, both are killed (-9) and restarted, n3 resumes, and
+/// n3 gets every write from their saved stream positions. Anti-entropy is off and nothing
+/// reads, so no other repair can hide a lost hint.
+#[test]
+fn hints_survive_a_crash_of_the_nodes_holding_them() {
+    let dir = system_tests::test_dir();
+    let d = dir.path().to_path_buf();
+    let addrs: Vec<(SocketAddr, SocketAddr)> = (0..3).map(|_| (free_addr(), free_addr())).collect();
+    let seed = addrs[0].0;
+    let start = |i: usize| {
+        let name = format!("n{}", i + 1);
+        let data = d.join(&name).to_string_lossy().to_string();
+        let args = server_args(
+            &name,
+            &["--storage", "file", "--data-dir", &data],
+            addrs[i].0,
+            addrs[i].1,
+            seed,
+            &["--anti-entropy-secs", "0"],
+        );
+        let p = Proc::start(&bin("k2hdkc"), &args, Some(&d.join(format!("{name}.log"))));
+        assert!(
+            wait_listening(addrs[i].0, Duration::from_secs(10)),
+            "{name}"
+        );
+        p
+    };
+    let mut procs: Vec<Proc> = (0..3).map(start).collect();
+    form_cluster(seed, 3);
+    let first = load(
+        addrs[0].1,
+        (0..100).map(|i| (format!("a{i:03}"), "x".into())),
+    );
+    assert_eq!(first, 100);
+    wait_items(addrs[2].0, 100, "first writes");
+    assert!(procs[2].signal("STOP"), "SIGSTOP n3");
+    wait_status(seed, "n3 down", Duration::from_secs(30), |s| {
+        s["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["name"] == "n3" && n["live"] == "DOWN")
+    });
+    let hinted = load(
+        addrs[0].1,
+        (0..300).map(|i| (format!("h{i:03}"), "y".into())),
+    );
+    assert_eq!(hinted, 300, "writes with n3 down");
+    for i in [0, 1] {
+        assert_eq!(items_of(addrs[i].0), 400, "n{}", i + 1);
+    }
+    // Past one save of the stream positions (every second at most).
+    std::thread::sleep(Duration::from_millis(1500));
+    procs[0].kill9();
+    procs[1].kill9();
+    assert!(procs[2].signal("CONT"), "SIGCONT n3");
+    procs[0] = start(0);
+    procs[1] = start(1);
+    wait_items(
+        addrs[2].0,
+        400,
+        "n3 after the nodes holding its hints restarted",
+    );
+    let mut m = Mc::connect(addrs[2].1).expect("n3");
+    assert_eq!(m.get("h299").expect("get"), Some("y".into()));
+    drop(procs);
+}
+
 /// A gateway joined through `seed` with the test secret, its memcached port listening; its
 /// log in `dir`.
 fn start_gateway(dir: &Path, seed: SocketAddr) -> (Proc, SocketAddr) {

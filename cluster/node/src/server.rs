@@ -362,6 +362,8 @@ impl Server {
         self.shared.shutting_down.store(true, Ordering::SeqCst);
         if let Some(c) = &self.shared.cluster {
             c.shutdown();
+            // A clean restart resends nothing its streams delivered.
+            c.save_streams(&c.layout(), true).await;
         }
         let _ = self.stop.send(true);
         for t in self.tasks {

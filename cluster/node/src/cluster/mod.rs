@@ -114,6 +114,8 @@ pub struct Peer {
     /// Imported changes the stream to this peer holds back because their sender's own stream
     /// is expected to deliver them (see [`replicate`]); the lowest such feed position.
     pub held_from: AtomicU64,
+    /// The lowest version (HLC timestamp) among those held-back changes.
+    pub held_version: AtomicU64,
     /// What the peer last said about itself and its own streams (heartbeat).
     pub view: Mutex<Option<Arc<PeerView>>>,
     /// The peer takes over partitions and asked for everything held back for it.
@@ -289,6 +291,15 @@ const ORIGINS_CAP: usize = 1 << 21;
 /// few milliseconds (its streams gather for at most 2 ms).
 pub const DIRECT_HOLD_MS: u64 = 2_000;
 
+/// Per peer address: the feed position its stream has delivered everything up to, and a
+/// version below what it has not (see [`Cluster::save_streams`]).
+type StreamPositions = BTreeMap<String, (u64, u64)>;
+
+/// Format of `streams.json`: `{"format": 1, "peers": {addr: [position, version]}}`.
+const STREAMS_FORMAT: u64 = 1;
+/// Least time between two saves of the stream positions.
+const STREAMS_SAVE_EVERY: Duration = Duration::from_secs(1);
+
 /// Most gateway sets a replica remembers while it waits for the primary's copies (beyond it,
 /// they are sent on after the hold: safe).
 const DIRECT_CAP: usize = 1 << 18;
@@ -306,6 +317,11 @@ pub struct Cluster {
     pub store: Store,
     layout: RwLock<Arc<Layout>>,
     peers: Mutex<BTreeMap<String, Arc<Peer>>>,
+    /// Stream positions saved before a restart, for peers not met again yet: (feed
+    /// position, version) by address (see [`Cluster::save_streams`]).
+    resume: Mutex<StreamPositions>,
+    /// What was saved last, and when.
+    streams_saved: Mutex<(Option<Instant>, StreamPositions)>,
     acceptor: tokio::sync::Mutex<Acceptor>,
     state: StateDir,
     stop: AtomicBool,
@@ -415,6 +431,27 @@ impl Cluster {
         } else {
             Some(store.max_version().ts.saturating_sub(1000 << 16))
         };
+        let resume = match state
+            .load_streams()
+            .map(|t| serde_json::from_str::<Json>(&t))
+        {
+            None => BTreeMap::new(),
+            Some(Ok(j)) if j["format"] == json!(STREAMS_FORMAT) => j["peers"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(a, v)| Some((a.clone(), (v[0].as_u64()?, v[1].as_u64()?))))
+                .collect(),
+            // A torn or foreign file loses only the hints it held: say so and go on.
+            Some(r) => {
+                tracing::warn!(
+                    file = "streams.json",
+                    error = ?r.err().map(|e| e.to_string()),
+                    "saved stream positions not readable; streams resume from the feed's end"
+                );
+                BTreeMap::new()
+            }
+        };
         let incarnation = incarnation(store.now_ms());
         Ok(Arc::new(Cluster {
             me,
@@ -424,6 +461,8 @@ impl Cluster {
             store,
             layout: RwLock::new(Arc::new(layout)),
             peers: Mutex::new(BTreeMap::new()),
+            resume: Mutex::new(resume),
+            streams_saved: Mutex::new((None, BTreeMap::new())),
             acceptor: tokio::sync::Mutex::new(acceptor),
             state,
             stop: AtomicBool::new(false),
@@ -535,6 +574,12 @@ impl Cluster {
             .parse()
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
         let since = self.store.last_seq();
+        // Where the stream stood before a restart (what it had not sent, or held back):
+        // resume there, so a crash loses no hint.
+        let (acked, acked_version) = match self.resume.lock().expect("lock").remove(addr) {
+            Some((position, version)) => (position.min(since), version),
+            None => (since, 0),
+        };
         let mut cc = ClientConfig::new(sock);
         cc.connections = 2;
         cc.connect_timeout = Duration::from_millis(self.cfg.failure_timeout_ms.min(2000));
@@ -549,10 +594,11 @@ impl Cluster {
             last_ok: Mutex::new(None),
             // Optimistic until heartbeats say otherwise, so a fresh node routes at once.
             up: AtomicBool::new(true),
-            acked: AtomicU64::new(since),
-            acked_version: AtomicU64::new(0),
+            acked: AtomicU64::new(acked),
+            acked_version: AtomicU64::new(acked_version),
             since,
             held_from: AtomicU64::new(u64::MAX),
+            held_version: AtomicU64::new(u64::MAX),
             view: Mutex::new(None),
             force_release: AtomicBool::new(false),
             resync_all: AtomicBool::new(false),
@@ -1977,6 +2023,7 @@ impl Cluster {
             self.tick();
             self.prune_origins();
             self.prune_direct();
+            self.save_streams(&l, false).await;
             if !self.gateway() && !self.majority_reachable(&l) && !self.catching_up() {
                 tracing::warn!(
                     "cut off from the majority of the cluster; leading nothing until it is back"
@@ -2381,6 +2428,57 @@ impl Cluster {
                 .lock()
                 .expect("lock")
                 .insert(local, (now_origin, now));
+        }
+    }
+
+    /// Save, for each peer of `l`, the feed position up to which its stream has delivered
+    /// everything (below what it holds back) and a version below those changes, so a
+    /// restarted node resumes its streams there instead of at its feed's end: the hints
+    /// for a peer that is down, changes not yet sent and held-back copies survive a crash
+    /// of this node (what is resent twice is only what the last save did not cover). At most
+    /// once per [`STREAMS_SAVE_EVERY`] unless `now`, and only when something moved; nothing
+    /// without a state directory.
+    pub async fn save_streams(&self, l: &Layout, now: bool) {
+        if self.state.0.is_none() || self.gateway() {
+            return;
+        }
+        let mut peers = BTreeMap::new();
+        for n in l.nodes.iter().filter(|n| n.addr != self.addr) {
+            if let Some(p) = self.known_peer(&n.addr) {
+                // The acknowledged position first: a stream publishes what it holds back
+                // before it moves `acked` past it, so this never skips a held change.
+                let acked = p.acked.load(SeqCst);
+                let position = acked.min(p.held_from.load(SeqCst).saturating_sub(1));
+                // Versions of imports trail this node's clock: a second's margin.
+                let version = p
+                    .acked_version
+                    .load(SeqCst)
+                    .min(p.held_version.load(SeqCst))
+                    .saturating_sub(1000 << 16);
+                peers.insert(n.addr.clone(), (position, version));
+            } else if let Some(r) = self.resume.lock().expect("lock").get(&n.addr) {
+                peers.insert(n.addr.clone(), *r);
+            }
+        }
+        {
+            let saved = self.streams_saved.lock().expect("lock");
+            if saved.1 == peers
+                || (!now && saved.0.is_some_and(|t| t.elapsed() < STREAMS_SAVE_EVERY))
+            {
+                return;
+            }
+        }
+        let text = json!({
+            "format": STREAMS_FORMAT,
+            "peers": peers.iter().map(|(a, (p, v))| (a.clone(), json!([p, v]))).collect::<serde_json::Map<_, _>>(),
+        })
+        .to_string();
+        let state = self.state.clone();
+        let r = tokio::task::spawn_blocking(move || state.save_streams(&text)).await;
+        match r {
+            Ok(Ok(())) => *self.streams_saved.lock().expect("lock") = (Some(Instant::now()), peers),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot save the stream positions"),
+            Err(e) => tracing::warn!(error = %e, "cannot save the stream positions"),
         }
     }
 

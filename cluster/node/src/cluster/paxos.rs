@@ -153,6 +153,17 @@ impl StateDir {
         )
     }
 
+    /// Persist where the replication streams resume after a restart (see
+    /// `Cluster::save_streams`).
+    pub fn save_streams(&self, text: &str) -> std::io::Result<()> {
+        self.write("streams.json", text)
+    }
+
+    /// The persisted stream positions, if any.
+    pub fn load_streams(&self) -> Option<String> {
+        Self::read(self.0.as_ref()?, "streams.json")
+    }
+
     /// The persisted layout and acceptor, if any (an unreadable layout is an error: a node
     /// must not forget the cluster it belongs to).
     pub fn load(&self) -> Result<(Option<Layout>, Acceptor), String> {

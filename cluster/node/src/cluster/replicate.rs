@@ -21,10 +21,13 @@
 //! (then `c` is sent). "A's stream passed it" means A sent it to C or holds it back itself,
 //! answerable to the node A got it from, down to the node that wrote it, which sends its own
 //! writes itself; so no two nodes wait for each other. Transfers and resyncs are not
-//! forwarded: every new owner gets its own. Held changes live in memory: the loss of two of
-//! the nodes in such a chain before the writer's stream reached C leaves C without the change
-//! until anti-entropy or a later write repairs it (at W = 2 two failures can lose a write
-//! anyway).
+//! forwarded: every new owner gets its own. Held changes live in memory, but what they stand
+//! for survives a crash: every second (and at shutdown) the node saves, per peer, the feed
+//! position below everything its stream has not delivered or holds back
+//! (`Cluster::save_streams`), and a restarted file-mode node resumes each stream there, its
+//! feed refilled from the log; imports then have no origin and are sent. So the loss of two
+//! nodes of such a chain (or of a node holding hints for a peer that is down) costs C nothing
+//! once either returns; what was delivered after the last save is sent twice.
 //!
 //! Batches carry a format version ([`BATCH_FORMAT`]); a receiver refuses other versions.
 
@@ -196,8 +199,15 @@ struct Held {
 
 impl Held {
     fn publish(&self, peer: &Peer) {
-        let low = self.changes.iter().map(|(c, _)| c.seq).min();
-        peer.held_from.store(low.unwrap_or(u64::MAX), SeqCst);
+        let (low, oldest) = self
+            .changes
+            .iter()
+            .fold((u64::MAX, u64::MAX), |(s, v), (c, _)| {
+                (s.min(c.seq), v.min(c.version.ts))
+            });
+        // The version first: `save_streams` reads the position, then the version.
+        peer.held_version.store(oldest, SeqCst);
+        peer.held_from.store(low, SeqCst);
     }
 
     /// Send `due` to the peer; what does not get through is kept, to be sent whatever its
