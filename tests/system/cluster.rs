@@ -1749,6 +1749,12 @@ fn wait_items(addr: SocketAddr, n: u64, what: &str) {
     }
 }
 
+/// Keys a stale cluster's copies agree on.
+const STALE_SAME: u64 = 5000;
+
+/// Three file nodes where n3 runs on an old copy of its disk: it has the 300 `a` keys at
+/// `old` where the others have `new`, lacks the 300 `b` keys, and agrees on [`STALE_SAME`]
+/// `c` keys.
 fn stale_cluster(extra: &[&str]) -> StaleCluster {
     let dir = system_tests::test_dir();
     let d = dir.path().to_path_buf();
@@ -1784,8 +1790,11 @@ fn stale_cluster(extra: &[&str]) -> StaleCluster {
     let keys = |p: &'static str, v: &'static str| {
         (0..300).map(move |i| (format!("{p}{i:03}"), v.to_string()))
     };
+    // Keys every copy agrees on, beside the ones that will differ.
+    let same = (0..STALE_SAME).map(|i| (format!("c{i:05}"), "same".to_string()));
+    assert_eq!(load(addrs[0].1, same), STALE_SAME as usize);
     assert_eq!(load(addrs[0].1, keys("a", "old")), 300);
-    wait_items(addrs[2].0, 300, "first writes");
+    wait_items(addrs[2].0, STALE_SAME + 300, "first writes");
     // Copy n3's disk while it is stopped, bring it back, write more, then restore the copy.
     procs[2].terminate(Duration::from_secs(10));
     let copy = d.join("n3-copy");
@@ -1810,7 +1819,7 @@ fn stale_cluster(extra: &[&str]) -> StaleCluster {
         load(addrs[0].1, keys("a", "new").chain(keys("b", "new"))),
         600
     );
-    wait_items(addrs[2].0, 600, "second writes");
+    wait_items(addrs[2].0, STALE_SAME + 600, "second writes");
     procs[2].terminate(Duration::from_secs(10));
     std::fs::remove_dir_all(d.join("n3")).unwrap();
     std::fs::rename(&copy, d.join("n3")).unwrap();
@@ -1839,16 +1848,26 @@ fn anti_entropy_repairs_a_stale_disk() {
     let c = stale_cluster(&["--anti-entropy-secs", "2"]);
     let (addrs, seed) = (&c.addrs, c.addrs[0].0);
     // Nothing else repairs it (no reads here): only the anti-entropy rounds bring n3 back to
-    // 600 keys.
-    wait_items(addrs[2].0, 600, "anti-entropy");
-    let repairs: u64 = (0..3)
-        .map(|i| {
-            node_stats(addrs[i].0)["cluster"]["anti_entropy_repairs"]
-                .as_u64()
-                .unwrap_or(0)
-        })
-        .sum();
+    // all its keys.
+    wait_items(addrs[2].0, STALE_SAME + 600, "anti-entropy");
+    let sum = |k: &str| -> u64 {
+        (0..3)
+            .map(|i| node_stats(addrs[i].0)["cluster"][k].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let (repairs, records) = (sum("anti_entropy_repairs"), sum("anti_entropy_records"));
     assert!(repairs > 0, "n3 was repaired without anti-entropy");
+    // 600 keys differ, in about 450 partitions (whole, they made 5,562 records). Leaf by
+    // leaf, n1 and n2 send n3 about the 600 differing keys each, n3 sends them its 300 old
+    // ones each, and n1 and n2 exchange nothing.
+    eprintln!(
+        "anti-entropy: {repairs} differing partitions, {records} records sent for 600 differing keys of {}",
+        STALE_SAME + 600
+    );
+    assert!(
+        (600..3600).contains(&records),
+        "anti-entropy sent {records} records for 600 differing keys"
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let v = ctl(seed, &["verify", "--json"]);
@@ -1902,7 +1921,7 @@ fn quorum_reads_repair_a_stale_copy() {
         before > 0,
         "n3 served no stale copy: the test shows nothing"
     );
-    assert!(items_of(addrs[2].0) < 600);
+    assert!(items_of(addrs[2].0) < STALE_SAME + 600);
     // R = 2: every read compares two copies and returns the newest; the copies that were
     // behind are repaired along the way.
     quorum("2");

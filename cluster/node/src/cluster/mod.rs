@@ -81,6 +81,8 @@ pub struct ClusterStats {
     pub anti_entropy_rounds: AtomicU64,
     /// Partitions found different and resent by anti-entropy.
     pub anti_entropy_repairs: AtomicU64,
+    /// Records anti-entropy sent (from this node as leader, or asked by it).
+    pub anti_entropy_records: AtomicU64,
     /// Bytes of replication batches received.
     pub received_bytes: AtomicU64,
     /// Reads compared with other owners (quorum reads).
@@ -290,6 +292,32 @@ const ORIGINS_CAP: usize = 1 << 21;
 /// it on itself (safe: at worst a second copy). The primary's copy normally comes within a
 /// few milliseconds (its streams gather for at most 2 ms).
 pub const DIRECT_HOLD_MS: u64 = 2_000;
+
+/// Leaves of the anti-entropy hash tree below each partition: a differing partition is
+/// compared leaf by leaf, and only the records of differing leaves are resent.
+pub const LEAF_BITS: u32 = 6;
+/// `2^LEAF_BITS` (a leaf set fits a u64 mask).
+pub const LEAVES: usize = 1 << LEAF_BITS;
+
+/// The leaf of a key within its partition: the key-hash bits right below the partition's.
+pub fn leaf_of(key: &[u8]) -> usize {
+    let shift = 64 - k2hdkc_layout::PARTITION_BITS - LEAF_BITS;
+    (k2hdkc_layout::key_hash(key) >> shift) as usize & (LEAVES - 1)
+}
+
+/// The leaves whose digests differ between two owners' lists for one partition (all of them
+/// when either list is missing or malformed: the owner runs an older version).
+fn differing_leaves(a: Option<&Vec<String>>, b: Option<&Vec<String>>) -> u64 {
+    match (a, b) {
+        (Some(a), Some(b)) if a.len() == LEAVES && b.len() == LEAVES => a
+            .iter()
+            .zip(b)
+            .enumerate()
+            .filter(|(_, (x, y))| x != y)
+            .fold(0u64, |m, (i, _)| m | 1 << i),
+        _ => u64::MAX,
+    }
+}
 
 /// Per peer address: the feed position its stream has delivered everything up to, and a
 /// version below what it has not (see [`Cluster::save_streams`]).
@@ -810,6 +838,78 @@ impl Cluster {
             .collect()
     }
 
+    /// This node's digests of the leaves of `parts` over versions older than `before`: for
+    /// each partition in order, [`LEAVES`] hex strings.
+    async fn leaf_digests(&self, before: u64, parts: Vec<usize>) -> Vec<Vec<String>> {
+        let store = self.store.clone();
+        let before = Version {
+            ts: before,
+            node: 0,
+        };
+        let n = parts.len();
+        let mut slot = vec![usize::MAX; PARTITIONS];
+        for (i, &p) in parts.iter().enumerate() {
+            slot[p] = i;
+        }
+        // Keys of other partitions go to one extra bucket, dropped.
+        let bucket = move |k: &[u8]| match slot[partition_of(k)] {
+            usize::MAX => n * LEAVES,
+            i => i * LEAVES + leaf_of(k),
+        };
+        let d = self
+            .blocking(move || store.digests(n * LEAVES + 1, &bucket, before))
+            .await
+            .unwrap_or_default();
+        d.chunks(LEAVES)
+            .take(n)
+            .map(|c| c.iter().map(|x| format!("{x:016x}")).collect())
+            .collect()
+    }
+
+    /// The leaf digests of `parts` from every live owner of some of them: by node name, by
+    /// partition. An owner that does not answer with leaves is left out (its pairs are
+    /// compared whole).
+    async fn owners_leaves(
+        self: &Arc<Self>,
+        l: &Layout,
+        parts: &[usize],
+    ) -> HashMap<String, HashMap<usize, Vec<String>>> {
+        let before = self.store.now_ms().saturating_sub(5_000) << 16;
+        let mut set = tokio::task::JoinSet::new();
+        for (i, n) in l.nodes.iter().enumerate() {
+            let mine: Vec<usize> = parts
+                .iter()
+                .copied()
+                .filter(|&p| l.assignment[p].contains(&(i as NodeIdx)))
+                .collect();
+            if mine.is_empty() || !n.holds_data() {
+                continue;
+            }
+            let me = self.clone();
+            let (name, addr) = (n.name.clone(), n.addr.clone());
+            set.spawn(async move {
+                let leaves = if addr == me.addr {
+                    Some(me.leaf_digests(before, mine.clone()).await)
+                } else if me.peer_up(&addr) {
+                    let req = json!({"method": "digests", "before": before, "partitions": mine});
+                    me.call(&addr, req).await.ok().and_then(|r| {
+                        serde_json::from_value::<Vec<Vec<String>>>(r["leaves"].clone()).ok()
+                    })
+                } else {
+                    None
+                };
+                (name, mine, leaves)
+            });
+        }
+        let mut out = HashMap::new();
+        while let Some(Ok((name, mine, leaves))) = set.join_next().await {
+            if let Some(leaves) = leaves.filter(|v| v.len() == mine.len()) {
+                out.insert(name, mine.into_iter().zip(leaves).collect());
+            }
+        }
+        out
+    }
+
     /// Compare the copies of every partition across its live owners (`ctl verify`): digests
     /// of versions older than a few seconds, so writes in flight do not count. Returns the
     /// partitions whose copies differ, with the owners that answered.
@@ -881,9 +981,10 @@ impl Cluster {
         }))
     }
 
-    /// One anti-entropy round (by the leading node): compare every partition's copies and have
-    /// every live owner of a differing partition send its recent state (see
-    /// `replicate::push_partitions`) to the others; last-writer-wins merges them.
+    /// One anti-entropy round (by the leading node): compare every partition's copies, then
+    /// the [`LEAVES`] leaves of each differing partition (a two-level hash tree), and have
+    /// every live owner send each other owner its recent records of the leaves where the two
+    /// differ (see `replicate::push_partitions`); last-writer-wins merges them.
     async fn anti_entropy(self: &Arc<Self>) {
         let v = match self.verify().await {
             Ok(v) => v,
@@ -898,20 +999,31 @@ impl Cluster {
             return;
         }
         let l = self.layout();
-        // (primary address, target address) -> partitions
-        let mut jobs: HashMap<(String, String), Vec<usize>> = HashMap::new();
-        for d in &differ {
-            let Some(p) = d["partition"].as_u64().map(|p| p as usize) else {
-                continue;
-            };
-            let owners: Vec<String> = l.assignment[p]
+        let parts: Vec<usize> = differ
+            .iter()
+            .filter_map(|d| d["partition"].as_u64().map(|p| p as usize))
+            .filter(|&p| p < PARTITIONS)
+            .collect();
+        let leaves = self.owners_leaves(&l, &parts).await;
+        // (source address, target address) -> (partitions, leaf masks)
+        let mut jobs: HashMap<(String, String), (Vec<usize>, Vec<u64>)> = HashMap::new();
+        for &p in &parts {
+            let owners: Vec<&Node> = l.assignment[p]
                 .iter()
-                .map(|&i| l.node(i).addr.clone())
-                .filter(|a| self.peer_up(a))
+                .map(|&i| l.node(i))
+                .filter(|n| self.peer_up(&n.addr))
                 .collect();
             for from in &owners {
-                for to in owners.iter().filter(|t| *t != from) {
-                    jobs.entry((from.clone(), to.clone())).or_default().push(p);
+                for to in owners.iter().filter(|t| t.name != from.name) {
+                    let leaves_of = |n: &Node| leaves.get(&n.name).and_then(|m| m.get(&p));
+                    let mask = differing_leaves(leaves_of(from), leaves_of(to));
+                    if mask != 0 {
+                        let j = jobs
+                            .entry((from.addr.clone(), to.addr.clone()))
+                            .or_default();
+                        j.0.push(p);
+                        j.1.push(mask);
+                    }
                 }
             }
         }
@@ -922,11 +1034,11 @@ impl Cluster {
         self.stats
             .anti_entropy_repairs
             .fetch_add(differ.len() as u64, Relaxed);
-        for ((from, to), parts) in jobs {
+        for ((from, to), (parts, masks)) in jobs {
             let r = if from == self.addr {
-                replicate::push_partitions(self, &to, &parts).await
+                replicate::push_partitions(self, &to, &parts, Some(&masks)).await
             } else {
-                let req = json!({"method": "push_partitions", "to": to, "partitions": parts});
+                let req = json!({"method": "push_partitions", "to": to, "partitions": parts, "leaves": masks});
                 self.call(&from, req).await.and_then(|r| {
                     r["records"]
                         .as_u64()
@@ -934,8 +1046,13 @@ impl Cluster {
                         .ok_or_else(|| r["error"].as_str().unwrap_or("refused").to_string())
                 })
             };
-            if let Err(e) = r {
-                tracing::warn!(from = %from, to = %to, error = %e, "anti-entropy repair failed");
+            match r {
+                Ok(n) => {
+                    self.stats.anti_entropy_records.fetch_add(n as u64, Relaxed);
+                }
+                Err(e) => {
+                    tracing::warn!(from = %from, to = %to, error = %e, "anti-entropy repair failed")
+                }
             }
         }
     }
@@ -1291,9 +1408,18 @@ impl Cluster {
                 let parts: Vec<usize> = parts
                     .iter()
                     .filter_map(|p| p.as_u64().map(|p| p as usize))
-                    .filter(|&p| p < PARTITIONS)
                     .collect();
-                match replicate::push_partitions(self, to, &parts).await {
+                if parts.iter().any(|&p| p >= PARTITIONS) {
+                    return err(format!("partitions are below {PARTITIONS}"));
+                }
+                // Leaf masks, one per partition (without them: whole partitions).
+                let masks: Option<Vec<u64>> = req["leaves"]
+                    .as_array()
+                    .map(|a| a.iter().map(|m| m.as_u64().unwrap_or(u64::MAX)).collect());
+                if masks.as_ref().is_some_and(|m| m.len() != parts.len()) {
+                    return err("push_partitions: one leaf mask per partition");
+                }
+                match replicate::push_partitions(self, to, &parts, masks.as_deref()).await {
                     Ok(n) => json!({"ok": true, "records": n}),
                     Err(e) => err(e),
                 }
@@ -1305,7 +1431,19 @@ impl Cluster {
             "stats" => self.ping_reply(),
             "digests" => {
                 let before = req["before"].as_u64().unwrap_or(u64::MAX);
-                json!({"ok": true, "digests": self.digests(before).await})
+                match req["partitions"].as_array() {
+                    None => json!({"ok": true, "digests": self.digests(before).await}),
+                    Some(a) => {
+                        let parts: Vec<usize> = a
+                            .iter()
+                            .filter_map(|p| p.as_u64().map(|p| p as usize))
+                            .collect();
+                        if parts.len() != a.len() || parts.iter().any(|&p| p >= PARTITIONS) {
+                            return err(format!("partitions are numbers below {PARTITIONS}"));
+                        }
+                        json!({"ok": true, "leaves": self.leaf_digests(before, parts).await})
+                    }
+                }
             }
             "" => err("missing method"),
             other => err(format!("unknown method {other:?}")),
@@ -1398,6 +1536,7 @@ impl Cluster {
             "received_bytes": self.stats.received_bytes.load(Relaxed),
             "anti_entropy_rounds": self.stats.anti_entropy_rounds.load(Relaxed),
             "anti_entropy_repairs": self.stats.anti_entropy_repairs.load(Relaxed),
+            "anti_entropy_records": self.stats.anti_entropy_records.load(Relaxed),
             "read_checks": self.stats.read_checks.load(Relaxed),
             "read_repairs": self.stats.read_repairs.load(Relaxed),
             "incarnation": self.incarnation,
@@ -1423,7 +1562,7 @@ impl Cluster {
         use std::fmt::Write as _;
         let mut o = String::new();
         let l = self.layout();
-        let gauges: [(&str, &str, &str, u64); 19] = [
+        let gauges: [(&str, &str, &str, u64); 20] = [
             (
                 "k2hdkc_cluster_layout_version",
                 "gauge",
@@ -1507,6 +1646,12 @@ impl Cluster {
                 "counter",
                 "Partitions whose copies differed and were resent.",
                 self.stats.anti_entropy_repairs.load(Relaxed),
+            ),
+            (
+                "k2hdkc_cluster_anti_entropy_records_total",
+                "counter",
+                "Records anti-entropy rounds led by this node had sent.",
+                self.stats.anti_entropy_records.load(Relaxed),
             ),
             (
                 "k2hdkc_cluster_read_checks_total",

@@ -711,13 +711,15 @@ fn by_partition(state: Vec<Change>) -> Vec<Vec<Change>> {
     out
 }
 
-/// Send this node's state of partitions `parts` newer than the tombstone grace time to
-/// `target` (anti-entropy repair; receivers keep what is newer). Older records stay: a node
-/// that lacks one may have forgotten its delete, and resending it would bring it back.
+/// Send this node's state of partitions `parts` (of the leaves set in `masks`, one mask per
+/// partition; see `super::leaf_of`) newer than the tombstone grace time to `target`
+/// (anti-entropy repair; receivers keep what is newer). Older records stay: a node that lacks
+/// one may have forgotten its delete, and resending it would bring it back.
 pub async fn push_partitions(
     cluster: &Cluster,
     target: &str,
     parts: &[usize],
+    masks: Option<&[u64]>,
 ) -> Result<usize, String> {
     let grace_ms = u64::from(cluster.store.tombstone_grace_secs()) * 1000;
     let since = Version {
@@ -727,8 +729,18 @@ pub async fn push_partitions(
     let mut by_partition = by_partition(state_since(cluster, since).await?);
     let mine: Vec<Change> = parts
         .iter()
-        .filter(|&&p| p < PARTITIONS)
-        .flat_map(|&p| std::mem::take(&mut by_partition[p]))
+        .enumerate()
+        .filter(|&(_, &p)| p < PARTITIONS)
+        .flat_map(|(i, &p)| {
+            let mask = masks.and_then(|m| m.get(i)).copied().unwrap_or(u64::MAX);
+            std::mem::take(&mut by_partition[p])
+                .into_iter()
+                .filter(move |c| {
+                    c.ops
+                        .first()
+                        .is_some_and(|op| mask & (1 << super::leaf_of(op.key())) != 0)
+                })
+        })
         .collect();
     let peer = cluster.peer(target);
     send_all(cluster, &peer, &mine).await?;
@@ -798,6 +810,38 @@ pub async fn transfer(cluster: Arc<Cluster>, l: Arc<Layout>) -> Result<usize, St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Leaves split each partition evenly (they use other key-hash bits than partitions),
+    /// and two owners' leaf lists differ exactly where their digests do.
+    #[test]
+    fn leaves_split_partitions_and_masks_mark_differences() {
+        use super::super::{LEAVES, differing_leaves, leaf_of};
+        let mut per_leaf = vec![0usize; LEAVES];
+        let mut in_partition_zero = std::collections::BTreeSet::new();
+        for i in 0..64_000u32 {
+            let k = format!("key-{i}");
+            per_leaf[leaf_of(k.as_bytes())] += 1;
+            if partition_of(k.as_bytes()) == 0 {
+                in_partition_zero.insert(leaf_of(k.as_bytes()));
+            }
+        }
+        for (l, n) in per_leaf.iter().enumerate() {
+            assert!((900..1100).contains(n), "leaf {l}: {n} of 64,000 keys");
+        }
+        assert!(in_partition_zero.len() > 30, "{in_partition_zero:?}");
+        let a: Vec<String> = (0..LEAVES).map(|i| format!("{i:016x}")).collect();
+        let mut b = a.clone();
+        assert_eq!(differing_leaves(Some(&a), Some(&b)), 0);
+        b[3] = "x".into();
+        b[63] = "y".into();
+        assert_eq!(differing_leaves(Some(&a), Some(&b)), 1 << 3 | 1 << 63);
+        // An owner without leaves (an older node) is compared whole.
+        assert_eq!(differing_leaves(Some(&a), None), u64::MAX);
+        assert_eq!(
+            differing_leaves(Some(&a), Some(&a[..10].to_vec())),
+            u64::MAX
+        );
+    }
     use k2hdkc_layout::Change as LayoutChange;
     use k2hdkc_storage::{Store, StoreConfig};
 
