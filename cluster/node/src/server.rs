@@ -432,6 +432,7 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
     proto: Proto,
 ) {
+    let refusing = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     loop {
         let (sock, peer) = tokio::select! {
             r = l.accept() => match r {
@@ -456,7 +457,16 @@ async fn accept_loop(
         if matches!(proto, Proto::Native) && !shared.gate.admits(peer.ip()) {
             m.rejected_connections.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%peer, "refused a host not listed in SVRNODE or SLVNODE");
-            tokio::spawn(refuse(sock, shared.tls.is_some()));
+            // Each answer waits up to 5 s for the stranger's first request: a bounded few,
+            // beyond them the connection is just closed.
+            if refusing.load(Ordering::Relaxed) < MAX_REFUSING {
+                refusing.fetch_add(1, Ordering::Relaxed);
+                let (tls, refusing) = (shared.tls.is_some(), refusing.clone());
+                tokio::spawn(async move {
+                    refuse(sock, tls).await;
+                    refusing.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
             continue;
         }
         m.curr_connections.fetch_add(1, Ordering::Relaxed);
@@ -506,6 +516,9 @@ async fn reject(mut sock: BoxStream) {
         .await;
     let _ = sock.shutdown().await;
 }
+
+/// Most refused connections answered at once (see `accept_loop`).
+const MAX_REFUSING: usize = 64;
 
 /// Answer the first request of a refused native peer with `Refused`, then close (over TLS
 /// the peer could not read a plain reply: close at once).

@@ -161,6 +161,9 @@ struct History {
     maybe: BTreeMap<String, Vec<String>>,
     incrs_acked: u64,
     incrs_unknown: u64,
+    /// What each acknowledged increment returned, when (simulated ms) and through which
+    /// node: two increments that returned one value show where an update was lost.
+    incr_values: Vec<(u64, u64, SocketAddr)>,
     ops: u64,
     failed: u64,
     /// Things that must never happen (a counter that vanished, say).
@@ -271,7 +274,11 @@ async fn worker(
             let mut h = history.lock().unwrap();
             h.ops += 1;
             match r {
-                Ok(Some(_)) => h.incrs_acked += 1,
+                Ok(Some(v)) => {
+                    h.incrs_acked += 1;
+                    let t = turmoil::sim_elapsed().unwrap_or_default().as_millis() as u64;
+                    h.incr_values.push((v, t, c.addr()));
+                }
                 Ok(None) => h
                     .violations
                     .push("the counter was not found (it was set before the load)".into()),
@@ -369,8 +376,14 @@ async fn check(
         let h = history.lock().unwrap();
         let (lo, hi) = (h.incrs_acked, h.incrs_acked + h.incrs_unknown);
         if !ctr.is_some_and(|v| (lo..=hi).contains(&v)) {
+            let mut seen: BTreeMap<u64, Vec<(u64, SocketAddr)>> = BTreeMap::new();
+            for &(v, t, via) in &h.incr_values {
+                seen.entry(v).or_default().push((t, via));
+            }
+            let twice: Vec<_> = seen.iter().filter(|(_, w)| w.len() > 1).collect();
             problems.push(format!(
-                "counter via {addr} reads {ctr:?}, expected {lo}..={hi}"
+                "counter via {addr} reads {ctr:?}, expected {lo}..={hi}; values returned \
+                 twice (ms, via): {twice:?}"
             ));
         }
     }
@@ -722,6 +735,8 @@ fn init_log() {
         let _ = tracing_subscriber::fmt()
             .with_timer(SimTime)
             .with_ansi(false)
+            // Both simulations run in one process: tell their lines apart.
+            .with_thread_names(true)
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
             .with_writer(std::io::stderr)
             .try_init();

@@ -17,8 +17,8 @@
 //! once from each other owner). So B remembers, per imported feed position, who sent it and at
 //! which position of the sender's feed ([`Origin`]); its stream to C holds `c` back until A's
 //! heartbeat says A's stream to C has passed that position (then `c` is dropped), or A is down,
-//! restarted (another incarnation: its positions were reset), or on another layout version
-//! (then `c` is sent). "A's stream passed it" means A sent it to C or holds it back itself,
+//! restarted (another incarnation: its positions were reset), out of the layout (no longer
+//! pinged), or on another layout version (then `c` is sent). "A's stream passed it" means A sent it to C or holds it back itself,
 //! answerable to the node A got it from, down to the node that wrote it, which sends its own
 //! writes itself; so no two nodes wait for each other. Transfers and resyncs are not
 //! forwarded: every new owner gets its own. Held changes live in memory, but what they stand
@@ -119,9 +119,13 @@ impl Views {
         self.0
             .entry(sender.clone())
             .or_insert_with(|| {
+                // A sender that left the layout is no longer pinged: its last view would
+                // hold its copies back for good (the simulation found a returning node's
+                // catch-up waiting on them forever, seed 19). It counts as down.
+                let member = cluster.layout().nodes.iter().any(|n| *n.addr == **sender);
                 cluster
                     .known_peer(sender)
-                    .filter(|p| p.up())
+                    .filter(|p| member && p.up())
                     .map(|p| p.view.lock().expect("lock").clone())
             })
             .clone()
