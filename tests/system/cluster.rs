@@ -1158,24 +1158,7 @@ fn hints_survive_a_crash_of_the_nodes_holding_them() {
     let d = dir.path().to_path_buf();
     let addrs: Vec<(SocketAddr, SocketAddr)> = (0..3).map(|_| (free_addr(), free_addr())).collect();
     let seed = addrs[0].0;
-    let start = |i: usize| {
-        let name = format!("n{}", i + 1);
-        let data = d.join(&name).to_string_lossy().to_string();
-        let args = server_args(
-            &name,
-            &["--storage", "file", "--data-dir", &data],
-            addrs[i].0,
-            addrs[i].1,
-            seed,
-            &["--anti-entropy-secs", "0"],
-        );
-        let p = Proc::start(&bin("k2hdkc"), &args, Some(&d.join(format!("{name}.log"))));
-        assert!(
-            wait_listening(addrs[i].0, Duration::from_secs(10)),
-            "{name}"
-        );
-        p
-    };
+    let start = |i: usize| start_file_node(&d, &addrs, i, "batch", &["--anti-entropy-secs", "0"]);
     let mut procs: Vec<Proc> = (0..3).map(start).collect();
     form_cluster(seed, 3);
     let first = load(
@@ -1749,6 +1732,27 @@ fn wait_items(addr: SocketAddr, n: u64, what: &str) {
     }
 }
 
+/// Start file-mode node `n{i+1}` of the test cluster at `addrs` (native, memcached; the first
+/// is the seed), with its data and log in `d`, the fsync policy and `extra` flags.
+fn start_file_node(
+    d: &Path,
+    addrs: &[(SocketAddr, SocketAddr)],
+    i: usize,
+    fsync: &str,
+    extra: &[&str],
+) -> Proc {
+    let name = format!("n{}", i + 1);
+    let data = d.join(&name).to_string_lossy().to_string();
+    let storage = ["--storage", "file", "--fsync", fsync, "--data-dir", &data];
+    let args = server_args(&name, &storage, addrs[i].0, addrs[i].1, addrs[0].0, extra);
+    let p = Proc::start(&bin("k2hdkc"), &args, Some(&d.join(format!("{name}.log"))));
+    assert!(
+        wait_listening(addrs[i].0, Duration::from_secs(10)),
+        "{name}"
+    );
+    p
+}
+
 /// Keys a stale cluster's copies agree on.
 const STALE_SAME: u64 = 5000;
 
@@ -1760,31 +1764,7 @@ fn stale_cluster(extra: &[&str]) -> StaleCluster {
     let d = dir.path().to_path_buf();
     let addrs: Vec<(SocketAddr, SocketAddr)> = (0..3).map(|_| (free_addr(), free_addr())).collect();
     let seed = addrs[0].0;
-    let start = |i: usize| {
-        let name = format!("n{}", i + 1);
-        let data = d.join(&name).to_string_lossy().to_string();
-        let args = server_args(
-            &name,
-            &[
-                "--storage",
-                "file",
-                "--fsync",
-                "always",
-                "--data-dir",
-                &data,
-            ],
-            addrs[i].0,
-            addrs[i].1,
-            seed,
-            extra,
-        );
-        let p = Proc::start(&bin("k2hdkc"), &args, Some(&d.join(format!("{name}.log"))));
-        assert!(
-            wait_listening(addrs[i].0, Duration::from_secs(10)),
-            "{name}"
-        );
-        p
-    };
+    let start = |i: usize| start_file_node(&d, &addrs, i, "always", extra);
     let mut procs: Vec<Proc> = (0..3).map(start).collect();
     form_cluster(seed, 3);
     let keys = |p: &'static str, v: &'static str| {
