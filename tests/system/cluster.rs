@@ -1837,15 +1837,16 @@ fn anti_entropy_repairs_a_stale_disk() {
     };
     let (repairs, records) = (sum("anti_entropy_repairs"), sum("anti_entropy_records"));
     assert!(repairs > 0, "n3 was repaired without anti-entropy");
-    // 600 keys differ, in about 450 partitions (whole, they made 5,562 records). Leaf by
-    // leaf, n1 and n2 send n3 about the 600 differing keys each, n3 sends them its 300 old
-    // ones each, and n1 and n2 exchange nothing.
+    // 600 keys differ, in about 450 partitions (whole, they made 5,562 records in one
+    // round). Leaf by leaf, n1 and n2 send n3 about the 600 differing keys each, n3 sends
+    // them its 300 old ones each, and n1 and n2 exchange nothing; a second round may repair
+    // what was younger than the digests' five seconds at the first (seen: 1,947-2,596).
     eprintln!(
         "anti-entropy: {repairs} differing partitions, {records} records sent for 600 differing keys of {}",
         STALE_SAME + 600
     );
     assert!(
-        (600..3600).contains(&records),
+        (600..4200).contains(&records),
         "anti-entropy sent {records} records for 600 differing keys"
     );
     let deadline = Instant::now() + Duration::from_secs(30);
