@@ -162,7 +162,13 @@ pub struct Owners<'a> {
     pub previous: Option<&'a [NodeIdx]>,
 }
 
-impl Owners<'_> {
+impl<'a> Owners<'a> {
+    /// The owners that serve requests, primary first: the previous ones while data moves
+    /// (they hold all of it; the new ones may not yet).
+    pub fn serving(&self) -> &'a [NodeIdx] {
+        self.previous.unwrap_or(self.current)
+    }
+
     /// Whether `node` is in the [`Owners::write_set`] (without building it).
     pub fn writes_to(&self, node: NodeIdx) -> bool {
         self.current.contains(&node) || self.previous.is_some_and(|p| p.contains(&node))

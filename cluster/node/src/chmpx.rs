@@ -901,12 +901,12 @@ impl Admission {
 /// The admission in force on a server node: none (every host may connect) until a cluster
 /// description is read, then the latest read's.
 #[derive(Debug, Default)]
-pub struct Gate(std::sync::RwLock<Option<std::sync::Arc<Admission>>>);
+pub struct Gate(std::sync::RwLock<Option<Admission>>);
 
 impl Gate {
     /// Put a new admission in force.
     pub fn set(&self, a: Admission) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(std::sync::Arc::new(a));
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(a);
     }
 
     /// Whether a peer at `ip` may connect.

@@ -794,8 +794,7 @@ async fn primary_of(c: &Client, key: &[u8]) -> Result<usize, String> {
     let l: k2hdkc_layout::Layout =
         serde_json::from_value(r["layout"].clone()).map_err(|e| e.to_string())?;
     let owners = l.owners(key);
-    // Requests go to the first owner of the previous list while data moves.
-    let list = owners.previous.unwrap_or(owners.current);
+    let list = owners.serving();
     let name = &l.node(list[0]).name;
     name.trim_start_matches('n')
         .parse::<usize>()

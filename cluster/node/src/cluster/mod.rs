@@ -323,6 +323,9 @@ fn differing_leaves(a: Option<&Vec<String>>, b: Option<&Vec<String>>) -> u64 {
 /// version below what it has not (see [`Cluster::save_streams`]).
 type StreamPositions = BTreeMap<String, (u64, u64)>;
 
+/// Imports carry other nodes' clocks, a little behind this one's: a second of HLC time.
+const IMPORT_CLOCK_MARGIN: u64 = 1000 << 16;
+
 /// How often the hosts of a cluster description are looked up again.
 const RESOLVE_EVERY: Duration = Duration::from_secs(30);
 
@@ -351,10 +354,9 @@ pub struct Cluster {
     /// Stream positions saved before a restart, for peers not met again yet: (feed
     /// position, version) by address (see [`Cluster::save_streams`]).
     resume: Mutex<StreamPositions>,
-    /// What was saved last, and when.
-    streams_saved: Mutex<(Option<Instant>, StreamPositions)>,
-    /// Held while the stream positions are written.
-    streams_saving: tokio::sync::Mutex<()>,
+    /// What was saved last, and when; held while the positions are written (one save at a
+    /// time: they share a temporary file).
+    streams_saved: tokio::sync::Mutex<(Option<Instant>, StreamPositions)>,
     acceptor: tokio::sync::Mutex<Acceptor>,
     state: StateDir,
     stop: AtomicBool,
@@ -466,7 +468,7 @@ impl Cluster {
         } else if acks_durable {
             None
         } else {
-            Some(store.max_version().ts.saturating_sub(1000 << 16))
+            Some(store.max_version().ts.saturating_sub(IMPORT_CLOCK_MARGIN))
         };
         let resume = match state
             .load_streams()
@@ -499,8 +501,7 @@ impl Cluster {
             layout: RwLock::new(Arc::new(layout)),
             peers: Mutex::new(BTreeMap::new()),
             resume: Mutex::new(resume),
-            streams_saved: Mutex::new((None, BTreeMap::new())),
-            streams_saving: tokio::sync::Mutex::new(()),
+            streams_saved: tokio::sync::Mutex::new((None, BTreeMap::new())),
             acceptor: tokio::sync::Mutex::new(acceptor),
             state,
             stop: AtomicBool::new(false),
@@ -678,8 +679,7 @@ impl Cluster {
 
     /// Where a request for partition `p` runs under layout `l`.
     pub fn route_partition(&self, l: &Layout, p: usize) -> Route {
-        let o = l.owners_of_partition(p);
-        let list = o.previous.unwrap_or(o.current);
+        let list = l.owners_of_partition(p).serving();
         if list.is_empty() {
             return Route::Unavailable(if l.nodes.is_empty() {
                 "this node has not joined a cluster yet".into()
@@ -1906,9 +1906,8 @@ impl Cluster {
     /// first of its serving owners: the previous ones while data moves).
     fn handed_partitions(&self, before: &Layout, now: &Layout) -> bool {
         fn leader(l: &Layout, p: usize) -> Option<&str> {
-            let o = l.owners_of_partition(p);
-            let list = o.previous.unwrap_or(o.current);
-            list.first().map(|&i| l.node(i).name.as_str())
+            let first = l.owners_of_partition(p).serving().first().copied();
+            first.map(|i| l.node(i).name.as_str())
         }
         (0..PARTITIONS).any(|p| {
             leader(now, p) == Some(self.me.as_str())
@@ -2677,11 +2676,10 @@ impl Cluster {
         if self.state.0.is_none() || self.gateway() {
             return;
         }
-        // One save at a time (they share a temporary file).
-        let _saving = match self.streams_saving.try_lock() {
+        let mut saved = match self.streams_saved.try_lock() {
             Ok(g) => g,
             Err(_) if !now => return,
-            Err(_) => self.streams_saving.lock().await,
+            Err(_) => self.streams_saved.lock().await,
         };
         let mut peers = BTreeMap::new();
         for n in l.nodes.iter().filter(|n| n.addr != self.addr) {
@@ -2690,24 +2688,18 @@ impl Cluster {
                 // before it moves `acked` past it, so this never skips a held change.
                 let acked = p.acked.load(SeqCst);
                 let position = acked.min(p.held_from.load(SeqCst).saturating_sub(1));
-                // Versions of imports trail this node's clock: a second's margin.
                 let version = p
                     .acked_version
                     .load(SeqCst)
                     .min(p.held_version.load(SeqCst))
-                    .saturating_sub(1000 << 16);
+                    .saturating_sub(IMPORT_CLOCK_MARGIN);
                 peers.insert(n.addr.clone(), (position, version));
             } else if let Some(r) = self.resume.lock().expect("lock").get(&n.addr) {
                 peers.insert(n.addr.clone(), *r);
             }
         }
-        {
-            let saved = self.streams_saved.lock().expect("lock");
-            if saved.1 == peers
-                || (!now && saved.0.is_some_and(|t| t.elapsed() < STREAMS_SAVE_EVERY))
-            {
-                return;
-            }
+        if saved.1 == peers || (!now && saved.0.is_some_and(|t| t.elapsed() < STREAMS_SAVE_EVERY)) {
+            return;
         }
         let text = json!({
             "format": STREAMS_FORMAT,
@@ -2715,10 +2707,12 @@ impl Cluster {
         })
         .to_string();
         let state = self.state.clone();
-        let r = tokio::task::spawn_blocking(move || state.save_streams(&text)).await;
+        let r = tokio::task::spawn_blocking(move || state.save_streams(&text))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
         match r {
-            Ok(Ok(())) => *self.streams_saved.lock().expect("lock") = (Some(Instant::now()), peers),
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot save the stream positions"),
+            Ok(()) => *saved = (Some(Instant::now()), peers),
             Err(e) => tracing::warn!(error = %e, "cannot save the stream positions"),
         }
     }
@@ -2824,20 +2818,10 @@ pub async fn watch_chmpx(
     let mut last: Option<Vec<u8>> = None;
     // The hosts a description admits are looked up again now and then, so a name that did
     // not resolve at start (DNS not ready) or moved is followed without editing the file.
-    let mut resolved = tokio::time::Instant::now();
+    // `None`: a new description, not looked up yet.
+    let mut resolved: Option<tokio::time::Instant> = None;
     let mut admitted: Option<crate::chmpx::ChmpxConfig> = None;
     while !cluster.stopping() {
-        if let (Some(g), Some(c)) = (&gate, &admitted)
-            && resolved.elapsed() >= RESOLVE_EVERY
-        {
-            let c = c.clone();
-            if let Ok(a) =
-                tokio::task::spawn_blocking(move || crate::chmpx::Admission::new(&c)).await
-            {
-                g.set(a);
-            }
-            resolved = tokio::time::Instant::now();
-        }
         // A small file: a blocking read is shorter than handing it to another thread.
         match std::fs::read(&path) {
             Ok(bytes) if last.as_ref() != Some(&bytes) => {
@@ -2845,20 +2829,9 @@ pub async fn watch_chmpx(
                 let syntax = crate::chmpx::Syntax::guess(Some(&path), &text);
                 match crate::chmpx::parse(&text, syntax) {
                     Ok(c) if c.group == cluster.layout().cluster => {
-                        if let Some(g) = &gate {
-                            // Name lookups can block for seconds on a bad resolver.
-                            let c = c.clone();
-                            if let Ok(a) = tokio::task::spawn_blocking(move || {
-                                crate::chmpx::Admission::new(&c)
-                            })
-                            .await
-                            {
-                                g.set(a);
-                            }
-                            resolved = tokio::time::Instant::now();
-                        }
-                        admitted = Some(c.clone());
                         let d = c.desired();
+                        admitted = Some(c);
+                        resolved = None;
                         if last.is_some() {
                             tracing::info!(path = %path.display(), servers = ?d.servers, "cluster description changed");
                         }
@@ -2881,6 +2854,18 @@ pub async fn watch_chmpx(
                     tracing::warn!(path = %path.display(), error = %e, "cannot read the cluster description");
                 }
             }
+        }
+        if let (Some(g), Some(c)) = (&gate, &admitted)
+            && resolved.is_none_or(|t| t.elapsed() >= RESOLVE_EVERY)
+        {
+            // Name lookups can block for seconds on a bad resolver.
+            let c = c.clone();
+            if let Ok(a) =
+                tokio::task::spawn_blocking(move || crate::chmpx::Admission::new(&c)).await
+            {
+                g.set(a);
+            }
+            resolved = Some(tokio::time::Instant::now());
         }
         tokio::time::sleep(every).await;
     }

@@ -182,9 +182,7 @@ pub fn answer(cluster: &Cluster, payload: &[u8]) -> Result<(Vec<u8>, Option<Vec<
 /// The owners (other than this node) a read of partition `p` asks, or why it cannot be
 /// served at its quorum.
 fn askees(cluster: &Cluster, l: &Layout, p: usize, all: bool) -> Result<Vec<Arc<Peer>>, String> {
-    let o = l.owners_of_partition(p);
-    // While data moves the previous owners hold all of it; the new ones may not yet.
-    let list = o.previous.unwrap_or(o.current);
+    let list = l.owners_of_partition(p).serving();
     let live: Vec<Arc<Peer>> = list
         .iter()
         .map(|&i| &l.node(i).addr)

@@ -18,8 +18,8 @@
 //! which position of the sender's feed ([`Origin`]); its stream to C holds `c` back until A's
 //! heartbeat says A's stream to C has passed that position (then `c` is dropped), or A is down,
 //! restarted (another incarnation: its positions were reset), out of the layout (no longer
-//! pinged), or on another layout version (then `c` is sent). "A's stream passed it" means A sent it to C or holds it back itself,
-//! answerable to the node A got it from, down to the node that wrote it, which sends its own
+//! pinged), or on another layout version (then `c` is sent). "A's stream passed it" means A
+//! sent it to C or holds it back itself, answerable to the node A got it from, down to the node that wrote it, which sends its own
 //! writes itself; so no two nodes wait for each other. Transfers and resyncs are not
 //! forwarded: every new owner gets its own. Held changes live in memory, but what they stand
 //! for survives a crash: every second (and at shutdown) the node saves, per peer, the feed
@@ -814,6 +814,8 @@ pub async fn transfer(cluster: Arc<Cluster>, l: Arc<Layout>) -> Result<usize, St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k2hdkc_layout::Change as LayoutChange;
+    use k2hdkc_storage::{Store, StoreConfig};
 
     /// Leaves split each partition evenly (they use other key-hash bits than partitions),
     /// and two owners' leaf lists differ exactly where their digests do.
@@ -846,8 +848,6 @@ mod tests {
             u64::MAX
         );
     }
-    use k2hdkc_layout::Change as LayoutChange;
-    use k2hdkc_storage::{Store, StoreConfig};
 
     fn layout(nodes: usize, replicas: u8, w: u8) -> Layout {
         let mut l = Layout::new("t");
