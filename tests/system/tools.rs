@@ -290,7 +290,7 @@ fn dev_cluster_hash_stat_top() {
     .collect();
     let mut dev = Graceful(Proc::start(&bin("k2hdkc"), &args, Some(&log)));
     let dev = &mut dev.0;
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
     while !std::fs::read_to_string(&log)
         .unwrap_or_default()
         .contains("cluster ready")

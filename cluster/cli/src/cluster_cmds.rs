@@ -659,8 +659,11 @@ pub async fn dev_cluster(a: DevClusterArgs) -> anyhow::Result<()> {
     wait_settled(&c, t, Duration::from_secs(120)).await?;
     let mut gw = None;
     if let Some(p) = a.gateway_port {
+        let want = call(&c, json!({"method": "layout"}), t).await?["layout"]["version"]
+            .as_u64()
+            .unwrap_or(0);
         let log = std::fs::File::create(a.data_dir.join("gateway.log"))?;
-        let child = std::process::Command::new(&exe)
+        let mut child = std::process::Command::new(&exe)
             .args([
                 "gateway",
                 "--join",
@@ -680,30 +683,44 @@ pub async fn dev_cluster(a: DevClusterArgs) -> anyhow::Result<()> {
             "started gateway (pid {}) memcached 127.0.0.1:{p}",
             child.id()
         );
-        gw = Some(child);
-        // Ready once the gateway has the current layout.
-        let want = call(&c, json!({"method": "layout"}), t).await?["layout"]["version"]
-            .as_u64()
-            .unwrap_or(0);
+        // Ready once the gateway has the current layout. A loaded host (a test suite on two
+        // cores) can take many seconds to start it, so the wait is long; a gateway that
+        // exits is reported at once, with the end of its log.
         let gw_native: SocketAddr =
             format!("127.0.0.1:{}", a.base_port as usize + 2 * a.nodes).parse()?;
-        let mut ready = false;
-        for _ in 0..100 {
+        let gw_log = a.data_dir.join("gateway.log");
+        let log_tail = || {
+            let text = std::fs::read_to_string(&gw_log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(20)..].join("\n")
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
             if let Ok(g) = client(gw_native, t).await
                 && let Ok(h) = call(&g, json!({"method": "hello"}), t).await
                 && h["version"].as_u64().unwrap_or(0) >= want
             {
-                ready = true;
                 break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                bail!(
+                    "the gateway exited ({status}); {}:\n{}",
+                    gw_log.display(),
+                    log_tail()
+                );
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "the gateway did not load layout version {want} within 60 s; {}:\n{}",
+                    gw_log.display(),
+                    log_tail()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        if !ready {
-            bail!(
-                "the gateway did not load the layout; see {}",
-                a.data_dir.join("gateway.log").display()
-            );
-        }
+        gw = Some(child);
     }
     let s = call(&c, json!({"method": "status"}), t).await?;
     print_status(&s);
