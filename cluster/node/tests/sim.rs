@@ -2,11 +2,13 @@
 //!
 //! Three real server nodes — membership, the Paxos layout agreement, replication streams,
 //! hand-overs and takeovers, quorum reads — run on turmoil's simulated network and clock
-//! (through the `Transport` seam and the store's `Clock`), in memory mode, with a gateway. Two
-//! clients write their own keys and increment one shared counter through random nodes and the
-//! gateway while a schedule drawn
-//! from the seed crashes and restarts nodes (memory mode: a restarted node has lost
-//! everything), cuts one node off from the others, or holds its messages, or only those
+//! (through the `Transport` seam and the store's `Clock`), with a gateway; odd seeds keep
+//! the nodes' data in memory, even seeds in files (`K2HDKC_SIM_STORAGE=memory|file` picks one
+//! for every seed). Two clients write their own keys and increment one shared counter through
+//! random nodes and the gateway while a schedule drawn from the seed crashes and restarts
+//! nodes (a memory node restarts with nothing, a file node with what it acknowledged, and
+//! merges what changed meanwhile), cuts one node off from the others, or holds its messages,
+//! or only those
 //! between it and the gateway (delivered at the heal, as TCP retransmits after a link comes
 //! back); one fault at a time, each healed before
 //! the next (cutting a node off cuts it from the gateway too). After the last heal a checker
@@ -108,9 +110,46 @@ fn net() -> Net {
     Net(Arc::new(SimNet))
 }
 
-fn node_config(i: usize, ip: IpAddr, seed_ip: IpAddr) -> ServerConfig {
+/// How the simulated server nodes keep their data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Storage {
+    /// In memory: a crashed node restarts empty.
+    Memory,
+    /// Files (fsync always) in a directory per node that outlives its crashes: a crashed node
+    /// restarts with what it acknowledged, catches up and merges.
+    File,
+}
+
+impl Storage {
+    /// `K2HDKC_SIM_STORAGE=memory|file`, else odd seeds memory and even seeds file.
+    fn for_seed(seed: u64) -> Storage {
+        match std::env::var("K2HDKC_SIM_STORAGE").as_deref() {
+            Ok("memory") => Storage::Memory,
+            Ok("file") => Storage::File,
+            Ok(other) => panic!("K2HDKC_SIM_STORAGE={other:?}: want memory or file"),
+            Err(_) if seed % 2 == 1 => Storage::Memory,
+            Err(_) => Storage::File,
+        }
+    }
+}
+
+fn node_config(
+    i: usize,
+    ip: IpAddr,
+    seed_ip: IpAddr,
+    data: Option<&std::path::Path>,
+) -> ServerConfig {
     let mut c = ServerConfig::default();
-    c.storage.mode = StorageMode::Memory;
+    match data {
+        None => c.storage.mode = StorageMode::Memory,
+        Some(dir) => {
+            c.storage.mode = StorageMode::File;
+            c.storage.data_dir = Some(dir.join(format!("n{}", i + 1)));
+            // A crash here is a process's: what reached the kernel stays. The directory is
+            // on tmpfs where there is one, so an fsync costs nothing.
+            c.storage.fsync = "always".into();
+        }
+    }
     c.listen.native = Some(SocketAddr::new(ip, PORT));
     c.cluster.name = Some(format!("n{}", i + 1));
     c.cluster.join = vec![SocketAddr::new(seed_ip, PORT).to_string()];
@@ -437,15 +476,29 @@ enum Fault {
 /// A simulation with the three server nodes as hosts n1..n3: (the simulation, host names,
 /// native addresses).
 fn nodes_sim<'a>(seed: u64, secs: u64) -> (turmoil::Sim<'a>, Vec<String>, Vec<SocketAddr>) {
-    nodes_sim_late(seed, secs, None)
+    nodes_sim_late(seed, secs, None, None)
+}
+
+/// A directory for the nodes' files, on tmpfs where there is one.
+fn sim_data_dir() -> tempfile::TempDir {
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir()
+        && let Ok(d) = tempfile::Builder::new()
+            .prefix("k2hdkc-sim")
+            .tempdir_in(shm)
+    {
+        return d;
+    }
+    tempfile::tempdir().expect("temporary directory")
 }
 
 /// [`nodes_sim`], and with `late` a fourth server node, n4, which starts (and joins) once the
-/// flag is set.
+/// flag is set; with `data` the nodes keep their files there.
 fn nodes_sim_late<'a>(
     seed: u64,
     secs: u64,
     late: Option<Arc<AtomicBool>>,
+    data: Option<std::path::PathBuf>,
 ) -> (turmoil::Sim<'a>, Vec<String>, Vec<SocketAddr>) {
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
@@ -458,8 +511,10 @@ fn nodes_sim_late<'a>(
     let names: Vec<String> = (0..hosts).map(|i| format!("n{}", i + 1)).collect();
     for (i, name) in names.iter().enumerate() {
         let gate = late.clone().filter(|_| i == NODES);
+        let data = data.clone();
         sim.host(name.as_str(), move || {
             let gate = gate.clone();
+            let data = data.clone();
             async move {
                 if let Some(g) = gate {
                     while !g.load(Ordering::SeqCst) {
@@ -472,7 +527,10 @@ fn nodes_sim_late<'a>(
                     net: net(),
                     clock: Some(Arc::new(SimClock)),
                 };
-                let _server = Server::start_with(node_config(i, ip, seed_ip), env).await?;
+                let config = node_config(i, ip, seed_ip, data.as_deref());
+                // (A crashed file node's directory stays locked until its store closes,
+                // which a store worker thread may delay a moment: the store waits for it.)
+                let _server = Server::start_with(config, env).await?;
                 std::future::pending::<()>().await;
                 Ok(())
             }
@@ -491,13 +549,20 @@ fn nodes_sim_late<'a>(
 /// detached; the check then reads through the nodes left.
 fn run_seed(seed: u64, movements: bool) -> Result<String, String> {
     let late = movements.then(|| Arc::new(AtomicBool::new(false)));
-    let (mut sim, names, nodes) = nodes_sim_late(seed, LOAD_SECS + 180, late.clone());
+    let storage = Storage::for_seed(seed);
+    let dir = (storage == Storage::File).then(sim_data_dir);
+    let (mut sim, names, nodes) = nodes_sim_late(
+        seed,
+        LOAD_SECS + 180,
+        late.clone(),
+        dir.as_ref().map(|d| d.path().to_path_buf()),
+    );
     let leaving = movements.then(|| fastrand::Rng::with_seed(seed ^ 0x5eed).usize(..NODES));
     // A gateway (K2HDKC's slave): holds nothing, routes every request to its primary. It is
     // never crashed itself, but cutting a node off cuts it from the gateway too.
     sim.host("gw", || async {
         let ip = turmoil::lookup("gw");
-        let mut c = node_config(0, ip, turmoil::lookup("n1"));
+        let mut c = node_config(0, ip, turmoil::lookup("n1"), None);
         c.cluster.name = Some("gw".into());
         c.cluster.gateway = true;
         let env = Env {
@@ -704,7 +769,7 @@ fn run_seed(seed: u64, movements: bool) -> Result<String, String> {
     }
     let moved = movement_log.lock().unwrap().join(", ");
     Ok(format!(
-        "seed {seed}: {} faults {:?}; {} ops, {} failed ({:.2}%), {} increments acknowledged{}",
+        "seed {seed} ({storage:?}): {} faults {:?}; {} ops, {} failed ({:.2}%), {} increments acknowledged{}",
         faults.len(),
         faults.iter().map(|f| f.2).collect::<Vec<_>>(),
         h.ops,
