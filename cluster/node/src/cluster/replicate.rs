@@ -402,6 +402,7 @@ pub async fn stream(cluster: Arc<Cluster>, peer: Arc<Peer>) {
     // Whether the peer owns every partition, per installed layout (the same one, not only
     // the same version; the peer's index follows from it: see `owns_all`).
     let mut share: Option<(Arc<Layout>, bool)> = None;
+    let mut scan: Option<Scan> = None;
     while !cluster.stopping() {
         let layout = cluster.layout();
         let Some(me_in_layout) = layout
@@ -411,6 +412,7 @@ pub async fn stream(cluster: Arc<Cluster>, peer: Arc<Peer>) {
             .map(|i| i as NodeIdx)
         else {
             // Not (or no longer) a node of the layout: nothing to send.
+            scan = None;
             held = Held::default();
             held.publish(&peer);
             peer.acked.store(store.last_seq(), SeqCst);
@@ -419,9 +421,21 @@ pub async fn stream(cluster: Arc<Cluster>, peer: Arc<Peer>) {
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
-        let batch = match store.feed_read(from, &ChangeFilter::default(), BATCH_CHANGES) {
+        // A scan made from another position or under another layout decided for nothing
+        // that is still to send.
+        if scan
+            .as_ref()
+            .is_some_and(|s| s.from != from || s.layout != layout.version)
+        {
+            scan = None;
+        }
+        let (read_from, room) = scan
+            .as_ref()
+            .map_or((from, BATCH_CHANGES), |s| (s.next, BATCH_CHANGES - s.read));
+        let batch = match store.feed_read(read_from, &ChangeFilter::default(), room) {
             Ok(b) => b,
             Err(StoreError::FeedTruncated { .. }) => {
+                scan = None;
                 // The feed moved past this peer's position while it was away: send the state
                 // newer than what it acknowledged, then go on from the end of the feed.
                 let resume = store.last_seq() + 1;
@@ -448,6 +462,7 @@ pub async fn stream(cluster: Arc<Cluster>, peer: Arc<Peer>) {
         // The peer restarted and asked for what it may have lost (all of it when it started
         // empty). The flag stays set until it is done: `flush_to` waits for that.
         if peer.resync_all.load(SeqCst) {
+            scan = None;
             let since = peer.resync_since.load(SeqCst);
             match resync(&cluster, &peer, &layout, me_in_layout, Some(since)).await {
                 Ok(()) => {
@@ -465,13 +480,16 @@ pub async fn stream(cluster: Arc<Cluster>, peer: Arc<Peer>) {
             }
             continue;
         }
-        // The peer takes over partitions: everything held back for it goes now.
+        // The peer takes over partitions: everything held back for it goes now (and what the
+        // scan would hold is decided again).
         if peer.force_release.swap(false, SeqCst) && !held.changes.is_empty() {
+            scan = None;
             let all: Vec<Arc<Change>> = held.changes.drain(..).map(|(c, _)| c).collect();
             held.bytes = 0;
             held.send_or_keep(&cluster, &peer, all).await;
             held.publish(&peer);
             cluster.acked.notify_waiters();
+            continue;
         }
         // Held changes whose fate is now known: send or drop them.
         if !held.changes.is_empty()
@@ -485,7 +503,7 @@ pub async fn stream(cluster: Arc<Cluster>, peer: Arc<Peer>) {
                 cluster.acked.notify_waiters();
             }
         }
-        if batch.next_seq <= from {
+        if scan.is_none() && batch.next_seq <= from {
             // Nothing new: local writes notify `written`; changes from elsewhere (expiry
             // sweeps, imports) are picked up within the poll interval.
             let woken = cluster.written.notified();
@@ -506,28 +524,6 @@ pub async fn stream(cluster: Arc<Cluster>, peer: Arc<Peer>) {
             }
             continue;
         }
-        let mut out: Vec<Arc<Change>> = Vec::new();
-        let mut bytes = 0usize;
-        let mut max_version = Version::ZERO;
-        // Held back only once this batch's position is passed (a batch that fails is read
-        // again, and must not hold its copies twice).
-        let mut hold: Vec<(Arc<Change>, Origin)> = Vec::new();
-        let mut hold_bytes = 0usize;
-        // The origins of this batch's imports, looked up in one short critical section
-        // (imports insert into the same map).
-        let origins: Vec<Option<Origin>> = {
-            let o = cluster.origins.lock().expect("lock");
-            batch
-                .changes
-                .iter()
-                .map(|c| {
-                    (c.kind == ChangeKind::Import)
-                        .then(|| o.get(&c.seq).cloned())
-                        .flatten()
-                        .map(|origin| cluster.settled_origin(c.seq, origin))
-                })
-                .collect()
-        };
         let all = match &share {
             Some((l, all)) if Arc::ptr_eq(l, &layout) => *all,
             _ => {
@@ -536,59 +532,34 @@ pub async fn stream(cluster: Arc<Cluster>, peer: Arc<Peer>) {
                 all
             }
         };
-        let mut views = Views::default();
-        for (c, o) in batch.changes.iter().zip(origins) {
-            let Some(c) = for_peer(c, &layout, me_in_layout, all) else {
-                continue;
-            };
-            if c.kind == ChangeKind::Import {
-                match fate(&cluster, &mut views, o.as_ref(), &peer.addr, layout.version) {
-                    Fate::Skip => continue,
-                    Fate::Hold if held.bytes + hold_bytes + c.weight() <= HELD_BYTES => {
-                        hold_bytes += c.weight();
-                        hold.push((c, o.expect("held changes have an origin")));
-                        continue;
-                    }
-                    Fate::Hold | Fate::Send => {}
-                }
-            }
-            bytes += c.weight();
-            max_version = max_version.max(c.version);
-            out.push(c);
-            if bytes > BATCH_BYTES {
-                break;
-            }
-        }
-        let keep = |held: &mut Held, hold: Vec<(Arc<Change>, Origin)>| {
-            if !hold.is_empty() {
-                held.bytes += hold_bytes;
-                held.changes.extend(hold);
+        let s = scan.get_or_insert_with(|| Scan::new(from, layout.version, all));
+        s.take(&cluster, &layout, me_in_layout, &peer.addr, &held, batch);
+        let keep = |held: &mut Held, s: Scan| {
+            if !s.hold.is_empty() {
+                held.bytes += s.hold_bytes;
+                held.changes.extend(s.hold);
                 held.publish(&peer);
             }
         };
-        // When the byte cap cut the batch, resume after the last change taken.
-        let next = if bytes > BATCH_BYTES {
-            out.last().map_or(batch.next_seq, |c| c.seq + 1)
-        } else {
-            batch.next_seq
-        };
-        if out.is_empty() {
-            keep(&mut held, hold);
+        if s.out.is_empty() {
+            let next = s.next;
+            keep(&mut held, scan.take().expect("scanned"));
             peer.acked.store(next - 1, SeqCst);
             from = next;
             cluster.acked.notify_waiters();
             continue;
         }
         if !peer.up() {
-            // Hinted handoff: keep the position and wait for the peer to return.
+            // Hinted handoff: keep the position and wait for the peer to return (and decide
+            // again then).
+            scan = None;
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         }
         // No write waits for this peer (another replica answers them): gather more (each
         // batch costs the peer a wake-up, and its acknowledgement one here) for up to
         // `LINGER`.
-        if batch.changes.len() < BATCH_CHANGES && bytes <= BATCH_BYTES && out.len() < LINGER_CHANGES
-        {
+        if s.read < BATCH_CHANGES && !s.cut && s.out.len() < LINGER_CHANGES {
             if lazy.as_ref().is_none_or(|(v, _)| *v != layout.version) {
                 let me = layout.nodes.iter().position(|n| n.addr == cluster.addr);
                 let l = me.and_then(|me| lazy_target(&layout, me as NodeIdx, me_in_layout));
@@ -622,19 +593,123 @@ pub async fn stream(cluster: Arc<Cluster>, peer: Arc<Peer>) {
             }
         }
         linger = None;
-        match send(&cluster, &peer, &out, next - 1).await {
+        let s = scan.take().expect("scanned");
+        let next = s.next;
+        match send(&cluster, &peer, &s.out, next - 1).await {
             Ok(()) => {
-                keep(&mut held, hold);
+                peer.acked_version.store(s.max_version.ts, SeqCst);
+                keep(&mut held, s);
                 peer.acked.store(next - 1, SeqCst);
-                peer.acked_version.store(max_version.ts, SeqCst);
                 from = next;
                 backoff = Duration::from_millis(50);
                 cluster.acked.notify_waiters();
             }
             Err(e) => {
+                // Read and decided again from `from` next time.
                 tracing::debug!(peer = %peer.addr, error = %e, "replication batch failed");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// What a stream has read of its feed since its position and decided about, while it gathers
+/// a batch (`LINGER`): each wake reads on from `next` instead of deciding every change again
+/// (which made gathering cost the square of the batch). Decisions are not revisited before
+/// the batch goes: one to send that would now be skipped costs a copy the receiver ignores;
+/// one to hold is looked at again with the held changes.
+struct Scan {
+    /// The stream position the scan started at.
+    from: u64,
+    /// The layout version its decisions were made under.
+    layout: u64,
+    /// Whether the peer owns every partition of that layout (see `owns_all`).
+    all: bool,
+    /// Where to read on.
+    next: u64,
+    /// Changes read so far.
+    read: usize,
+    /// To send.
+    out: Vec<Arc<Change>>,
+    bytes: usize,
+    max_version: Version,
+    /// To hold back once the batch's position is passed (a batch that fails is read again,
+    /// and must not hold its copies twice).
+    hold: Vec<(Arc<Change>, Origin)>,
+    hold_bytes: usize,
+    /// The byte cap cut the batch: `next` is after the last change taken.
+    cut: bool,
+}
+
+impl Scan {
+    fn new(from: u64, layout: u64, all: bool) -> Scan {
+        Scan {
+            from,
+            layout,
+            all,
+            next: from,
+            read: 0,
+            out: Vec::new(),
+            bytes: 0,
+            max_version: Version::ZERO,
+            hold: Vec::new(),
+            hold_bytes: 0,
+            cut: false,
+        }
+    }
+
+    /// Decide about the changes of `batch`, read at `self.next`.
+    fn take(
+        &mut self,
+        cluster: &Cluster,
+        layout: &Layout,
+        peer_idx: NodeIdx,
+        peer: &str,
+        held: &Held,
+        batch: k2hdkc_storage::FeedBatch,
+    ) {
+        self.read += batch.changes.len();
+        self.next = batch.next_seq.max(self.next);
+        // The origins of the imports, looked up in one short critical section (imports
+        // insert into the same map).
+        let origins: Vec<Option<Origin>> = {
+            let o = cluster.origins.lock().expect("lock");
+            batch
+                .changes
+                .iter()
+                .map(|c| {
+                    (c.kind == ChangeKind::Import)
+                        .then(|| o.get(&c.seq).cloned())
+                        .flatten()
+                        .map(|origin| cluster.settled_origin(c.seq, origin))
+                })
+                .collect()
+        };
+        let mut views = Views::default();
+        for (c, o) in batch.changes.iter().zip(origins) {
+            let Some(c) = for_peer(c, layout, peer_idx, self.all) else {
+                continue;
+            };
+            if c.kind == ChangeKind::Import {
+                match fate(cluster, &mut views, o.as_ref(), peer, layout.version) {
+                    Fate::Skip => continue,
+                    Fate::Hold if held.bytes + self.hold_bytes + c.weight() <= HELD_BYTES => {
+                        self.hold_bytes += c.weight();
+                        self.hold.push((c, o.expect("held changes have an origin")));
+                        continue;
+                    }
+                    Fate::Hold | Fate::Send => {}
+                }
+            }
+            self.bytes += c.weight();
+            self.max_version = self.max_version.max(c.version);
+            let seq = c.seq;
+            self.out.push(c);
+            if self.bytes > BATCH_BYTES {
+                self.cut = true;
+                self.next = seq + 1;
+                break;
             }
         }
     }
