@@ -205,6 +205,14 @@ fn wait_status(
     }
 }
 
+/// The nodes of a `status` answer.
+fn nodes_in(s: &serde_json::Value) -> std::slice::Iter<'_, serde_json::Value> {
+    s["nodes"]
+        .as_array()
+        .expect("a status lists its nodes")
+        .iter()
+}
+
 /// Wait until `nodes` nodes are recognised, then three copies with quorums of two, attached.
 fn form_cluster(seed: SocketAddr, nodes: usize) {
     wait_status(
@@ -286,13 +294,7 @@ fn writes_survive_kill_attach_and_detach() {
     assert!(out.contains("SUCCEED"), "{out}");
     let s = status(seed);
     assert_eq!(s["effective_replicas"], 3, "{s}");
-    assert!(
-        s["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|n| n["ring"] == "SERVICE IN")
-    );
+    assert!(nodes_in(&s).all(|n| n["ring"] == "SERVICE IN"));
 
     // A gateway routes memcached clients to the owners.
     let gw_mc = free_addr();
@@ -334,11 +336,7 @@ fn writes_survive_kill_attach_and_detach() {
     std::thread::sleep(Duration::from_secs(5));
     assert!(nodes[2].proc.signal("CONT"));
     wait_status(seed, "n3 answering again", Duration::from_secs(20), |s| {
-        s["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|n| n["live"] == "UP")
+        nodes_in(s).all(|n| n["live"] == "UP")
     });
     // Kill -9 a node under load, then bring it back.
     nodes[1].proc.kill9();
@@ -347,11 +345,7 @@ fn writes_survive_kill_attach_and_detach() {
     let restarted = start_node(dir.path(), "n2", n2.native, n2.memcached, seed);
     nodes[1] = restarted;
     wait_status(seed, "n2 up again", Duration::from_secs(20), |s| {
-        s["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|n| n["live"] == "UP")
+        nodes_in(s).all(|n| n["live"] == "UP")
     });
     std::thread::sleep(Duration::from_secs(1));
     // Attach a fourth node under load, then detach n3.
@@ -369,12 +363,7 @@ fn writes_survive_kill_attach_and_detach() {
     writer.join().expect("writer");
 
     let s = status(seed);
-    let names: Vec<&str> = s["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["name"].as_str().unwrap())
-        .collect();
+    let names: Vec<&str> = nodes_in(&s).map(|n| n["name"].as_str().unwrap()).collect();
     assert_eq!(names.len(), 3, "n3 left: {s}");
     assert!(!names.contains(&"n3"), "{s}");
     assert_eq!(s["moving"], false, "{s}");
@@ -1059,11 +1048,7 @@ fn partitioned_node_loses_nothing() {
     std::thread::sleep(Duration::from_secs(8));
     lab.heal(2);
     wait_status(seed, "n3 reachable again", Duration::from_secs(30), |s| {
-        s["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|n| n["live"] == "UP")
+        nodes_in(s).all(|n| n["live"] == "UP")
     });
     // Load after the heal exercises the returned node as a primary again.
     std::thread::sleep(Duration::from_secs(4));
@@ -1176,13 +1161,7 @@ fn hints_survive_a_crash_of_the_nodes_holding_them() {
             a.0,
             &format!("n3 down at n{}", i + 1),
             Duration::from_secs(30),
-            |s| {
-                s["nodes"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|n| n["name"] == "n3" && n["live"] == "DOWN")
-            },
+            |s| nodes_in(s).any(|n| n["name"] == "n3" && n["live"] == "DOWN"),
         );
     }
     let hinted = load(
@@ -1799,11 +1778,7 @@ fn stale_cluster(extra: &[&str]) -> StaleCluster {
     );
     procs[2] = start(2);
     wait_status(seed, "n3 back", Duration::from_secs(30), |s| {
-        s["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|n| n["live"] == "UP")
+        nodes_in(s).all(|n| n["live"] == "UP")
     });
     assert_eq!(
         load(addrs[0].1, keys("a", "new").chain(keys("b", "new"))),
@@ -1818,13 +1793,7 @@ fn stale_cluster(extra: &[&str]) -> StaleCluster {
         seed,
         "n3 back on its old disk",
         Duration::from_secs(30),
-        |s| {
-            s["nodes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|n| n["live"] == "UP" && n["catching_up"] != true)
-        },
+        |s| nodes_in(s).all(|n| n["live"] == "UP" && n["catching_up"] != true),
     );
     StaleCluster {
         _dir: dir,

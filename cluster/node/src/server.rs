@@ -146,6 +146,9 @@ impl Server {
             })?),
             None => None,
         };
+        if config.cluster.enabled() && !config.cluster.gateway {
+            store.set_tombstone_absent(true);
+        }
         let cluster = if config.cluster.enabled() {
             let addr = nat_l
                 .as_ref()

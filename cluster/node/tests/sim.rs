@@ -4,19 +4,19 @@
 //! hand-overs and takeovers, quorum reads — run on turmoil's simulated network and clock
 //! (through the `Transport` seam and the store's `Clock`), with a gateway; odd seeds keep
 //! the nodes' data in memory, even seeds in files (`K2HDKC_SIM_STORAGE=memory|file` picks one
-//! for every seed). Two clients write their own keys and increment one shared counter through
-//! random nodes and the gateway while a schedule drawn from the seed crashes and restarts
-//! nodes (a memory node restarts with nothing, a file node with what it acknowledged, and
-//! merges what changed meanwhile), cuts one node off from the others, or holds its messages,
-//! or only those
-//! between it and the gateway (delivered at the heal, as TCP retransmits after a link comes
-//! back); one fault at a time, each healed before
+//! for every seed). Two clients write (and now and then delete) their own keys and increment
+//! one shared counter through random nodes and the gateway while a schedule drawn from the
+//! seed crashes and restarts nodes (a memory node restarts with nothing, a file node with
+//! what it acknowledged, and merges what changed meanwhile), cuts one node off from the
+//! others, or holds its messages, or only those between it and the gateway (delivered at the
+//! heal, as TCP retransmits after a link comes back); one fault at a time, each healed before
 //! the next (cutting a node off cuts it from the gateway too). After the last heal a checker
 //! reads every key through every node and the gateway, and asks the cluster to compare its
 //! copies.
 //!
-//! What holds (and is asserted): every key reads back its last acknowledged value or a later
-//! value whose write had an unknown outcome (never an older or a never-written one); the
+//! What holds (and is asserted): every key reads back its last acknowledged value (absent if
+//! that was a delete) or a later one whose write or delete had an unknown outcome (never an
+//! older or a never-written one, and no deleted value comes back); the
 //! counter is within [acknowledged increments, acknowledged + unknown]; no partition's copies
 //! differ. The network, the fault schedule and the clients' choices come from the seed;
 //! tokio's own scheduling choices (`select!` branch order) are not seeded without
@@ -194,12 +194,13 @@ async fn control(c: &Client, req: Json) -> Result<Json, String> {
 /// What the clients saw.
 #[derive(Default, Debug)]
 struct History {
-    /// key -> last acknowledged value.
-    acked: BTreeMap<String, String>,
+    /// key -> last acknowledged value (`None`: deleted).
+    acked: BTreeMap<String, Option<String>>,
     /// key -> values written after the last acknowledgement whose outcome is unknown.
-    maybe: BTreeMap<String, Vec<String>>,
+    maybe: BTreeMap<String, Vec<Option<String>>>,
     incrs_acked: u64,
     incrs_unknown: u64,
+    deletes_acked: u64,
     /// What each acknowledged increment returned, when (simulated ms) and through which
     /// node: two increments that returned one value show where an update was lost.
     incr_values: Vec<(u64, u64, SocketAddr)>,
@@ -207,6 +208,21 @@ struct History {
     failed: u64,
     /// Things that must never happen (a counter that vanished, say).
     violations: Vec<String>,
+}
+
+impl History {
+    /// Whether reading `got` from `key` fits what the clients did: its last acknowledged
+    /// value (or its deletion), or a later write (or delete) of unknown outcome; absent also
+    /// when nothing was acknowledged, since unknown writes may all have failed.
+    fn fits(&self, key: &str, got: &Option<String>) -> bool {
+        let acked = self.acked.get(key);
+        let maybe = self.maybe.get(key);
+        let unknown = |v: &Option<String>| maybe.is_some_and(|m| m.contains(v));
+        match got {
+            Some(_) => acked == Some(got) || unknown(got),
+            None => matches!(acked, None | Some(None)) || unknown(got),
+        }
+    }
 }
 
 /// Form the cluster: N=3, W=2, R=2, every node in service.
@@ -246,6 +262,14 @@ async fn form(nodes: &[SocketAddr]) -> Result<(), String> {
     Err("the cluster did not form".into())
 }
 
+/// `K2HDKC_SIM_TRACE=KEY` prints every request of the clients on KEY, with simulated time.
+fn trace_key(key: &str, what: impl FnOnce() -> String) {
+    if std::env::var("K2HDKC_SIM_TRACE").is_ok_and(|k| k == key) {
+        let t = turmoil::sim_elapsed().unwrap_or_default();
+        eprintln!("{:>9.3}s trace {key}: {}", t.as_secs_f64(), what());
+    }
+}
+
 async fn worker(
     id: usize,
     seed: u64,
@@ -263,26 +287,29 @@ async fn worker(
     while start.elapsed() < Duration::from_secs(LOAD_SECS) {
         let c = &clients[rng.usize(..clients.len())];
         n += 1;
-        let dice = rng.u8(..10);
-        if dice < 2 {
+        let dice = rng.u8(..20);
+        if dice < 4 {
             // Read one of this client's own keys (nobody else writes them): it must show the
             // last acknowledged value or a later one of unknown outcome, now, not only after
             // the heal (a stale write that lands late and is overwritten again before the end
             // would pass the final check).
             let key = format!("c{id}-k{}", rng.usize(..KEYS));
             let r = c.get(key.as_bytes()).await;
+            trace_key(&key, || {
+                let r = r.as_ref().map(|g| {
+                    g.as_ref()
+                        .map(|i| String::from_utf8_lossy(&i.value).into_owned())
+                });
+                format!("get via {}: {r:?}", c.addr())
+            });
             let mut h = history.lock().unwrap();
             h.ops += 1;
             match r {
                 Ok(got) => {
                     let got = got.map(|i| String::from_utf8_lossy(&i.value).into_owned());
-                    let acked = h.acked.get(&key).cloned();
-                    let maybe = h.maybe.get(&key).cloned().unwrap_or_default();
-                    let fine = match &got {
-                        Some(v) => acked.as_ref() == Some(v) || maybe.contains(v),
-                        None => acked.is_none(),
-                    };
-                    if !fine {
+                    if !h.fits(&key, &got) {
+                        let acked = h.acked.get(&key).cloned();
+                        let maybe = h.maybe.get(&key).cloned().unwrap_or_default();
                         let t = turmoil::sim_elapsed().unwrap_or_default();
                         h.violations.push(format!(
                             "{key}: read {got:?} at {t:?} via {}; acknowledged {acked:?}, maybe {maybe:?}",
@@ -292,14 +319,28 @@ async fn worker(
                 }
                 Err(_) => h.failed += 1,
             }
-        } else if dice < 8 {
+        } else if dice < 17 {
+            // A set, or now and then a delete (a tombstone that must travel like a value).
             let key = format!("c{id}-k{}", rng.usize(..KEYS));
-            let value = format!("c{id}-v{n}");
-            let r = c.set(key.as_bytes(), value.as_bytes()).await;
+            let value = (dice < 15).then(|| format!("c{id}-v{n}"));
+            // (For a delete, whether the key was found.)
+            let r = match &value {
+                Some(v) => c.set(key.as_bytes(), v.as_bytes()).await.map(|_| true),
+                None => c.delete(key.as_bytes()).await,
+            };
+            trace_key(&key, || {
+                format!(
+                    "{} {value:?} via {}: {:?}",
+                    if value.is_some() { "set" } else { "delete" },
+                    c.addr(),
+                    r
+                )
+            });
             let mut h = history.lock().unwrap();
             h.ops += 1;
             match r {
                 Ok(_) => {
+                    h.deletes_acked += u64::from(value.is_none());
                     h.acked.insert(key.clone(), value);
                     h.maybe.remove(&key);
                 }
@@ -393,14 +434,9 @@ async fn check(
                 }
             };
             let h = history.lock().unwrap();
-            let acked = h.acked.get(key);
-            let maybe = h.maybe.get(key).cloned().unwrap_or_default();
-            let fine = match &got {
-                Some(v) => acked == Some(v) || maybe.contains(v),
-                // Never acknowledged: only unknown writes, which may all have failed.
-                None => acked.is_none(),
-            };
-            if !fine {
+            if !h.fits(key, &got) {
+                let acked = h.acked.get(key);
+                let maybe = h.maybe.get(key).cloned().unwrap_or_default();
                 problems.push(format!(
                     "{key} via {addr} reads {got:?}; acknowledged {acked:?}, maybe {maybe:?}"
                 ));
@@ -769,13 +805,14 @@ fn run_seed(seed: u64, movements: bool) -> Result<String, String> {
     }
     let moved = movement_log.lock().unwrap().join(", ");
     Ok(format!(
-        "seed {seed} ({storage:?}): {} faults {:?}; {} ops, {} failed ({:.2}%), {} increments acknowledged{}",
+        "seed {seed} ({storage:?}): {} faults {:?}; {} ops, {} failed ({:.2}%), {} increments and {} deletes acknowledged{}",
         faults.len(),
         faults.iter().map(|f| f.2).collect::<Vec<_>>(),
         h.ops,
         h.failed,
         100.0 * h.failed as f64 / h.ops.max(1) as f64,
         h.incrs_acked,
+        h.deletes_acked,
         if moved.is_empty() {
             String::new()
         } else {

@@ -321,6 +321,9 @@ pub(crate) struct Inner {
     pub(crate) grace: u32,
     pub(crate) history: usize,
     pub(crate) encrypt_by_default: bool,
+    /// Whether a delete of a key this store lacks still leaves a tombstone (see
+    /// [`Store::set_tombstone_absent`]).
+    tombstone_absent: AtomicBool,
     pub(crate) state: State,
     pub(crate) engine: Box<dyn Engine>,
     pub(crate) feed: Feed,
@@ -379,6 +382,7 @@ impl Store {
             grace: cfg.tombstone_grace_secs,
             history: cfg.history,
             encrypt_by_default: cfg.encrypt_by_default,
+            tombstone_absent: AtomicBool::new(false),
             state: State::new(cfg.shards),
             engine,
             feed: Feed::new(cfg.feed_capacity_bytes),
@@ -932,6 +936,21 @@ impl Store {
         let l = self.inner.state.lock(&[key]);
         let now = self.now();
         let Some(old) = l.get(key)?.filter(|r| r.is_live(now)) else {
+            if cas.is_none() && self.inner.tombstone_absent.load(Ordering::Relaxed) {
+                // A copy of the key elsewhere (one this store missed) must not outlive the
+                // delete: the tombstone supersedes it wherever it travels.
+                let version = self.inner.hlc.now();
+                let meta = Meta {
+                    kind: Kind::Tombstone,
+                    encrypted: false,
+                    flags: 0,
+                    version,
+                    expire: now.saturating_add(self.inner.grace).max(1),
+                    created: now,
+                };
+                let tomb = Record::build(key, b"", &meta, None);
+                self.commit_and_wait(l, version, ChangeKind::Delete, vec![Op::Put(tomb)])?;
+            }
             return Ok(DeleteOutcome::NotFound);
         };
         if cas.is_some_and(|c| c != old.version().ts) {
@@ -941,6 +960,14 @@ impl Store {
         let tomb = self.tombstone(old, version, now);
         self.commit_and_wait(l, version, ChangeKind::Delete, vec![Op::Put(tomb)])?;
         Ok(DeleteOutcome::Deleted)
+    }
+
+    /// Make a delete of a key this store lacks (or holds expired) leave a tombstone all the
+    /// same, still answering "not found": a cluster's primary turns it on, since a replica
+    /// may hold a copy the primary missed, which the delete must supersede (without the
+    /// tombstone, a read that asks the replicas would bring the deleted value back).
+    pub fn set_tombstone_absent(&self, on: bool) {
+        self.inner.tombstone_absent.store(on, Ordering::Relaxed);
     }
 
     /// Change a live key's expiry; `get` also returns the value (memcached `gat`).

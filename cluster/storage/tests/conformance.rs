@@ -20,6 +20,7 @@ macro_rules! conformance {
 
 conformance!(
     set_get_delete,
+    deletes_of_absent_keys_leave_tombstones_when_asked,
     conditional_writes,
     limits_are_errors,
     partial_read_write,
@@ -105,6 +106,39 @@ fn set_get_delete(h: &Harness) {
         Some(7)
     );
     assert_eq!(n, 0);
+}
+
+/// A cluster's primary deletes keys it lacks with a tombstone all the same (a replica may
+/// hold a copy it missed); a store on its own writes nothing for them.
+fn deletes_of_absent_keys_leave_tombstones_when_asked(h: &Harness) {
+    let s = h.open();
+    let before = s.last_seq();
+    assert_eq!(s.delete(b"never", None).unwrap(), DeleteOutcome::NotFound);
+    assert_eq!(s.last_seq(), before, "nothing written by default");
+    assert_eq!(s.record_version(b"never"), None);
+    s.set_tombstone_absent(true);
+    assert_eq!(s.delete(b"never", None).unwrap(), DeleteOutcome::NotFound);
+    let v = s.record_version(b"never").expect("a tombstone");
+    assert!(v > Version::ZERO);
+    assert_eq!(val(&s, b"never"), None);
+    // It supersedes an older copy imported later: the key stays deleted.
+    let older = Version {
+        ts: v.ts - (1 << 16),
+        node: 9,
+    };
+    assert!(matches!(
+        s.set_versioned(b"never", b"stale copy", 0, Expire::Default, older, true)
+            .unwrap(),
+        Versioned::Stale(_)
+    ));
+    assert_eq!(val(&s, b"never"), None);
+    // A compare-and-delete of a key that is not there still writes nothing.
+    let n = s.last_seq();
+    assert_eq!(
+        s.delete(b"other", Some(5)).unwrap(),
+        DeleteOutcome::NotFound
+    );
+    assert_eq!(s.last_seq(), n);
 }
 
 fn conditional_writes(h: &Harness) {

@@ -1857,6 +1857,7 @@ impl Cluster {
             .save_layout(&l)
             .map_err(|e| format!("cannot persist the layout: {e}"))?;
         tracing::info!(
+            node = %self.me,
             version = l.version,
             nodes = l.nodes.len(),
             moving = l.moving(),
