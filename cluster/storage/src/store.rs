@@ -665,15 +665,20 @@ impl Store {
     }
 
     pub(crate) fn tombstone(&self, old: RecordRef<'_>, version: Version, now: u32) -> Record {
-        let meta = Meta {
+        let meta = self.tombstone_meta(version, now, old.created());
+        Record::build(old.key(), b"", &meta, None)
+    }
+
+    /// A tombstone's metadata: kept for the grace time from `now`.
+    fn tombstone_meta(&self, version: Version, now: u32, created: u32) -> Meta {
+        Meta {
             kind: Kind::Tombstone,
             encrypted: false,
             flags: 0,
             version,
             expire: now.saturating_add(self.inner.grace).max(1),
-            created: old.created(),
-        };
-        Record::build(old.key(), b"", &meta, None)
+            created,
+        }
     }
 
     /// Ext of the record that replaces `old` (sub-keys kept; history extended if enabled).
@@ -940,14 +945,7 @@ impl Store {
                 // A copy of the key elsewhere (one this store missed) must not outlive the
                 // delete: the tombstone supersedes it wherever it travels.
                 let version = self.inner.hlc.now();
-                let meta = Meta {
-                    kind: Kind::Tombstone,
-                    encrypted: false,
-                    flags: 0,
-                    version,
-                    expire: now.saturating_add(self.inner.grace).max(1),
-                    created: now,
-                };
+                let meta = self.tombstone_meta(version, now, now);
                 let tomb = Record::build(key, b"", &meta, None);
                 self.commit_and_wait(l, version, ChangeKind::Delete, vec![Op::Put(tomb)])?;
             }
@@ -1198,14 +1196,7 @@ impl Store {
         let mut count = 0;
         for keys in per_shard.into_iter().filter(|k| !k.is_empty()) {
             let version = self.inner.hlc.now();
-            let meta = Meta {
-                kind: Kind::Tombstone,
-                encrypted: false,
-                flags: 0,
-                version,
-                expire: now.saturating_add(self.inner.grace).max(1),
-                created: now,
-            };
+            let meta = self.tombstone_meta(version, now, now);
             count += keys.len();
             let ops = keys
                 .iter()

@@ -826,9 +826,18 @@ pub async fn push_partitions(
     Ok(mine.len())
 }
 
+/// How far back the previous owners other than a partition's transfer source send their
+/// records to its new owners (see [`transfer`]): past the time a copy can be held back at
+/// one owner while the others lack it (a gateway set waits at most `DIRECT_HOLD_MS` for the
+/// primary's copy, or until the primary is found down).
+const TRANSFER_RECENT_MS: u64 = 15_000;
+
 /// Transfers for the movement of layout `l` that this node is the source of: for every
 /// partition whose owners changed, the first live previous owner sends the partition's state to
-/// each new owner. Returns when all are done (or the layout changed, or the cluster stops).
+/// each new owner, and every other live previous owner its records of the last
+/// [`TRANSFER_RECENT_MS`]: a copy that only one of them holds when the transfer runs (held
+/// back for a primary that then crashed) reaches the new owner too (last-writer-wins merges
+/// them). Returns when all are done (or the layout changed, or the cluster stops).
 pub async fn transfer(cluster: Arc<Cluster>, l: Arc<Layout>) -> Result<usize, String> {
     let Some(prev) = l.previous.as_ref() else {
         return Ok(0);
@@ -836,19 +845,19 @@ pub async fn transfer(cluster: Arc<Cluster>, l: Arc<Layout>) -> Result<usize, St
     let Some(me) = l.index_of(&cluster.me) else {
         return Ok(0);
     };
-    // (partition, target) pairs this node must send.
-    let mut jobs: Vec<(usize, NodeIdx)> = Vec::new();
+    // (partition, target, whole state or only recent records) this node must send.
+    let mut jobs: Vec<(usize, NodeIdx, bool)> = Vec::new();
     for (p, before) in prev.iter().enumerate() {
+        if !before.contains(&me) {
+            continue;
+        }
         let source = before
             .iter()
             .copied()
             .find(|&o| o == me || cluster.peer_up(&l.node(o).addr));
-        if source != Some(me) {
-            continue;
-        }
         for &t in &l.assignment[p] {
             if !before.contains(&t) {
-                jobs.push((p, t));
+                jobs.push((p, t, source == Some(me)));
             }
         }
     }
@@ -858,20 +867,35 @@ pub async fn transfer(cluster: Arc<Cluster>, l: Arc<Layout>) -> Result<usize, St
         return Ok(0);
     }
     let by_partition = by_partition(state_since(&cluster, Version::ZERO).await?);
+    let recent = Version {
+        ts: cluster.store.now_ms().saturating_sub(TRANSFER_RECENT_MS) << 16,
+        node: 0,
+    };
     let mut sent = 0usize;
-    let mut by_target: std::collections::BTreeMap<NodeIdx, Vec<usize>> = Default::default();
-    for (p, t) in jobs {
-        by_target.entry(t).or_default().push(p);
+    let mut by_target: std::collections::BTreeMap<NodeIdx, Vec<(usize, bool)>> = Default::default();
+    for (p, t, whole) in jobs {
+        by_target.entry(t).or_default().push((p, whole));
     }
     for (t, parts) in by_target {
         let addr = l.node(t).addr.clone();
         let peer = cluster.peer(&addr);
-        for p in parts {
+        for (p, whole) in parts {
+            let recent_only: Vec<Change>;
+            let part: &[Change] = if whole {
+                &by_partition[p]
+            } else {
+                recent_only = by_partition[p]
+                    .iter()
+                    .filter(|c| c.version > recent)
+                    .cloned()
+                    .collect();
+                &recent_only
+            };
             loop {
                 if cluster.stopping() || cluster.layout().version != l.version {
                     return Err("layout changed during the transfer".into());
                 }
-                match send_all(&cluster, &peer, &by_partition[p]).await {
+                match send_all(&cluster, &peer, part).await {
                     Ok(()) => break,
                     Err(e) => {
                         tracing::debug!(partition = p, target = %addr, error = %e, "transfer retry");
@@ -879,7 +903,7 @@ pub async fn transfer(cluster: Arc<Cluster>, l: Arc<Layout>) -> Result<usize, St
                     }
                 }
             }
-            sent += by_partition[p].len();
+            sent += part.len();
             cluster.transfer_done.fetch_add(1, SeqCst);
         }
     }
