@@ -287,19 +287,8 @@ pub(crate) fn process(
                     m.cmd(Cmd::Set);
                     b.consumed += consumed;
                     b.requests += 1;
-                    // memcached unlinks the old item of a plain set that failed, so a reader
-                    // never sees the value the client meant to replace. (In a cluster only
-                    // where this node is the key's primary.)
                     if let Some(key) = evict {
-                        let here = match &cluster {
-                            Some(c) if !local_only => {
-                                matches!(c.route(&key), crate::cluster::Route::Local)
-                            }
-                            _ => true,
-                        };
-                        if here {
-                            let _ = shared.store.delete(&key, None);
-                        }
+                        unlink_failed_set(shared, cluster.as_deref(), local_only, &key);
                     }
                     if !noreply {
                         ProtoError::TOO_LARGE.write(out);
@@ -365,7 +354,7 @@ pub(crate) fn process(
                     if status == Status::TooLarge
                         && let Some(key) = binary::oversized_set_key(rest)
                     {
-                        let _ = shared.store.delete(key, None);
+                        unlink_failed_set(shared, cluster.as_deref(), local_only, key);
                     }
                     b.consumed += consumed;
                     b.requests += 1;
@@ -1262,6 +1251,25 @@ fn routed_binary(
             out.extend_from_slice(&error_reply(MODE_BINARY, raw, ""));
             false
         }
+    }
+}
+
+/// memcached unlinks the old item of a plain set that failed (too large), so a reader never
+/// sees the value the client meant to replace; in a cluster only where this node is the
+/// key's primary (elsewhere its delete would be a tombstone of its own, bypassing the
+/// primary: see `Store::set_tombstone_absent`).
+fn unlink_failed_set(
+    shared: &Shared,
+    cluster: Option<&crate::cluster::Cluster>,
+    local_only: bool,
+    key: &[u8],
+) {
+    let here = match cluster {
+        Some(c) if !local_only => matches!(c.route(key), crate::cluster::Route::Local),
+        _ => true,
+    };
+    if here {
+        let _ = shared.store.delete(key, None);
     }
 }
 

@@ -597,8 +597,11 @@ pub async fn stream(cluster: Arc<Cluster>, peer: Arc<Peer>) {
         let next = s.next;
         match send(&cluster, &peer, &s.out, next - 1).await {
             Ok(()) => {
-                peer.acked_version.store(s.max_version.ts, SeqCst);
+                // What the batch holds back is published before the acknowledged version and
+                // position move past it (the saved stream positions rely on that order).
+                let max_version = s.max_version;
                 keep(&mut held, s);
+                peer.acked_version.store(max_version.ts, SeqCst);
                 peer.acked.store(next - 1, SeqCst);
                 from = next;
                 backoff = Duration::from_millis(50);
@@ -866,46 +869,49 @@ pub async fn transfer(cluster: Arc<Cluster>, l: Arc<Layout>) -> Result<usize, St
     if jobs.is_empty() {
         return Ok(0);
     }
-    let by_partition = by_partition(state_since(&cluster, Version::ZERO).await?);
     let recent = Version {
         ts: cluster.store.now_ms().saturating_sub(TRANSFER_RECENT_MS) << 16,
         node: 0,
     };
+    // Only the recent records where this node sends no partition whole.
+    let since = if jobs.iter().any(|&(_, _, whole)| whole) {
+        Version::ZERO
+    } else {
+        recent
+    };
+    let by_partition = by_partition(state_since(&cluster, since).await?);
     let mut sent = 0usize;
-    let mut by_target: std::collections::BTreeMap<NodeIdx, Vec<(usize, bool)>> = Default::default();
+    // Whole partitions first, each target's together, then the recent records: a new owner
+    // that is down holds up only what comes after its own jobs.
+    jobs.sort_by_key(|&(p, t, whole)| (!whole, t, p));
     for (p, t, whole) in jobs {
-        by_target.entry(t).or_default().push((p, whole));
-    }
-    for (t, parts) in by_target {
         let addr = l.node(t).addr.clone();
         let peer = cluster.peer(&addr);
-        for (p, whole) in parts {
-            let recent_only: Vec<Change>;
-            let part: &[Change] = if whole {
-                &by_partition[p]
-            } else {
-                recent_only = by_partition[p]
-                    .iter()
-                    .filter(|c| c.version > recent)
-                    .cloned()
-                    .collect();
-                &recent_only
-            };
-            loop {
-                if cluster.stopping() || cluster.layout().version != l.version {
-                    return Err("layout changed during the transfer".into());
-                }
-                match send_all(&cluster, &peer, part).await {
-                    Ok(()) => break,
-                    Err(e) => {
-                        tracing::debug!(partition = p, target = %addr, error = %e, "transfer retry");
-                        tokio::time::sleep(Duration::from_millis(300)).await;
-                    }
+        let recent_only: Vec<Change>;
+        let part: &[Change] = if whole {
+            &by_partition[p]
+        } else {
+            recent_only = by_partition[p]
+                .iter()
+                .filter(|c| c.version > recent)
+                .cloned()
+                .collect();
+            &recent_only
+        };
+        loop {
+            if cluster.stopping() || cluster.layout().version != l.version {
+                return Err("layout changed during the transfer".into());
+            }
+            match send_all(&cluster, &peer, part).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::debug!(partition = p, target = %addr, error = %e, "transfer retry");
+                    tokio::time::sleep(Duration::from_millis(300)).await;
                 }
             }
-            sent += part.len();
-            cluster.transfer_done.fetch_add(1, SeqCst);
         }
+        sent += part.len();
+        cluster.transfer_done.fetch_add(1, SeqCst);
     }
     Ok(sent)
 }
