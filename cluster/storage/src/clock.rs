@@ -78,6 +78,15 @@ impl Version {
     pub fn millis(&self) -> u64 {
         self.ts >> LOGICAL_BITS
     }
+
+    /// The oldest version of wall-clock millisecond `ms`: every version made at `ms` or
+    /// later is not older.
+    pub const fn at_millis(ms: u64) -> Version {
+        Version {
+            ts: ms << LOGICAL_BITS,
+            node: 0,
+        }
+    }
 }
 
 impl fmt::Display for Version {

@@ -324,7 +324,11 @@ fn differing_leaves(a: Option<&Vec<String>>, b: Option<&Vec<String>>) -> u64 {
 type StreamPositions = BTreeMap<String, (u64, u64)>;
 
 /// Imports carry other nodes' clocks, a little behind this one's: a second of HLC time.
-const IMPORT_CLOCK_MARGIN: u64 = 1000 << 16;
+const IMPORT_CLOCK_MARGIN: u64 = Version::at_millis(1000).ts;
+
+/// Copy digests (`ctl verify`, anti-entropy) cover versions older than this: writes still
+/// travelling do not count as differences.
+const DIGEST_SETTLE_MS: u64 = 5_000;
 
 /// How often the hosts of a cluster description are looked up again.
 const RESOLVE_EVERY: Duration = Duration::from_secs(30);
@@ -574,6 +578,11 @@ impl Cluster {
     pub fn run_budget_ms(&self) -> u64 {
         let t = self.cfg.request_timeout_ms;
         t - (t / 5).max(50).min(t / 2)
+    }
+
+    /// The oldest version of `ms` milliseconds ago, by this node's clock.
+    pub fn version_ago(&self, ms: u64) -> Version {
+        Version::at_millis(self.store.now_ms().saturating_sub(ms))
     }
 
     /// The deadline (this node's clock) of a request that starts here now without one.
@@ -886,7 +895,7 @@ impl Cluster {
         l: &Layout,
         parts: &[usize],
     ) -> HashMap<String, HashMap<usize, Vec<String>>> {
-        let before = self.store.now_ms().saturating_sub(5_000) << 16;
+        let before = self.version_ago(DIGEST_SETTLE_MS).ts;
         let mut set = tokio::task::JoinSet::new();
         for (i, n) in l.nodes.iter().enumerate() {
             let mine: Vec<usize> = parts
@@ -930,7 +939,7 @@ impl Cluster {
         if l.moving() {
             return Err("data is moving; verify once it is done".into());
         }
-        let before = self.store.now_ms().saturating_sub(5_000) << 16;
+        let before = self.version_ago(DIGEST_SETTLE_MS).ts;
         let mut set = tokio::task::JoinSet::new();
         for n in l.nodes.iter().filter(|n| n.holds_data()) {
             let me = self.clone();

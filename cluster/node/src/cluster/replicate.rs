@@ -533,7 +533,14 @@ pub async fn stream(cluster: Arc<Cluster>, peer: Arc<Peer>) {
             }
         };
         let s = scan.get_or_insert_with(|| Scan::new(from, layout.version, all));
-        s.take(&cluster, &layout, me_in_layout, &peer.addr, &held, batch);
+        s.take(
+            &cluster,
+            &layout,
+            me_in_layout,
+            &peer.addr,
+            held.bytes,
+            batch,
+        );
         let keep = |held: &mut Held, s: Scan| {
             if !s.hold.is_empty() {
                 held.bytes += s.hold_bytes;
@@ -662,14 +669,15 @@ impl Scan {
         }
     }
 
-    /// Decide about the changes of `batch`, read at `self.next`.
+    /// Decide about the changes of `batch`, read at `self.next` (`held_bytes`: what the
+    /// stream holds back already).
     fn take(
         &mut self,
         cluster: &Cluster,
         layout: &Layout,
         peer_idx: NodeIdx,
         peer: &str,
-        held: &Held,
+        held_bytes: usize,
         batch: k2hdkc_storage::FeedBatch,
     ) {
         self.read += batch.changes.len();
@@ -697,7 +705,7 @@ impl Scan {
             if c.kind == ChangeKind::Import {
                 match fate(cluster, &mut views, o.as_ref(), peer, layout.version) {
                     Fate::Skip => continue,
-                    Fate::Hold if held.bytes + self.hold_bytes + c.weight() <= HELD_BYTES => {
+                    Fate::Hold if held_bytes + self.hold_bytes + c.weight() <= HELD_BYTES => {
                         self.hold_bytes += c.weight();
                         self.hold.push((c, o.expect("held changes have an origin")));
                         continue;
@@ -804,10 +812,7 @@ pub async fn push_partitions(
     masks: Option<&[u64]>,
 ) -> Result<usize, String> {
     let grace_ms = u64::from(cluster.store.tombstone_grace_secs()) * 1000;
-    let since = Version {
-        ts: cluster.store.now_ms().saturating_sub(grace_ms) << 16,
-        node: 0,
-    };
+    let since = cluster.version_ago(grace_ms);
     let mut by_partition = by_partition(state_since(cluster, since).await?);
     let mine: Vec<Change> = parts
         .iter()
@@ -869,10 +874,7 @@ pub async fn transfer(cluster: Arc<Cluster>, l: Arc<Layout>) -> Result<usize, St
     if jobs.is_empty() {
         return Ok(0);
     }
-    let recent = Version {
-        ts: cluster.store.now_ms().saturating_sub(TRANSFER_RECENT_MS) << 16,
-        node: 0,
-    };
+    let recent = cluster.version_ago(TRANSFER_RECENT_MS);
     // Only the recent records where this node sends no partition whole.
     let since = if jobs.iter().any(|&(_, _, whole)| whole) {
         Version::ZERO
