@@ -26,7 +26,7 @@
 //! retransmissions get through after the heal) while a forwarded set times out, and checks
 //! that the set does not take effect when the link is released.
 //!
-//! `K2HDKC_SIM_SEEDS=N` runs N seeds (default 10; 3 for the scripted scenario); `K2HDKC_SIM_SEED=S` runs only seed S;
+//! `K2HDKC_SIM_SEEDS=N` runs N seeds (default 10; 3 for the scripted scenario), `=A-B` seeds A to B; `K2HDKC_SIM_SEED=S` runs only seed S;
 //! `K2HDKC_SIM_LOG=k2hdkc_node=debug` (a tracing filter) shows what the nodes log.
 
 use std::collections::BTreeMap;
@@ -864,10 +864,14 @@ fn seeds_from_env(default: u64) -> Vec<u64> {
     match std::env::var("K2HDKC_SIM_SEED") {
         Ok(s) => vec![s.parse().expect("K2HDKC_SIM_SEED is a number")],
         Err(_) => {
-            let n: u64 = std::env::var("K2HDKC_SIM_SEEDS")
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(default);
+            let v = std::env::var("K2HDKC_SIM_SEEDS").unwrap_or_default();
+            // `A-B` runs seeds A..=B (new seeds beyond those CI runs).
+            if let Some((a, b)) = v.split_once('-') {
+                let a: u64 = a.parse().expect("K2HDKC_SIM_SEEDS=A-B: A is a number");
+                let b: u64 = b.parse().expect("K2HDKC_SIM_SEEDS=A-B: B is a number");
+                return (a..=b).collect();
+            }
+            let n: u64 = v.parse().unwrap_or(default);
             (1..=n).collect()
         }
     }

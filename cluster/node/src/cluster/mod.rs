@@ -290,7 +290,7 @@ const ORIGINS_CAP: usize = 1 << 21;
 
 /// Longest a replica holds back a gateway's set waiting for the primary's copy before it sends
 /// it on itself (safe: at worst a second copy). The primary's copy normally comes within a
-/// few milliseconds (its streams gather for at most 2 ms).
+/// few milliseconds (its streams gather for at most 10 ms: `replicate::LINGER`).
 pub const DIRECT_HOLD_MS: u64 = 2_000;
 
 /// Leaves of the anti-entropy hash tree below each partition: a differing partition is
@@ -2237,7 +2237,8 @@ impl Cluster {
                 match r {
                     Ok(r) => {
                         *p.last_ok.lock().expect("lock") = Some(Instant::now());
-                        if !p.up.swap(true, SeqCst) {
+                        let was_up = p.up.swap(true, SeqCst);
+                        if !was_up {
                             tracing::info!(peer = %p.addr, "peer is up");
                         }
                         if r["version"].as_u64().unwrap_or(0) > l.version {
@@ -2245,8 +2246,21 @@ impl Cluster {
                             let addr = p.addr.clone();
                             tokio::spawn(async move { me.fetch_layout(&addr).await });
                         }
-                        p.catching_up
-                            .store(r["catching_up"] == json!(true), Relaxed);
+                        let catching = r["catching_up"] == json!(true);
+                        if catching && was_up && !p.catching_up.load(SeqCst) {
+                            // A peer that led its partitions stopped (it lost the majority,
+                            // or was paused): they go to their next live owner, maybe this
+                            // node, which must first collect what the other owners hold, as
+                            // when a peer goes down. Without it, a write the peer had
+                            // acknowledged with one other owner (a new owner of a moving
+                            // partition, which held its copy back for the peer's own
+                            // stream) was missing at the next owner, which served an older
+                            // value (the attach/detach simulation, seed 220).
+                            // (Begun before the peer stops being routable: requests
+                            // routed here meanwhile wait for it.)
+                            self.begin_takeover("a peer is catching up");
+                        }
+                        p.catching_up.store(catching, SeqCst);
                         *p.view.lock().expect("lock") = Some(Arc::new(PeerView::parse(&r)));
                         *p.status.lock().expect("lock") = r;
                     }
