@@ -1010,12 +1010,8 @@ fn held_forward_run(seed: u64) -> Result<String, String> {
 #[test]
 fn forward_held_past_its_deadline_does_not_overwrite_newer_writes() {
     init_log();
-    let seeds = std::env::var("K2HDKC_SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3u64);
     let mut failures = Vec::new();
-    for seed in 1..=seeds {
+    for seed in seeds_from_env(3) {
         match held_forward_run(seed) {
             Ok(line) => eprintln!("{line}"),
             Err(e) => {

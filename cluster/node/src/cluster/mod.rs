@@ -2255,9 +2255,9 @@ impl Cluster {
                             // acknowledged with one other owner (a new owner of a moving
                             // partition, which held its copy back for the peer's own
                             // stream) was missing at the next owner, which served an older
-                            // value (the attach/detach simulation, seed 220).
-                            // (Begun before the peer stops being routable: requests
-                            // routed here meanwhile wait for it.)
+                            // value (the attach/detach simulation, seed 220). Begun
+                            // before the peer stops being routable, so requests routed
+                            // here meanwhile wait for it.
                             self.begin_takeover("a peer is catching up");
                         }
                         p.catching_up.store(catching, SeqCst);
