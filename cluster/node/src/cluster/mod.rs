@@ -133,6 +133,10 @@ pub struct Peer {
     /// The peer said it is catching up (after a start or a pause): do not route to it.
     pub catching_up: AtomicBool,
     streaming: AtomicBool,
+    /// It refused a connection since its last answer: its process is gone (or not yet
+    /// listening), whatever other nodes heard from it before (see
+    /// `Cluster::keep_majority_peers`).
+    refused: AtomicBool,
     /// The peer's clock minus this node's, in ms, as the last heartbeat measured it (to
     /// within half its round trip, `clock_error`); `CLOCK_UNKNOWN` before the first one.
     clock_offset: AtomicI64,
@@ -155,6 +159,7 @@ impl Peer {
 
     /// Take it out of routing until a heartbeat answers again (it refused a connection).
     pub fn suspect(&self) {
+        self.refused.store(true, SeqCst);
         if self.up.swap(false, SeqCst) {
             tracing::warn!(peer = %self.addr, "peer refused a connection; routing around it");
         }
@@ -656,6 +661,7 @@ impl Cluster {
             status: Mutex::new(Json::Null),
             catching_up: AtomicBool::new(false),
             streaming: AtomicBool::new(false),
+            refused: AtomicBool::new(false),
             clock_offset: AtomicI64::new(CLOCK_UNKNOWN),
             clock_error: AtomicU64::new(0),
         });
@@ -1229,7 +1235,8 @@ impl Cluster {
     /// 583: after a cut healed, the returned node's heartbeats to the counter's primary hung
     /// on a broken connection; it led the counter's partition while the primary, reached by
     /// everyone else, still did, and both returned the same value). If it is really gone, its
-    /// other peers stop hearing from it within two heartbeat intervals.
+    /// other peers stop hearing from it within two heartbeat intervals; a peer that refused a
+    /// connection (its port is closed) is not kept.
     fn keep_majority_peers(&self, l: &Layout, heard: &[(String, Vec<String>)]) {
         let voters = paxos::voters(l);
         let voter_addr = |a: &str| {
@@ -1245,8 +1252,9 @@ impl Cluster {
                 .iter()
                 .filter(|(from, list)| voter_addr(from) && list.contains(&n.addr))
                 .count();
-            if 1 + vouching > voters.len() / 2 {
-                let p = self.peer(&n.addr);
+            let p = self.peer(&n.addr);
+            // A refused connection says its process is gone, not its link.
+            if 1 + vouching > voters.len() / 2 && !p.refused.load(SeqCst) {
                 *p.last_ok.lock().expect("lock") = Some(Instant::now());
                 if !p.up.swap(true, SeqCst) {
                     tracing::warn!(
@@ -1505,6 +1513,7 @@ impl Cluster {
                 // while it leads them again itself, and two primaries lose increments (the
                 // simulation found this with a gateway routing to the returned node).
                 *p.last_ok.lock().expect("lock") = Some(Instant::now());
+                p.refused.store(false, SeqCst);
                 let was_down = !p.up.swap(true, SeqCst);
                 if was_down {
                     tracing::info!(peer = %p.addr, "peer is up (it asked for a flush)");
@@ -2303,6 +2312,7 @@ impl Cluster {
                 match r {
                     Ok(r) => {
                         *p.last_ok.lock().expect("lock") = Some(Instant::now());
+                        p.refused.store(false, SeqCst);
                         let was_up = p.up.swap(true, SeqCst);
                         if !was_up {
                             tracing::info!(peer = %p.addr, "peer is up");
