@@ -157,6 +157,22 @@ impl Peer {
         self.up.load(Relaxed)
     }
 
+    /// It answered (a heartbeat, or a request of its own): heard from now, up. Returns
+    /// whether it was up already.
+    fn answered(&self) -> bool {
+        *self.last_ok.lock().expect("lock") = Some(Instant::now());
+        self.refused.store(false, SeqCst);
+        self.up.swap(true, SeqCst)
+    }
+
+    /// Whether it answered within `d`.
+    fn heard_within(&self, d: Duration) -> bool {
+        self.last_ok
+            .lock()
+            .expect("lock")
+            .is_some_and(|t| t.elapsed() <= d)
+    }
+
     /// Take it out of routing until a heartbeat answers again (it refused a connection).
     pub fn suspect(&self) {
         self.refused.store(true, SeqCst);
@@ -1215,13 +1231,7 @@ impl Cluster {
             .lock()
             .expect("lock")
             .values()
-            .filter(|p| {
-                p.up()
-                    && p.last_ok
-                        .lock()
-                        .expect("lock")
-                        .is_some_and(|t| t.elapsed() <= fresh)
-            })
+            .filter(|p| p.up() && p.heard_within(fresh))
             .map(|p| p.addr.clone())
             .collect()
     }
@@ -1255,8 +1265,8 @@ impl Cluster {
             let p = self.peer(&n.addr);
             // A refused connection says its process is gone, not its link.
             if 1 + vouching > voters.len() / 2 && !p.refused.load(SeqCst) {
-                *p.last_ok.lock().expect("lock") = Some(Instant::now());
-                if !p.up.swap(true, SeqCst) {
+                // Taken as an answer: the failure timeout starts again.
+                if !p.answered() {
                     tracing::warn!(
                         peer = %n.addr,
                         vouching,
@@ -1512,9 +1522,7 @@ impl Cluster {
                 // broke): taking it for down, this node would go on leading its partitions
                 // while it leads them again itself, and two primaries lose increments (the
                 // simulation found this with a gateway routing to the returned node).
-                *p.last_ok.lock().expect("lock") = Some(Instant::now());
-                p.refused.store(false, SeqCst);
-                let was_down = !p.up.swap(true, SeqCst);
+                let was_down = !p.answered();
                 if was_down {
                     tracing::info!(peer = %p.addr, "peer is up (it asked for a flush)");
                 }
@@ -2311,9 +2319,7 @@ impl Cluster {
             while let Some(Ok((p, r))) = set.join_next().await {
                 match r {
                     Ok(r) => {
-                        *p.last_ok.lock().expect("lock") = Some(Instant::now());
-                        p.refused.store(false, SeqCst);
-                        let was_up = p.up.swap(true, SeqCst);
+                        let was_up = p.answered();
                         if !was_up {
                             tracing::info!(peer = %p.addr, "peer is up");
                         }
@@ -2341,9 +2347,7 @@ impl Cluster {
                         *p.status.lock().expect("lock") = r;
                     }
                     Err(_) => {
-                        let last = *p.last_ok.lock().expect("lock");
-                        let dead = last.is_none_or(|t| t.elapsed() > timeout);
-                        if dead && p.up.swap(false, SeqCst) {
+                        if !p.heard_within(timeout) && p.up.swap(false, SeqCst) {
                             tracing::warn!(peer = %p.addr, "peer is down");
                             self.begin_takeover("a peer is down");
                         }

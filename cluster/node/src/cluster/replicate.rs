@@ -889,22 +889,15 @@ pub async fn transfer(cluster: Arc<Cluster>, l: Arc<Layout>) -> Result<usize, St
     for (p, t, whole) in jobs {
         let addr = l.node(t).addr.clone();
         let peer = cluster.peer(&addr);
-        let recent_only: Vec<Change>;
-        let part: &[Change] = if whole {
-            &by_partition[p]
-        } else {
-            recent_only = by_partition[p]
-                .iter()
-                .filter(|c| c.version > recent)
-                .cloned()
-                .collect();
-            &recent_only
-        };
+        let part: Vec<&Change> = by_partition[p]
+            .iter()
+            .filter(|c| whole || c.version > recent)
+            .collect();
         loop {
             if cluster.stopping() || cluster.layout().version != l.version {
                 return Err("layout changed during the transfer".into());
             }
-            match send_all(&cluster, &peer, part).await {
+            match send_all(&cluster, &peer, &part).await {
                 Ok(()) => break,
                 Err(e) => {
                     tracing::debug!(partition = p, target = %addr, error = %e, "transfer retry");
