@@ -848,7 +848,9 @@ fn init_log() {
 #[test]
 fn simulated_faults_lose_no_acknowledged_write() {
     init_log();
-    run_seeds(seeds_from_env(10), false);
+    // 583 lost an increment in 30 of 30 runs before the majority-vouch rule of takeovers
+    // (a returned node whose heartbeats to the primary hung led its partition beside it).
+    run_seeds(with_regressions(seeds_from_env(10), &[583]), false);
 }
 
 /// [`simulated_faults_lose_no_acknowledged_write`] while data moves: a fourth node is attached
@@ -856,7 +858,23 @@ fn simulated_faults_lose_no_acknowledged_write() {
 #[test]
 fn simulated_faults_during_attach_and_detach_lose_nothing() {
     init_log();
-    run_seeds(seeds_from_env(4), true);
+    // 220 read a stale value in about 5% of runs before a peer that starts catching up
+    // got a takeover collection (a replica still held its copy back for that peer's stream).
+    run_seeds(with_regressions(seeds_from_env(4), &[220]), true);
+}
+
+/// The seeds that once found a bug join the default run (not one chosen by env).
+fn with_regressions(mut seeds: Vec<u64>, found: &[u64]) -> Vec<u64> {
+    let chosen = std::env::var_os("K2HDKC_SIM_SEED").is_some()
+        || std::env::var_os("K2HDKC_SIM_SEEDS").is_some();
+    if !chosen {
+        for s in found {
+            if !seeds.contains(s) {
+                seeds.push(*s);
+            }
+        }
+    }
+    seeds
 }
 
 /// `K2HDKC_SIM_SEED=S` alone, else seeds 1..=`K2HDKC_SIM_SEEDS` (`default` without it).
