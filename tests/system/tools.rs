@@ -176,29 +176,42 @@ print parent
 
 #[test]
 fn bench_speaks_both_protocols_and_logs_are_json() {
-    let mut s = server(&["--log-format", "json"]);
-    for (proto, addr) in [("native", s.native), ("memcached", s.memcached)] {
+    let sock_dir = tempfile::tempdir().unwrap();
+    let sock = sock_dir.path().join("mc.sock");
+    let sock = sock.to_str().unwrap();
+    let mut s = server(&["--log-format", "json", "--memcached-socket", sock]);
+    // The memcached socket (`--memcached-socket`, bench `--socket`) beside the two ports.
+    let targets = [
+        ("native", vec![s.native.to_string()]),
+        ("memcached", vec![s.memcached.to_string()]),
+        ("memcached", vec!["--socket".to_string(), sock.to_string()]),
+    ];
+    for (proto, target) in &targets {
+        let mut args: Vec<&str> = vec!["bench"];
+        args.extend(target.iter().map(|t| t.as_str()));
         let o = k2hdkc(
             &[
-                "bench",
-                &addr.to_string(),
-                "--protocol",
-                proto,
-                "-c",
-                "2",
-                "-p",
-                "8",
-                "-n",
-                "4000",
-                "--keys",
-                "500",
-                "--json",
-            ],
+                &args[..],
+                &[
+                    "--protocol",
+                    proto,
+                    "-c",
+                    "2",
+                    "-p",
+                    "8",
+                    "-n",
+                    "4000",
+                    "--keys",
+                    "500",
+                    "--json",
+                ],
+            ]
+            .concat(),
             None,
         );
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let j = &json_lines(&o)[0];
-        assert_eq!(j["protocol"], proto);
+        assert_eq!(j["protocol"], *proto);
         let ops = j["ops"].as_u64().unwrap();
         assert!((4000..=4016).contains(&ops), "{j}");
         assert_eq!(j["get_hit_ratio"], 1.0, "{j}");

@@ -36,8 +36,11 @@ pub enum Protocol {
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
     /// Server address (of the chosen protocol's listener).
-    #[arg(required_unless_present = "join")]
+    #[arg(required_unless_present_any = ["join", "socket"])]
     pub addr: Option<SocketAddr>,
+    /// Instead of ADDR: a server's or gateway's memcached Unix socket (`--memcached-socket`).
+    #[arg(long, conflicts_with_all = ["addr", "join", "tls_ca"])]
+    pub socket: Option<std::path::PathBuf>,
     /// Instead of ADDR: run a gateway inside this process (K2HDKC's slave node in the client's
     /// own process) that joins the cluster through this node's native address, and send the
     /// load to it over in-process connections (repeatable, or comma-separated).
@@ -100,6 +103,8 @@ pub struct BenchArgs {
 enum Target {
     /// A server's listener.
     Tcp(SocketAddr),
+    /// A server's memcached Unix socket.
+    Unix(std::path::PathBuf),
     /// A gateway in this process (`--join`).
     Embedded(k2hdkc_node::Server),
 }
@@ -108,6 +113,7 @@ impl Target {
     fn describe(&self) -> String {
         match self {
             Target::Tcp(a) => a.to_string(),
+            Target::Unix(p) => format!("unix:{}", p.display()),
             Target::Embedded(_) => "embedded gateway".into(),
         }
     }
@@ -143,6 +149,12 @@ async fn embedded_gateway(a: &BenchArgs) -> anyhow::Result<k2hdkc_node::Server> 
 async fn connect(a: &BenchArgs, target: &Target) -> anyhow::Result<Sock> {
     let addr = match target {
         Target::Tcp(addr) => *addr,
+        Target::Unix(path) => {
+            let s = tokio::net::UnixStream::connect(path)
+                .await
+                .with_context(|| format!("connect {}", path.display()))?;
+            return Ok(Box::new(s));
+        }
         Target::Embedded(server) => {
             return Ok(Box::new(
                 server.connect_local(a.protocol == Protocol::Native),
@@ -412,9 +424,13 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     if a.requests == Some(0) {
         bail!("--requests must be positive");
     }
-    let target = Arc::new(match a.addr {
-        Some(addr) => Target::Tcp(addr),
-        None => Target::Embedded(embedded_gateway(&a).await?),
+    if a.socket.is_some() && a.protocol == Protocol::Native {
+        bail!("--socket serves the memcached protocols only (the native protocol is on TCP)");
+    }
+    let target = Arc::new(match (a.addr, &a.socket) {
+        (Some(addr), _) => Target::Tcp(addr),
+        (None, Some(p)) => Target::Unix(p.clone()),
+        (None, None) => Target::Embedded(embedded_gateway(&a).await?),
     });
     let r = drive(a, target.clone()).await;
     if let Ok(Target::Embedded(server)) = Arc::try_unwrap(target) {

@@ -69,6 +69,9 @@ struct ServerArgs {
     /// memcached listener, e.g. 127.0.0.1:11211.
     #[arg(long)]
     memcached_listen: Option<SocketAddr>,
+    /// memcached listener on a Unix socket (memcached's -s), for clients on the same host.
+    #[arg(long)]
+    memcached_socket: Option<PathBuf>,
     /// Native protocol listener, e.g. 127.0.0.1:8020 (`--listen` in a cluster: peers use it).
     #[arg(long, visible_alias = "listen")]
     native_listen: Option<SocketAddr>,
@@ -179,6 +182,9 @@ impl ServerArgs {
         }
         if let Some(v) = self.memcached_listen {
             c.listen.memcached = Some(v);
+        }
+        if let Some(v) = &self.memcached_socket {
+            c.listen.memcached_socket = Some(v.clone());
         }
         if let Some(v) = self.native_listen {
             c.listen.native = Some(v);

@@ -121,6 +121,10 @@ impl Default for StorageConfig {
 pub struct ListenConfig {
     /// memcached protocols (text, meta, binary), e.g. "127.0.0.1:11211".
     pub memcached: Option<SocketAddr>,
+    /// memcached protocols on a Unix socket (memcached's `-s`), for clients on the same host
+    /// as a gateway: each request crosses no TCP stack. Plain, never TLS: the socket file's
+    /// permissions (0660, so the owner and its group) decide who may connect.
+    pub memcached_socket: Option<PathBuf>,
     /// Native protocol.
     pub native: Option<SocketAddr>,
     /// Admin HTTP (/health, /status, /metrics).
@@ -412,10 +416,19 @@ impl ServerConfig {
         if s.pbkdf2_iterations < 1000 {
             return bad("storage.pbkdf2_iterations must be at least 1000");
         }
-        if self.listen.memcached.is_none() && self.listen.native.is_none() {
+        if self.listen.memcached.is_none()
+            && self.listen.native.is_none()
+            && self.listen.memcached_socket.is_none()
+        {
             return bad(
-                "nothing to serve: give listen.memcached (--memcached-listen) or listen.native",
+                "nothing to serve: give listen.memcached (--memcached-listen), listen.memcached_socket or listen.native",
             );
+        }
+        if let Some(p) = &self.listen.memcached_socket
+            && (p.as_os_str().is_empty() || p.as_os_str().len() > 100)
+        {
+            // sun_path holds 108 bytes; a longer path fails at bind with a vaguer error.
+            return bad("listen.memcached_socket must be a path of 1 to 100 bytes");
         }
         let l = &self.limits;
         if l.max_connections == 0 || l.max_request_bytes < 1024 || l.max_keys_per_get == 0 {

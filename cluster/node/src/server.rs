@@ -31,6 +31,14 @@ pub enum ServerError {
         /// Why.
         source: std::io::Error,
     },
+    /// The Unix socket could not be bound (or another server holds it).
+    #[error("cannot listen on {}: {source}", path.display())]
+    BindSocket {
+        /// Socket path.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signal(std::io::Error),
@@ -125,6 +133,10 @@ impl Server {
         };
         let nat_l = match config.listen.native {
             Some(a) => Some(bind(&net, a).await?),
+            None => None,
+        };
+        let sock_l = match &config.listen.memcached_socket {
+            Some(p) => Some(bind_socket(p)?),
             None => None,
         };
         let (tls_acceptor, tls_connector) = match &config.cluster.tls {
@@ -233,6 +245,15 @@ impl Server {
             tracing::info!(%addr, "memcached listener ready");
             tasks.push(tokio::spawn(accept_loop(
                 l,
+                shared.clone(),
+                stop_rx.clone(),
+                Proto::Memcached,
+            )));
+        }
+        if let Some(l) = sock_l {
+            tracing::info!(path = %l.path.display(), "memcached socket ready");
+            tasks.push(tokio::spawn(accept_loop(
+                Box::new(l),
                 shared.clone(),
                 stop_rx.clone(),
                 Proto::Memcached,
@@ -379,6 +400,9 @@ impl Server {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        if let Some(p) = &self.shared.config.listen.memcached_socket {
+            let _ = std::fs::remove_file(p);
+        }
         let store = self.shared.store.clone();
         if self.inline_blocking {
             store.close()?;
@@ -421,6 +445,62 @@ async fn bind(net: &Net, addr: SocketAddr) -> Result<Box<dyn Listener>, ServerEr
     net.bind(addr)
         .await
         .map_err(|source| ServerError::Bind { addr, source })
+}
+
+/// The memcached listener on a Unix socket (`listen.memcached_socket`).
+struct SocketListener {
+    l: tokio::net::UnixListener,
+    path: std::path::PathBuf,
+}
+
+/// Bind `path`, taking over a socket file a stopped server left behind (nothing accepts on
+/// it) but never one a running server listens on, nor a file that is not a socket.
+fn bind_socket(path: &std::path::Path) -> Result<SocketListener, ServerError> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let err = |source| ServerError::BindSocket {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        if !m.file_type().is_socket() {
+            return Err(err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "the path exists and is not a socket",
+            )));
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another server listens on it",
+            )));
+        }
+        std::fs::remove_file(path).map_err(err)?;
+    }
+    let l = tokio::net::UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
+    Ok(SocketListener {
+        l,
+        path: path.to_path_buf(),
+    })
+}
+
+impl Listener for SocketListener {
+    fn accept(
+        &mut self,
+    ) -> k2hdkc_client::transport::BoxFuture<'_, std::io::Result<(BoxStream, SocketAddr)>> {
+        Box::pin(async move {
+            let (s, _) = self.l.accept().await?;
+            // A local client: the address only feeds the native port's host check and logs.
+            let local = SocketAddr::from(([127, 0, 0, 1], 0));
+            Ok((Box::new(s) as BoxStream, local))
+        })
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Err(std::io::Error::other(
+            "a Unix socket has no network address",
+        ))
+    }
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -380,3 +380,84 @@ fn connection_limit_refuses_with_an_error() {
     let mut d = Conn::new(s.addr);
     assert!(d.cmd("version\r\n", "\r\n").starts_with("VERSION"));
 }
+
+/// `listen.memcached_socket`: the memcached protocols on a Unix socket (0660), beside the TCP
+/// port and sharing its store; a second server cannot take a socket the first listens on, a
+/// socket file left behind by a stopped server is taken over, a path that is not a socket is
+/// refused, and shutdown removes the file.
+#[test]
+fn memcached_on_a_unix_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::net::UnixStream;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mc.sock");
+    let p = path.clone();
+    let r = start(move |c| c.listen.memcached_socket = Some(p));
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660);
+    let mut u = UnixStream::connect(&path).unwrap();
+    u.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    u.write_all(b"set k 3 0 2\r\nhi\r\nget k\r\n").unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.ends_with(b"END\r\n") {
+        let n = u.read(&mut buf).unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(got, b"STORED\r\nVALUE k 3 2\r\nhi\r\nEND\r\n");
+    // The same store over TCP.
+    let mut t = Conn::new(r.addr);
+    assert_eq!(
+        t.cmd("get k\r\n", "END\r\n"),
+        "VALUE k 3 2\r\nhi\r\nEND\r\n"
+    );
+    // Bad input gets the protocol's error on the socket too.
+    u.write_all(b"set k 0 0 abc\r\n").unwrap();
+    let n = u.read(&mut buf).unwrap();
+    assert!(
+        buf[..n].starts_with(b"CLIENT_ERROR"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+
+    // Worker threads serve the second server's connections while this thread talks to it.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let second = |p: std::path::PathBuf| {
+        let mut c = ServerConfig::default();
+        c.listen.memcached_socket = Some(p);
+        rt.block_on(Server::start(c))
+    };
+    let e = second(path.clone()).err().expect("the socket is in use");
+    assert!(e.to_string().contains("another server listens"), "{e}");
+    drop(u);
+    drop(r);
+    assert!(!path.exists(), "shutdown removes the socket file");
+
+    // A socket file whose server is gone (killed, say) is taken over.
+    let stale = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    drop(stale);
+    assert!(path.exists());
+    let s = second(path.clone()).expect("a stale socket is taken over");
+    let mut u = UnixStream::connect(&path).unwrap();
+    u.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    u.write_all(b"version\r\n").unwrap();
+    let n = u.read(&mut buf).unwrap();
+    assert!(
+        buf[..n].starts_with(b"VERSION "),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    drop(u);
+    rt.block_on(s.shutdown()).unwrap();
+
+    let file = dir.path().join("not-a-socket");
+    std::fs::write(&file, b"keep me").unwrap();
+    let e = second(file.clone()).err().expect("not a socket");
+    assert!(e.to_string().contains("not a socket"), "{e}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+}
