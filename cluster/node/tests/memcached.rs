@@ -413,13 +413,7 @@ fn memcached_on_a_unix_socket() {
         "VALUE k 3 2\r\nhi\r\nEND\r\n"
     );
     // Bad input gets the protocol's error on the socket too.
-    u.write_all(b"set k 0 0 abc\r\n").unwrap();
-    let n = u.read(&mut buf).unwrap();
-    assert!(
-        buf[..n].starts_with(b"CLIENT_ERROR"),
-        "{:?}",
-        String::from_utf8_lossy(&buf[..n])
-    );
+    answers_with(&mut u, b"set k 0 0 abc\r\n", b"CLIENT_ERROR");
 
     // Worker threads serve the second server's connections while this thread talks to it.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -445,13 +439,7 @@ fn memcached_on_a_unix_socket() {
     let s = second(path.clone()).expect("a stale socket is taken over");
     let mut u = UnixStream::connect(&path).unwrap();
     u.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    u.write_all(b"version\r\n").unwrap();
-    let n = u.read(&mut buf).unwrap();
-    assert!(
-        buf[..n].starts_with(b"VERSION "),
-        "{:?}",
-        String::from_utf8_lossy(&buf[..n])
-    );
+    answers_with(&mut u, b"version\r\n", b"VERSION ");
     drop(u);
     rt.block_on(s.shutdown()).unwrap();
 
@@ -460,4 +448,13 @@ fn memcached_on_a_unix_socket() {
     let e = second(file.clone()).err().expect("not a socket");
     assert!(e.to_string().contains("not a socket"), "{e}");
     assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+}
+
+/// Send `req` on `u` and check that the reply starts with `want`.
+fn answers_with(u: &mut std::os::unix::net::UnixStream, req: &[u8], want: &[u8]) {
+    let mut buf = [0u8; 1024];
+    u.write_all(req).unwrap();
+    let n = u.read(&mut buf).unwrap();
+    let got = String::from_utf8_lossy(&buf[..n]);
+    assert!(buf[..n].starts_with(want), "{got:?}");
 }
