@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Run the real Python memcached clients, pymemcache and python-memcached, against a server.
 
-Usage: memcache_clients.py --host 127.0.0.1 --port N
+Usage: memcache_clients.py --host 127.0.0.1 --port N, or memcache_clients.py --socket PATH (a
+Unix socket: `--memcached-socket PATH`, memcached's `-s PATH`)
 
 Every check compares what a client returns with what memcached 1.6 returns for the same calls,
 so the script passes against Debian's memcached (`memcached -p N -l 127.0.0.1 -U 0`) as well as
@@ -594,7 +595,8 @@ def py_client(addr, **kw):
     # dead_retry=0: a failed call must not make the next ones skip the server for 30 s.
     kw.setdefault("socket_timeout", IO_TIMEOUT)
     kw.setdefault("dead_retry", 0)
-    return memcache.Client([f"{addr[0]}:{addr[1]}"], **kw)
+    server = f"unix:{addr}" if isinstance(addr, str) else f"{addr[0]}:{addr[1]}"
+    return memcache.Client([server], **kw)
 
 
 def truthy(v):
@@ -836,7 +838,8 @@ def py_stats(s, addr):
     stats = mc.get_stats()
     s.eq("get_stats has one server", len(stats), 1)
     name, st = stats[0] if stats else ("", {})
-    s.check("get_stats names the server", f":{addr[1]}" in name, f"name {name!r}")
+    named = addr if isinstance(addr, str) else f":{addr[1]}"
+    s.check("get_stats names the server", named in name, f"name {name!r}")
     for k in ("pid", "uptime", "version", "curr_items", "total_items", "get_hits", "get_misses",
               "cmd_get", "cmd_set", "curr_connections"):
         s.check(f"stats has {k}", k in st, f"keys {sorted(st)}")
@@ -948,7 +951,12 @@ def wait_listening(addr, within):
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         try:
-            socket.create_connection(addr, timeout=1).close()
+            if isinstance(addr, str):
+                with socket.socket(socket.AF_UNIX) as u:
+                    u.settimeout(1)
+                    u.connect(addr)
+            else:
+                socket.create_connection(addr, timeout=1).close()
             return True
         except OSError:
             time.sleep(0.05)
@@ -958,9 +966,12 @@ def wait_listening(addr, within):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, required=True)
+    where = ap.add_mutually_exclusive_group(required=True)
+    where.add_argument("--port", type=int)
+    where.add_argument("--socket", help="a Unix socket path instead of --host/--port")
     args = ap.parse_args()
-    addr = (args.host, args.port)
+    # pymemcache takes a socket path as its server, python-memcached "unix:PATH".
+    addr = args.socket if args.socket else (args.host, args.port)
 
     def on_alarm(signum, frame):
         print(f"memcache_clients.py: gave up after {OVERALL_TIMEOUT} s", file=sys.stderr)
@@ -970,7 +981,7 @@ def main():
     signal.signal(signal.SIGALRM, on_alarm)
     signal.alarm(OVERALL_TIMEOUT)
     if not wait_listening(addr, 10):
-        print(f"memcache_clients.py: nothing listens at {args.host}:{args.port}", file=sys.stderr)
+        print(f"memcache_clients.py: nothing listens at {addr}", file=sys.stderr)
         return 2
     pm_client(addr, default_noreply=False).flush_all(noreply=False)
 

@@ -1,5 +1,6 @@
 //! The real Python memcached clients, pymemcache and python-memcached (from PyPI), run
-//! `tests/python/memcache_clients.py` against `k2hdkc server --storage memory`. The clients live
+//! `tests/python/memcache_clients.py` against `k2hdkc server --storage memory`, over its TCP
+//! port and then over its Unix socket (`--memcached-socket`). The clients live
 //! in a venv outside the work tree that `scripts/setup.sh` makes: `$K2HDKC_VENV`, by default
 //! `$HOME/.cache/k2hdkc/venv`. Skipped, with a message, where the venv or a client is missing.
 
@@ -61,12 +62,16 @@ fn python_memcached_clients_pass_every_check() {
     let tmp = tempfile::tempdir().expect("temporary directory");
     let log = tmp.path().join("server.log");
     let addr = free_addr();
+    let sock = tmp.path().join("mc.sock");
+    let sock = sock.to_str().expect("a UTF-8 temporary path");
     let args: Vec<String> = [
         "server",
         "--storage",
         "memory",
         "--memcached-listen",
         &addr.to_string(),
+        "--memcached-socket",
+        sock,
     ]
     .iter()
     .map(|s| s.to_string())
@@ -77,33 +82,40 @@ fn python_memcached_clients_pass_every_check() {
         "server did not start:\n{}",
         log_tail(&log)
     );
-    let out = Command::new("timeout")
-        .arg("180")
-        .arg(&python)
-        .arg(SCRIPT)
-        .args(["--host", "127.0.0.1", "--port", &addr.port().to_string()])
-        .output()
-        .unwrap_or_else(|e| panic!("run timeout 180 {} {SCRIPT}: {e}", python.display()));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "{SCRIPT} failed ({}):\n{stdout}{stderr}\nserver log (tail):\n{}",
-        out.status,
-        log_tail(&log)
-    );
-    let summaries: Vec<&str> = stdout
-        .lines()
-        .filter(|l| l.contains(" checks passed"))
-        .collect();
-    for client in ["pymemcache:", "python-memcached:"] {
+    // The TCP port, then the Unix socket (`--memcached-socket`; the clients' `unix:` servers).
+    let port = addr.port().to_string();
+    for (label, target) in [
+        ("tcp", ["--host", "127.0.0.1", "--port", &port].as_slice()),
+        ("unix socket", ["--socket", sock].as_slice()),
+    ] {
+        let out = Command::new("timeout")
+            .arg("180")
+            .arg(&python)
+            .arg(SCRIPT)
+            .args(target)
+            .output()
+            .unwrap_or_else(|e| panic!("run timeout 180 {} {SCRIPT}: {e}", python.display()));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
-            summaries.iter().any(|l| l.starts_with(client)),
-            "no summary line for {client}\n{stdout}{stderr}"
+            out.status.success(),
+            "{SCRIPT} over {label} failed ({}):\n{stdout}{stderr}\nserver log (tail):\n{}",
+            out.status,
+            log_tail(&log)
         );
-    }
-    for line in &summaries {
-        eprintln!("{line}");
+        let summaries: Vec<&str> = stdout
+            .lines()
+            .filter(|l| l.contains(" checks passed"))
+            .collect();
+        for client in ["pymemcache:", "python-memcached:"] {
+            assert!(
+                summaries.iter().any(|l| l.starts_with(client)),
+                "no summary line for {client} over {label}\n{stdout}{stderr}"
+            );
+        }
+        for line in &summaries {
+            eprintln!("{label}: {line}");
+        }
     }
     assert!(server.running(), "the server exited during the run");
     assert!(server.terminate(Duration::from_secs(10)));
