@@ -24,7 +24,7 @@ pub type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// A connected byte stream.
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {
-    /// Split into a reading and a writing half: owned halves for TCP and Unix sockets (no lock between the
+    /// Split into a reading and a writing half: owned halves for TCP (no lock between the
     /// reading and the writing task), a shared lock for other streams.
     fn split(self: Box<Self>) -> (ReadHalf, WriteHalf);
     /// The TCP socket underneath, when there is one (for socket options).
@@ -43,17 +43,11 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {
                 let (r, w) = t.into_split();
                 (Box::new(r), Box::new(w))
             }
-            Err(any) => match any.downcast::<tokio::net::UnixStream>() {
-                Ok(u) => {
-                    let (r, w) = u.into_split();
-                    (Box::new(r), Box::new(w))
-                }
-                Err(any) => {
-                    let t = any.downcast::<T>().expect("the stream's own type");
-                    let (r, w) = tokio::io::split(*t);
-                    (Box::new(r), Box::new(w))
-                }
-            },
+            Err(any) => {
+                let t = any.downcast::<T>().expect("the stream's own type");
+                let (r, w) = tokio::io::split(*t);
+                (Box::new(r), Box::new(w))
+            }
         }
     }
 }

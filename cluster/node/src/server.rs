@@ -400,9 +400,6 @@ impl Server {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if let Some(p) = &self.shared.config.listen.memcached_socket {
-            let _ = std::fs::remove_file(p);
-        }
         let store = self.shared.store.clone();
         if self.inline_blocking {
             store.close()?;
@@ -447,15 +444,33 @@ async fn bind(net: &Net, addr: SocketAddr) -> Result<Box<dyn Listener>, ServerEr
         .map_err(|source| ServerError::Bind { addr, source })
 }
 
-/// The memcached listener on a Unix socket (`listen.memcached_socket`).
+/// The memcached listener on a Unix socket (`listen.memcached_socket`). Dropped (when its
+/// accept loop ends), it removes its file, unless another server has put its own there since.
 struct SocketListener {
     l: tokio::net::UnixListener,
     path: std::path::PathBuf,
+    /// Device and inode of the file this listener made.
+    ident: (u64, u64),
 }
 
-/// Bind `path`, taking over a socket file a stopped server left behind (nothing accepts on
-/// it) but never one a running server listens on, nor a file that is not a socket.
+fn file_ident(path: &std::path::Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(path)?;
+    Ok((m.dev(), m.ino()))
+}
+
+impl Drop for SocketListener {
+    fn drop(&mut self) {
+        if file_ident(&self.path).is_ok_and(|id| id == self.ident) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Bind `path`, taking over a socket file a stopped server left behind (connecting to it is
+/// refused) but never one a running server listens on, nor a file that is not a socket.
 fn bind_socket(path: &std::path::Path) -> Result<SocketListener, ServerError> {
+    use std::io::{Error, ErrorKind};
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let err = |source| ServerError::BindSocket {
         path: path.to_path_buf(),
@@ -463,25 +478,55 @@ fn bind_socket(path: &std::path::Path) -> Result<SocketListener, ServerError> {
     };
     if let Ok(m) = std::fs::symlink_metadata(path) {
         if !m.file_type().is_socket() {
-            return Err(err(std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
+            return Err(err(Error::new(
+                ErrorKind::AlreadyExists,
                 "the path exists and is not a socket",
             )));
         }
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(err(std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                "another server listens on it",
-            )));
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(err(Error::new(
+                    ErrorKind::AddrInUse,
+                    "another server listens on it",
+                )));
+            }
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+                match std::fs::remove_file(path) {
+                    Err(e) if e.kind() != ErrorKind::NotFound => return Err(err(e)),
+                    _ => {}
+                }
+            }
+            Err(e) => {
+                return Err(err(Error::new(
+                    e.kind(),
+                    format!("cannot tell whether a server listens on it: {e}"),
+                )));
+            }
         }
-        std::fs::remove_file(path).map_err(err)?;
     }
-    let l = tokio::net::UnixListener::bind(path).map_err(err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
-    Ok(SocketListener {
-        l,
-        path: path.to_path_buf(),
-    })
+    // Made 0660 before it listens: no client connects while the umask's mode applies.
+    let s =
+        socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).map_err(err)?;
+    s.bind(&socket2::SockAddr::unix(path).map_err(err)?)
+        .map_err(err)?;
+    let ident = file_ident(path).map_err(err)?;
+    let listener = (|| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+        s.listen(1024)?;
+        s.set_nonblocking(true)?;
+        tokio::net::UnixListener::from_std(s.into())
+    })();
+    match listener {
+        Ok(l) => Ok(SocketListener {
+            l,
+            path: path.to_path_buf(),
+            ident,
+        }),
+        Err(e) => {
+            let _ = std::fs::remove_file(path);
+            Err(err(e))
+        }
+    }
 }
 
 impl Listener for SocketListener {

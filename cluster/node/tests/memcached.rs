@@ -384,7 +384,7 @@ fn connection_limit_refuses_with_an_error() {
 /// `listen.memcached_socket`: the memcached protocols on a Unix socket (0660), beside the TCP
 /// port and sharing its store; a second server cannot take a socket the first listens on, a
 /// socket file left behind by a stopped server is taken over, a path that is not a socket is
-/// refused, and shutdown removes the file.
+/// refused, and shutdown removes the file (only its own).
 #[test]
 fn memcached_on_a_unix_socket() {
     use std::os::unix::fs::PermissionsExt;
@@ -441,7 +441,16 @@ fn memcached_on_a_unix_socket() {
     u.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     answers_with(&mut u, b"version\r\n", b"VERSION ");
     drop(u);
+    // A server stopping does not remove a socket file another server has made since.
+    std::fs::remove_file(&path).unwrap();
+    let newer = second(path.clone()).expect("the path is free again");
     rt.block_on(s.shutdown()).unwrap();
+    let mut u = UnixStream::connect(&path).expect("the newer server's socket is still there");
+    u.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    answers_with(&mut u, b"version\r\n", b"VERSION ");
+    drop(u);
+    rt.block_on(newer.shutdown()).unwrap();
+    assert!(!path.exists());
 
     let file = dir.path().join("not-a-socket");
     std::fs::write(&file, b"keep me").unwrap();
