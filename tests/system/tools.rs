@@ -189,26 +189,20 @@ fn bench_speaks_both_protocols_and_logs_are_json() {
     for (proto, target) in &targets {
         let mut args: Vec<&str> = vec!["bench"];
         args.extend(target.iter().map(|t| t.as_str()));
-        let o = k2hdkc(
-            &[
-                &args[..],
-                &[
-                    "--protocol",
-                    proto,
-                    "-c",
-                    "2",
-                    "-p",
-                    "8",
-                    "-n",
-                    "4000",
-                    "--keys",
-                    "500",
-                    "--json",
-                ],
-            ]
-            .concat(),
-            None,
-        );
+        args.extend([
+            "--protocol",
+            proto,
+            "-c",
+            "2",
+            "-p",
+            "8",
+            "-n",
+            "4000",
+            "--keys",
+            "500",
+            "--json",
+        ]);
+        let o = k2hdkc(&args, None);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let j = &json_lines(&o)[0];
         assert_eq!(j["protocol"], *proto);

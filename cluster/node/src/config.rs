@@ -122,8 +122,8 @@ pub struct ListenConfig {
     /// memcached protocols (text, meta, binary), e.g. "127.0.0.1:11211".
     pub memcached: Option<SocketAddr>,
     /// memcached protocols on a Unix socket (memcached's `-s`), for clients on the same host
-    /// as a gateway: each request crosses no TCP stack. Plain, never TLS: the socket file's
-    /// permissions (0660, so the owner and its group) decide who may connect.
+    /// as a gateway, with no network port. Plain, never TLS: the socket file's permissions
+    /// (0660, so the owner and its group) decide who may connect.
     pub memcached_socket: Option<PathBuf>,
     /// Native protocol.
     pub native: Option<SocketAddr>,

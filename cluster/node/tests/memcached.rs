@@ -44,7 +44,8 @@ fn start(f: impl FnOnce(&mut ServerConfig)) -> Running {
     }
 }
 
-struct Conn(TcpStream);
+/// A client connection: TCP, or a Unix socket ([`Conn::unix`]).
+struct Conn<S = TcpStream>(S);
 
 impl Conn {
     fn new(addr: SocketAddr) -> Conn {
@@ -52,6 +53,17 @@ impl Conn {
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         Conn(s)
     }
+}
+
+impl Conn<std::os::unix::net::UnixStream> {
+    fn unix(path: &std::path::Path) -> std::io::Result<Self> {
+        let s = std::os::unix::net::UnixStream::connect(path)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        Ok(Conn(s))
+    }
+}
+
+impl<S: Read + Write> Conn<S> {
     fn send(&mut self, b: &[u8]) {
         self.0.write_all(b).unwrap();
     }
@@ -388,24 +400,17 @@ fn connection_limit_refuses_with_an_error() {
 #[test]
 fn memcached_on_a_unix_socket() {
     use std::os::unix::fs::PermissionsExt;
-    use std::os::unix::net::UnixStream;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mc.sock");
     let p = path.clone();
     let r = start(move |c| c.listen.memcached_socket = Some(p));
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o660);
-    let mut u = UnixStream::connect(&path).unwrap();
-    u.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    u.write_all(b"set k 3 0 2\r\nhi\r\nget k\r\n").unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !got.ends_with(b"END\r\n") {
-        let n = u.read(&mut buf).unwrap();
-        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-    }
-    assert_eq!(got, b"STORED\r\nVALUE k 3 2\r\nhi\r\nEND\r\n");
+    let mut u = Conn::unix(&path).unwrap();
+    assert_eq!(
+        u.cmd("set k 3 0 2\r\nhi\r\nget k\r\n", "END\r\n"),
+        "STORED\r\nVALUE k 3 2\r\nhi\r\nEND\r\n"
+    );
     // The same store over TCP.
     let mut t = Conn::new(r.addr);
     assert_eq!(
@@ -413,7 +418,8 @@ fn memcached_on_a_unix_socket() {
         "VALUE k 3 2\r\nhi\r\nEND\r\n"
     );
     // Bad input gets the protocol's error on the socket too.
-    answers_with(&mut u, b"set k 0 0 abc\r\n", b"CLIENT_ERROR");
+    let bad = u.cmd("set k 0 0 abc\r\n", "\r\n");
+    assert!(bad.starts_with("CLIENT_ERROR"), "{bad:?}");
 
     // Worker threads serve the second server's connections while this thread talks to it.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -437,17 +443,15 @@ fn memcached_on_a_unix_socket() {
     drop(stale);
     assert!(path.exists());
     let s = second(path.clone()).expect("a stale socket is taken over");
-    let mut u = UnixStream::connect(&path).unwrap();
-    u.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    answers_with(&mut u, b"version\r\n", b"VERSION ");
+    let mut u = Conn::unix(&path).unwrap();
+    assert!(u.cmd("version\r\n", "\r\n").starts_with("VERSION "));
     drop(u);
     // A server stopping does not remove a socket file another server has made since.
     std::fs::remove_file(&path).unwrap();
     let newer = second(path.clone()).expect("the path is free again");
     rt.block_on(s.shutdown()).unwrap();
-    let mut u = UnixStream::connect(&path).expect("the newer server's socket is still there");
-    u.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    answers_with(&mut u, b"version\r\n", b"VERSION ");
+    let mut u = Conn::unix(&path).expect("the newer server's socket is still there");
+    assert!(u.cmd("version\r\n", "\r\n").starts_with("VERSION "));
     drop(u);
     rt.block_on(newer.shutdown()).unwrap();
     assert!(!path.exists());
@@ -457,13 +461,4 @@ fn memcached_on_a_unix_socket() {
     let e = second(file.clone()).err().expect("not a socket");
     assert!(e.to_string().contains("not a socket"), "{e}");
     assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
-}
-
-/// Send `req` on `u` and check that the reply starts with `want`.
-fn answers_with(u: &mut std::os::unix::net::UnixStream, req: &[u8], want: &[u8]) {
-    let mut buf = [0u8; 1024];
-    u.write_all(req).unwrap();
-    let n = u.read(&mut buf).unwrap();
-    let got = String::from_utf8_lossy(&buf[..n]);
-    assert!(buf[..n].starts_with(want), "{got:?}");
 }
