@@ -329,7 +329,13 @@ fn piece_results(
         }
         Err(e) => {
             tracing::debug!(peer = %peer.addr, error = %e, "forward failed");
-            Vec::new()
+            return pieces
+                .into_iter()
+                .map(|p| {
+                    cluster.stats.forward_errors.fetch_add(1, Relaxed);
+                    (p.k, Ok(failed_piece(&p, &peer.addr, &e)))
+                })
+                .collect();
         }
     };
     let mut replies = replies.into_iter();
@@ -344,14 +350,35 @@ fn piece_results(
                     }
                     v
                 }
-                _ => {
+                other => {
                     cluster.stats.forward_errors.fetch_add(1, Relaxed);
-                    piece.error
+                    let why = match other {
+                        Some(Ok(r)) => {
+                            let status = r.status();
+                            r.message.unwrap_or_else(|| format!("status {status:?}"))
+                        }
+                        Some(Err(e)) => e.to_string(),
+                        None => "no reply".to_string(),
+                    };
+                    failed_piece(&piece, &peer.addr, &why)
                 }
             };
             (piece.k, Ok(r))
         })
         .collect()
+}
+
+/// The error reply of a forward that failed, saying why (a timeout, the owner's own error),
+/// so that a client, and a test's log, can tell the causes apart. Empty for a quiet request,
+/// as its `error`.
+fn failed_piece(piece: &Piece, peer: &str, why: &dyn std::fmt::Display) -> Vec<u8> {
+    if piece.error.is_empty() {
+        return Vec::new();
+    }
+    let msg = format!("the owner of the key did not answer ({peer}: {why})");
+    // One line: the text protocol's error ends at the first line break.
+    let msg: String = msg.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    error_reply(piece.mode, &piece.bytes, &msg)
 }
 
 /// What a pipeline's run gives.
