@@ -79,6 +79,7 @@ impl Conn {
         let sock = net.connect(addr).await.map_err(|e| ClientError::Connect {
             addr,
             message: e.to_string(),
+            refused: e.kind() == std::io::ErrorKind::ConnectionRefused,
         })?;
         // `(*sock)`: through the trait object to the stream's own `tcp` (on the box itself
         // the blanket impl would look for a TcpStream in the box, and never find one).
@@ -101,7 +102,11 @@ impl Conn {
                 let s = t
                     .connect(sock)
                     .await
-                    .map_err(|message| ClientError::Connect { addr, message })?;
+                    .map_err(|message| ClientError::Connect {
+                        addr,
+                        message,
+                        refused: false,
+                    })?;
                 let (rd, wr) = tokio::io::split(s);
                 spawn_io(rd, wr, rx, &shared, max_reply)
             }

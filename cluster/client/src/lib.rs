@@ -59,6 +59,10 @@ pub enum ClientError {
         addr: SocketAddr,
         /// Why.
         message: String,
+        /// The server's host refused the connection (nothing listens on the port: its
+        /// process is gone), rather than not answering in time (a link or host that is
+        /// down) or failing the TLS handshake.
+        refused: bool,
     },
     /// No reply within the request timeout (the request may still take effect).
     #[error("no reply within {0:?}")]
@@ -382,6 +386,7 @@ impl Client {
             .map_err(|_| ClientError::Connect {
                 addr: cfg.addr,
                 message: format!("no connection within {:?}", cfg.connect_timeout),
+                refused: false,
             })?
     }
 

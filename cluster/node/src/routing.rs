@@ -322,9 +322,18 @@ fn piece_results(
 ) -> Vec<(Slot, Result<Vec<u8>, Piece>)> {
     let replies = match replies {
         Ok(r) => r,
-        Err(k2hdkc_client::ClientError::Connect { .. }) => {
-            peer.suspect();
-            cluster.begin_takeover("a peer refused connections");
+        Err(k2hdkc_client::ClientError::Connect { refused, .. }) => {
+            if refused {
+                // Nothing listens on its port: its process is gone.
+                peer.suspect();
+                cluster.begin_takeover("a peer refused connections");
+            } else {
+                // No connection in time: its link or host is down, maybe from here only
+                // (the others may still reach it, and it may still lead its partitions, so
+                // this node must not take them over: heartbeats and the takeover's
+                // collection decide that). Its requests go through another node meanwhile.
+                peer.relay();
+            }
             return pieces.into_iter().map(|p| (p.k, Err(p))).collect();
         }
         Err(e) => {
@@ -377,7 +386,10 @@ fn failed_piece(piece: &Piece, peer: &str, why: &dyn std::fmt::Display) -> Vec<u
     }
     let msg = format!("the owner of the key did not answer ({peer}: {why})");
     // One line: the text protocol's error ends at the first line break.
-    let msg: String = msg.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let msg: String = msg
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     error_reply(piece.mode, &piece.bytes, &msg)
 }
 
@@ -432,7 +444,7 @@ async fn direct_all(
                 // Looked up once per owner and batch, not once per set.
                 peers
                     .entry(a.to_string())
-                    .or_insert_with(|| Some(cluster.peer(a)).filter(|p| p.routable()))
+                    .or_insert_with(|| Some(cluster.peer(a)).filter(|p| p.reachable()))
                     .clone()
             })
             .take(need.saturating_sub(1))

@@ -137,6 +137,11 @@ pub struct Peer {
     /// listening), whatever other nodes heard from it before (see
     /// `Cluster::keep_majority_peers`).
     refused: AtomicBool,
+    /// This node's own connections to it fail (a connect that timed out, heartbeats that do
+    /// not come back) while it is up for the others (they vouched for it after a takeover's
+    /// collection): requests for its partitions go through a node that reaches it (see
+    /// [`Cluster::route_partition`]) until a heartbeat of this node's gets an answer.
+    relayed: AtomicBool,
     /// The peer's clock minus this node's, in ms, as the last heartbeat measured it (to
     /// within half its round trip, `clock_error`); `CLOCK_UNKNOWN` before the first one.
     clock_offset: AtomicI64,
@@ -184,6 +189,25 @@ impl Peer {
     /// Whether requests may be routed to it.
     pub fn routable(&self) -> bool {
         self.up() && !self.catching_up.load(Relaxed)
+    }
+
+    /// Whether requests may be sent to it over this node's own connections: routable, and
+    /// not reached only through others ([`Peer::relay`]).
+    pub fn reachable(&self) -> bool {
+        self.routable() && !self.relayed.load(Relaxed)
+    }
+
+    /// This node cannot reach it itself (a connection did not open in time), though it
+    /// may be up: route its partitions through another node until a heartbeat of this
+    /// node's is answered. Nothing was sent on the connection that failed to open, so
+    /// routing its requests elsewhere runs none of them twice.
+    pub fn relay(&self) {
+        if !self.relayed.swap(true, SeqCst) {
+            tracing::warn!(
+                peer = %self.addr,
+                "cannot reach the peer from here; routing its partitions through another node"
+            );
+        }
     }
 
     /// The deadline `local_ms` (this node's clock) on the peer's clock, once a heartbeat
@@ -678,6 +702,7 @@ impl Cluster {
             catching_up: AtomicBool::new(false),
             streaming: AtomicBool::new(false),
             refused: AtomicBool::new(false),
+            relayed: AtomicBool::new(false),
             clock_offset: AtomicI64::new(CLOCK_UNKNOWN),
             clock_error: AtomicU64::new(0),
         });
@@ -735,6 +760,15 @@ impl Cluster {
             }
             let peer = self.peer(&n.addr);
             if peer.routable() {
+                // Relayed only where this node starts the request: one it was forwarded
+                // goes on to the primary itself, so two nodes whose views differ for a
+                // moment cannot pass it back and forth.
+                if peer.relayed.load(Relaxed)
+                    && crate::routing::inherited_deadline().is_none()
+                    && let Some(relay) = self.relay_for(l, list, &peer)
+                {
+                    return Route::Remote(relay);
+                }
                 return Route::Remote(peer);
             }
             if peer.up() {
@@ -743,6 +777,21 @@ impl Cluster {
         }
         fallback
             .unwrap_or_else(|| Route::Unavailable(format!("every owner of partition {p} is down")))
+    }
+
+    /// A node to send requests for `primary`'s partitions through, when this node cannot
+    /// reach it itself: the partition's next owner this node reaches, else any other node
+    /// of the layout it reaches. The relay routes the request on by its own view (a
+    /// forward for a partition it does not lead: see `Op::Forward`), so to the primary if
+    /// it reaches it, and the primary still orders every update of the key.
+    fn relay_for(&self, l: &Layout, owners: &[NodeIdx], primary: &Peer) -> Option<Arc<Peer>> {
+        owners
+            .iter()
+            .map(|&i| l.node(i))
+            .chain(l.nodes.iter())
+            .filter(|n| n.addr != self.addr && n.addr != primary.addr)
+            .map(|n| self.peer(&n.addr))
+            .find(|p| p.reachable())
     }
 
     /// Whether the layout is known and every partition has somewhere to run now.
@@ -1265,16 +1314,45 @@ impl Cluster {
             let p = self.peer(&n.addr);
             // A refused connection says its process is gone, not its link.
             if 1 + vouching > voters.len() / 2 && !p.refused.load(SeqCst) {
-                // Taken as an answer: the failure timeout starts again.
+                // Taken as an answer: the failure timeout starts again. This node's own link
+                // to it failed, so its requests go through the nodes that hear from it.
+                p.relayed.store(true, SeqCst);
                 if !p.answered() {
                     tracing::warn!(
                         peer = %n.addr,
                         vouching,
-                        "peer is down from here only (a majority hears from it): routing to it"
+                        "peer is down from here only (a majority hears from it): routing to it through them"
                     );
                 }
             }
         }
+    }
+
+    /// Whether `p`, which this node cannot reach itself, is heard from by voters that make a
+    /// majority with this node: by their last heartbeat replies, which list whom they heard
+    /// from within two heartbeat intervals. Each reply must be from the last round or so
+    /// (a round lasts up to the failure timeout while a ping hangs). A peer that refused a
+    /// connection (its process is gone) is not vouched for.
+    fn vouched_by_majority(&self, l: &Layout, p: &Peer) -> bool {
+        if p.refused.load(SeqCst) {
+            return false;
+        }
+        let voters = paxos::voters(l);
+        let fresh = Duration::from_millis(self.cfg.failure_timeout_ms + 2 * self.cfg.heartbeat_ms);
+        let vouching = l
+            .nodes
+            .iter()
+            .filter(|n| voters.contains(&n.name) && n.addr != self.addr && n.addr != p.addr)
+            .filter_map(|n| self.known_peer(&n.addr))
+            .filter(|q| q.heard_within(fresh))
+            .filter(|q| {
+                q.status.lock().expect("lock")["heard"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|v| v.as_str() == Some(p.addr.as_str())))
+            })
+            .count();
+        // This node counts only if it votes (a gateway or a joining node does not).
+        usize::from(voters.contains(&self.me)) + vouching > voters.len() / 2
     }
 
     /// Whether this node reaches a majority of the voting nodes (itself included). A node
@@ -1536,7 +1614,10 @@ impl Cluster {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 let last = self.store.last_seq();
-                let deadline = tokio::time::Instant::now() + self.request_timeout();
+                // Answered before the asker's own timeout (the request timeout) gives up on
+                // it: a late answer is lost with the list of whom this node heard from,
+                // which the asker's takeover needs (see `keep_majority_peers`).
+                let deadline = tokio::time::Instant::now() + self.request_timeout() * 3 / 4;
                 let done = || {
                     p.acked.load(SeqCst) >= last
                         && p.held_from.load(SeqCst) > last
@@ -1666,6 +1747,9 @@ impl Cluster {
             // here until it is done), so it no longer asks to be routed around.
             "catching_up": self.catching_up() && !self.flushing.load(SeqCst),
             "version": l.version,
+            // Whom it hears from: a peer that cannot reach one of them itself keeps it up
+            // while a majority does (see `Cluster::vouched_by_majority`).
+            "heard": self.heard_recently(),
             // The store's clock, so peers can put forwarded requests' deadlines on it.
             "now_ms": self.store.now_ms(),
             "uptime_secs": self.started.elapsed().as_secs(),
@@ -2323,6 +2407,10 @@ impl Cluster {
                         if !was_up {
                             tracing::info!(peer = %p.addr, "peer is up");
                         }
+                        // This node's own request came back: its link to the peer works.
+                        if p.relayed.swap(false, SeqCst) {
+                            tracing::info!(peer = %p.addr, "the peer answers again; routing to it directly");
+                        }
                         if r["version"].as_u64().unwrap_or(0) > l.version {
                             let me = self.clone();
                             let addr = p.addr.clone();
@@ -2347,9 +2435,16 @@ impl Cluster {
                         *p.status.lock().expect("lock") = r;
                     }
                     Err(_) => {
-                        if !p.heard_within(timeout) && p.up.swap(false, SeqCst) {
-                            tracing::warn!(peer = %p.addr, "peer is down");
-                            self.begin_takeover("a peer is down");
+                        if !p.heard_within(timeout) {
+                            if p.relayed.load(SeqCst) && self.vouched_by_majority(&l, &p) {
+                                // Down from here only, still: it stays up, reached through
+                                // the others, rather than being taken for down and vouched
+                                // for again after a takeover every failure timeout.
+                                *p.last_ok.lock().expect("lock") = Some(Instant::now());
+                            } else if p.up.swap(false, SeqCst) {
+                                tracing::warn!(peer = %p.addr, "peer is down");
+                                self.begin_takeover("a peer is down");
+                            }
                         }
                     }
                 }
