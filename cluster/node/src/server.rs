@@ -451,6 +451,10 @@ struct SocketListener {
     path: std::path::PathBuf,
     /// Device and inode of the file this listener made.
     ident: (u64, u64),
+    /// `PATH.lock`, locked for as long as this listener lives (dropped after the socket
+    /// file is removed): two servers started on one path at once cannot both take over a
+    /// stale file and then remove each other's.
+    _lock: std::fs::File,
 }
 
 fn file_ident(path: &std::path::Path) -> std::io::Result<(u64, u64)> {
@@ -476,6 +480,36 @@ fn bind_socket(path: &std::path::Path) -> Result<SocketListener, ServerError> {
         path: path.to_path_buf(),
         source,
     };
+    // The lock file is left in place when the server stops: removing it would let a server
+    // that opened it just before lock a file nobody else sees.
+    let lock_path = {
+        let mut p = path.as_os_str().to_owned();
+        p.push(".lock");
+        std::path::PathBuf::from(p)
+    };
+    let lock = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(err)?
+    };
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(err(Error::new(
+                ErrorKind::AddrInUse,
+                format!(
+                    "another server listens on it (it holds {})",
+                    lock_path.display()
+                ),
+            )));
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(err(e)),
+    }
     if let Ok(m) = std::fs::symlink_metadata(path) {
         if !m.file_type().is_socket() {
             return Err(err(Error::new(
@@ -521,6 +555,7 @@ fn bind_socket(path: &std::path::Path) -> Result<SocketListener, ServerError> {
             l,
             path: path.to_path_buf(),
             ident,
+            _lock: lock,
         }),
         Err(e) => {
             let _ = std::fs::remove_file(path);

@@ -446,14 +446,22 @@ fn memcached_on_a_unix_socket() {
     let mut u = Conn::unix(&path).unwrap();
     assert!(u.cmd("version\r\n", "\r\n").starts_with("VERSION "));
     drop(u);
-    // A server stopping does not remove a socket file another server has made since.
+    // While it runs, it holds PATH.lock: a second server is refused even where the socket
+    // file is gone (two servers starting at once cannot both take a stale file over).
     std::fs::remove_file(&path).unwrap();
-    let newer = second(path.clone()).expect("the path is free again");
+    let e = second(path.clone()).err().expect("the lock is held");
+    assert!(e.to_string().contains("mc.sock.lock"), "{e}");
+    // A server stopping does not remove a socket file something else has made since.
+    let other = std::os::unix::net::UnixListener::bind(&path).unwrap();
     rt.block_on(s.shutdown()).unwrap();
-    let mut u = Conn::unix(&path).expect("the newer server's socket is still there");
+    assert!(path.exists(), "a file the server did not make stays");
+    drop(other);
+    // Once it stopped, the lock is free: the next server takes the stale file over.
+    let next = second(path.clone()).expect("the lock is free again");
+    let mut u = Conn::unix(&path).unwrap();
     assert!(u.cmd("version\r\n", "\r\n").starts_with("VERSION "));
     drop(u);
-    rt.block_on(newer.shutdown()).unwrap();
+    rt.block_on(next.shutdown()).unwrap();
     assert!(!path.exists());
 
     let file = dir.path().join("not-a-socket");
