@@ -281,6 +281,23 @@ impl NetLab {
         ip(&["link", "set", &self.veth(i), "up"]).expect("heal");
     }
 
+    /// Cut only the link between hosts `i` and `j`: each drops what it would send to the
+    /// other (a blackhole route), while both still reach every other host.
+    pub fn cut_link(&self, i: usize, j: usize) {
+        for (from, to) in [(i, j), (j, i)] {
+            let dst = format!("{}/32", self.addr(to));
+            ip(&["-n", &self.ns(from), "route", "add", "blackhole", &dst]).expect("cut link");
+        }
+    }
+
+    /// Restore the link [`NetLab::cut_link`] cut.
+    pub fn heal_link(&self, i: usize, j: usize) {
+        for (from, to) in [(i, j), (j, i)] {
+            let dst = format!("{}/32", self.addr(to));
+            ip(&["-n", &self.ns(from), "route", "del", "blackhole", &dst]).expect("heal link");
+        }
+    }
+
     /// Start `bin args` inside host `i`.
     pub fn start(
         &self,
