@@ -431,7 +431,15 @@ async fn direct_all(
     for (i, (_, d)) in items.iter().enumerate() {
         let o = l.owners_of_partition(d.partition);
         let primary_owns = o.current.iter().any(|&n| l.node(n).addr == d.peer.addr);
-        if l.moving() || !primary_owns {
+        // Routed through a relay (an owner before it is reached only through others): the
+        // relay does not lead the partition and would refuse the primary's copy.
+        let relayed = o
+            .current
+            .iter()
+            .map(|&n| l.node(n).addr.as_str())
+            .take_while(|a| *a != d.peer.addr)
+            .any(|a| cluster.known_peer(a).is_some_and(|p| p.is_relayed()));
+        if l.moving() || !primary_owns || relayed {
             asked.push(None);
             continue;
         }
@@ -593,6 +601,7 @@ async fn direct_all(
             .or_insert_with(|| (d.peer.clone(), Vec::new()))
             .1
             .push(Piece {
+                forwarded: false,
                 k: *slot,
                 partition: d.partition,
                 key: k2hdkc_layout::key_hash(&d.key),
@@ -646,6 +655,7 @@ fn demote_followed(
             .or_insert_with(|| (d.peer.clone(), Vec::new()))
             .1
             .push(Piece {
+                forwarded: false,
                 k: slot,
                 partition: d.partition,
                 key,
@@ -693,6 +703,10 @@ fn wire_expiry(e: k2hdkc_storage::Expire) -> k2hdkc_proto::native::Expiry {
 
 /// One request forwarded to a peer.
 pub(crate) struct Piece {
+    /// Made while running a request this node was forwarded itself: routed again (after a
+    /// refused connection) straight to the primary, never through a relay, so that it cannot
+    /// go back the way it came (see `Cluster::route_partition`).
+    forwarded: bool,
     k: Slot,
     partition: usize,
     /// Its key's hash.
@@ -802,6 +816,7 @@ fn resolve_many<'a>(
                             .entry(peer.addr.clone())
                             .or_insert_with(|| (peer, Vec::new()));
                         f.1.push(Piece {
+                            forwarded: deadline.is_some(),
                             k: slot,
                             partition,
                             key,
@@ -1053,15 +1068,22 @@ fn resolve_many<'a>(
                 }
             }
         }
-        // The peer refused the connection, so it ran none of them: route them again (the
-        // next owner, or here) once.
+        // No connection to the peer opened (it refused one, or none opened in time), so it
+        // ran none of them: route them again (the next owner, a relay, or here) once.
         for piece in retries {
             let slot = piece.k;
-            let mut route = cluster.route_partition(&cluster.layout(), piece.partition);
+            // As where the request started: a forwarded one is not relayed (see `Piece`).
+            let route_of = |piece: &Piece| {
+                let inherited = piece.forwarded.then_some(piece.deadline);
+                with_deadline(inherited, || {
+                    cluster.route_partition(&cluster.layout(), piece.partition)
+                })
+            };
+            let mut route = route_of(&piece);
             if matches!(route, Route::Local) && cluster.in_takeover() {
                 // Collect first; then the partition may have a leader elsewhere again.
                 cluster.wait_takeover_until(piece.deadline).await;
-                route = cluster.route_partition(&cluster.layout(), piece.partition);
+                route = route_of(&piece);
             }
             if cluster.expired(piece.deadline) {
                 // Its sender stops waiting about now: run it no more (see `Deferred::Later`).

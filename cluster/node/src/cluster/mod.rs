@@ -142,6 +142,9 @@ pub struct Peer {
     /// collection): requests for its partitions go through a node that reaches it (see
     /// [`Cluster::route_partition`]) until a heartbeat of this node's gets an answer.
     relayed: AtomicBool,
+    /// When one of this node's own heartbeats last got an answer (its `status` is from
+    /// then): unlike `last_ok`, never set on the others' word.
+    answered_at: Mutex<Option<Instant>>,
     /// The peer's clock minus this node's, in ms, as the last heartbeat measured it (to
     /// within half its round trip, `clock_error`); `CLOCK_UNKNOWN` before the first one.
     clock_offset: AtomicI64,
@@ -189,6 +192,11 @@ impl Peer {
     /// Whether requests may be routed to it.
     pub fn routable(&self) -> bool {
         self.up() && !self.catching_up.load(Relaxed)
+    }
+
+    /// Whether this node reaches it only through others ([`Peer::relay`]).
+    pub fn is_relayed(&self) -> bool {
+        self.relayed.load(Relaxed)
     }
 
     /// Whether requests may be sent to it over this node's own connections: routable, and
@@ -703,6 +711,7 @@ impl Cluster {
             streaming: AtomicBool::new(false),
             refused: AtomicBool::new(false),
             relayed: AtomicBool::new(false),
+            answered_at: Mutex::new(None),
             clock_offset: AtomicI64::new(CLOCK_UNKNOWN),
             clock_error: AtomicU64::new(0),
         });
@@ -1272,15 +1281,18 @@ impl Cluster {
         self.keep_majority_peers(&l, &heard);
     }
 
-    /// The peers this node heard from within two heartbeat intervals (a flush reply carries
-    /// them: see [`Cluster::keep_majority_peers`]).
+    /// The peers this node heard from itself within two heartbeat intervals (flush and
+    /// heartbeat replies carry them: see [`Cluster::keep_majority_peers`] and
+    /// [`Cluster::vouched_by_majority`]). Not a peer kept up only on the others' word (it
+    /// is relayed): two nodes that each vouched for a dead peer on the other's word would
+    /// keep it up for ever.
     fn heard_recently(&self) -> Vec<String> {
         let fresh = Duration::from_millis(2 * self.cfg.heartbeat_ms);
         self.peers
             .lock()
             .expect("lock")
             .values()
-            .filter(|p| p.up() && p.heard_within(fresh))
+            .filter(|p| p.up() && p.heard_within(fresh) && !p.relayed.load(SeqCst))
             .map(|p| p.addr.clone())
             .collect()
     }
@@ -1330,9 +1342,10 @@ impl Cluster {
 
     /// Whether `p`, which this node cannot reach itself, is heard from by voters that make a
     /// majority with this node: by their last heartbeat replies, which list whom they heard
-    /// from within two heartbeat intervals. Each reply must be from the last round or so
-    /// (a round lasts up to the failure timeout while a ping hangs). A peer that refused a
-    /// connection (its process is gone) is not vouched for.
+    /// from themselves within two heartbeat intervals. Each reply must be an answer to this
+    /// node from the last round or so (a round lasts up to the failure timeout while a ping
+    /// hangs), from a voter this node reaches itself. A peer that refused a connection (its
+    /// process is gone) is not vouched for.
     fn vouched_by_majority(&self, l: &Layout, p: &Peer) -> bool {
         if p.refused.load(SeqCst) {
             return false;
@@ -1344,7 +1357,15 @@ impl Cluster {
             .iter()
             .filter(|n| voters.contains(&n.name) && n.addr != self.addr && n.addr != p.addr)
             .filter_map(|n| self.known_peer(&n.addr))
-            .filter(|q| q.heard_within(fresh))
+            // Its own answer, lately, to this node: a status kept from before a cut (or a
+            // voucher kept up on the others' word) says nothing about now.
+            .filter(|q| {
+                !q.is_relayed()
+                    && q.answered_at
+                        .lock()
+                        .expect("lock")
+                        .is_some_and(|t| t.elapsed() < fresh)
+            })
             .filter(|q| {
                 q.status.lock().expect("lock")["heard"]
                     .as_array()
@@ -2433,6 +2454,7 @@ impl Cluster {
                         p.catching_up.store(catching, SeqCst);
                         *p.view.lock().expect("lock") = Some(Arc::new(PeerView::parse(&r)));
                         *p.status.lock().expect("lock") = r;
+                        *p.answered_at.lock().expect("lock") = Some(Instant::now());
                     }
                     Err(_) => {
                         if !p.heard_within(timeout) {
