@@ -748,18 +748,7 @@ fn attach_and_return_move_little_data() {
             }
         })
         .collect();
-    let out = Command::new(bin("k2hdkc"))
-        .args([
-            "hash",
-            "--join",
-            &seed.to_string(),
-            "--json",
-            "--secret-file",
-        ])
-        .arg(secret())
-        .args(&changed_keys)
-        .output()
-        .expect("run k2hdkc hash");
+    let out = hash_json(seed, &changed_keys);
     assert!(
         out.status.success(),
         "{}",
@@ -1029,27 +1018,10 @@ fn partitioned_node_loses_nothing() {
     let native = |i: usize| SocketAddr::new(lab.addr(i), 8020);
     let memcached = |i: usize| SocketAddr::new(lab.addr(i), 11211);
     let start = |i: usize| {
-        let name = format!("n{}", i + 1);
-        let data = dir.path().join(&name).to_string_lossy().to_string();
-        let args = server_args(
-            &name,
-            &["--storage", "file", "--fsync", "batch", "--data-dir", &data],
-            native(i),
-            memcached(i),
-            native(0),
-            &[],
-        );
-        let p = lab.start(
-            i,
-            &bin("k2hdkc"),
-            &args,
-            Some(&dir.path().join(format!("{name}.log"))),
-        );
-        assert!(
-            wait_listening(native(i), Duration::from_secs(10)),
-            "{name} did not start"
-        );
-        p
+        let data = dir.path().join(format!("n{}", i + 1));
+        let data = data.to_string_lossy();
+        let storage = ["--storage", "file", "--fsync", "batch", "--data-dir", &data];
+        start_in_lab(&lab, dir.path(), i, &storage)
     };
     // Declared after `lab`, so they stop before the namespaces go.
     let _procs: Vec<Proc> = (0..3).map(start).collect();
@@ -1107,28 +1079,7 @@ fn a_cut_link_between_two_nodes_loses_nothing() {
     let dir = system_tests::test_dir();
     let native = |i: usize| SocketAddr::new(lab.addr(i), 8020);
     let memcached = |i: usize| SocketAddr::new(lab.addr(i), 11211);
-    let start = |i: usize| {
-        let name = format!("n{}", i + 1);
-        let args = server_args(
-            &name,
-            &["--storage", "memory"],
-            native(i),
-            memcached(i),
-            native(0),
-            &[],
-        );
-        let p = lab.start(
-            i,
-            &bin("k2hdkc"),
-            &args,
-            Some(&dir.path().join(format!("{name}.log"))),
-        );
-        assert!(
-            wait_listening(native(i), Duration::from_secs(10)),
-            "{name} did not start"
-        );
-        p
-    };
+    let start = |i: usize| start_in_lab(&lab, dir.path(), i, &["--storage", "memory"]);
     // Declared after `lab`, so they stop before the namespaces go.
     let _procs: Vec<Proc> = (0..3).map(start).collect();
     let seed = native(0);
@@ -1137,18 +1088,7 @@ fn a_cut_link_between_two_nodes_loses_nothing() {
     std::thread::sleep(Duration::from_millis(500));
     // The counter's primary: two nodes leading its partition would return one value twice
     // and the final count would miss increments.
-    let out = Command::new(bin("k2hdkc"))
-        .args([
-            "hash",
-            "--join",
-            &seed.to_string(),
-            "--json",
-            "--secret-file",
-        ])
-        .arg(secret())
-        .arg("counter")
-        .output()
-        .expect("run k2hdkc hash");
+    let out = hash_json(seed, &["counter".to_string()]);
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("hash JSON");
     let p = j["owners"][0]["name"]
         .as_str()
@@ -1199,6 +1139,42 @@ fn a_cut_link_between_two_nodes_loses_nothing() {
         "n{} lost the majority over one cut link",
         a + 1
     );
+}
+
+/// `k2hdkc hash --join SEED --json KEYS...`: one line of JSON per key (partition, owners).
+fn hash_json(seed: SocketAddr, keys: &[String]) -> std::process::Output {
+    Command::new(bin("k2hdkc"))
+        .args([
+            "hash",
+            "--join",
+            &seed.to_string(),
+            "--json",
+            "--secret-file",
+        ])
+        .arg(secret())
+        .args(keys)
+        .output()
+        .expect("run k2hdkc hash")
+}
+
+/// Start node n{i+1} in host `i` of `lab` (native port 8020, memcached 11211, joined through
+/// host 0) with `storage` arguments; its log is DIR/n{i+1}.log.
+fn start_in_lab(lab: &NetLab, dir: &Path, i: usize, storage: &[&str]) -> Proc {
+    let name = format!("n{}", i + 1);
+    let native = |i: usize| SocketAddr::new(lab.addr(i), 8020);
+    let memcached = SocketAddr::new(lab.addr(i), 11211);
+    let args = server_args(&name, storage, native(i), memcached, native(0), &[]);
+    let p = lab.start(
+        i,
+        &bin("k2hdkc"),
+        &args,
+        Some(&dir.join(format!("{name}.log"))),
+    );
+    assert!(
+        wait_listening(native(i), Duration::from_secs(10)),
+        "{name} did not start"
+    );
+    p
 }
 
 /// A memory-mode node that restarts comes back empty: its catch-up asks the others for the

@@ -932,6 +932,23 @@ fn run_seeds(seeds: Vec<u64>, movements: bool, links: bool) {
     );
 }
 
+/// The first of the keys `name(0)`, `name(1)`, ... whose primary is not n1: (the key, its
+/// primary, the third node), all 0-based.
+async fn key_led_elsewhere(
+    c: &Client,
+    mut name: impl FnMut(usize) -> String,
+) -> Result<(String, usize, usize), String> {
+    for i in 0..200 {
+        let k = name(i);
+        let p = primary_of(c, k.as_bytes()).await?;
+        if p != 0 {
+            let third = (0..NODES).find(|&j| j != 0 && j != p).expect("three nodes");
+            return Ok((k, p, third));
+        }
+    }
+    Err("no key with a primary other than n1".into())
+}
+
 /// The node (0-based) that is the primary of `key` in the committed layout.
 async fn primary_of(c: &Client, key: &[u8]) -> Result<usize, String> {
     let r = control(c, json!({"method": "layout"})).await?;
@@ -953,104 +970,107 @@ async fn primary_of(c: &Client, key: &[u8]) -> Result<usize, String> {
 /// failure; `set K new` through the third node is acknowledged; the link is released and
 /// every node must still read `new`.
 fn held_forward_run(seed: u64) -> Result<String, String> {
-    let (mut sim, names, nodes) = nodes_sim(seed, 120);
-    let result: Arc<Mutex<Option<Result<String, String>>>> = Arc::new(Mutex::new(None));
-    {
-        let (nodes, names, result) = (nodes.clone(), names.clone(), result.clone());
-        sim.client("tester", async move {
-            let r = async {
-                form(&nodes).await?;
-                let c0 = client(nodes[0]);
-                // A key whose primary is not n1, so n1 forwards it.
-                let mut key = None;
-                for i in 0..200 {
-                    let k = format!("held-{i}");
-                    let p = primary_of(&c0, k.as_bytes()).await?;
-                    if p != 0 {
-                        key = Some((k, p));
+    scripted_run(seed, move |nodes, names| async move {
+        form(&nodes).await?;
+        let c0 = client(nodes[0]);
+        // A key whose primary is not n1, so n1 forwards it.
+        let (key, p, third) = key_led_elsewhere(&c0, |i| format!("held-{i}")).await?;
+        let via_a = client(nodes[0]);
+        let via_b = client(nodes[third]);
+        // Several, so every pooled connection n1 forwards on is open: the held set
+        // must travel on an established connection (a new one would fail to connect
+        // and be routed around, which is not the case under test).
+        for _ in 0..4 {
+            via_a
+                .set(key.as_bytes(), b"first")
+                .await
+                .map_err(|e| format!("first set: {e}"))?;
+        }
+        turmoil::hold(names[0].as_str(), names[p].as_str());
+        let old = via_a.set(key.as_bytes(), b"old").await;
+        if old.is_ok() {
+            return Err(format!(
+                "the set of {key} over the held link n1-n{} was acknowledged",
+                p + 1
+            ));
+        }
+        // Acknowledged after the old one failed: this is what must be read.
+        let mut acked = None;
+        for n in 0..10 {
+            let v = format!("new-{n}");
+            if via_b.set(key.as_bytes(), v.as_bytes()).await.is_ok() {
+                acked = Some(v);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let acked = acked.ok_or("no set through the third node was acknowledged")?;
+        turmoil::release(names[0].as_str(), names[p].as_str());
+        // Let the held traffic land, streams catch up and read checks settle.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let mut bad = Vec::new();
+        for (i, &addr) in nodes.iter().enumerate() {
+            let mut got = None;
+            for _ in 0..20 {
+                match client(addr).get(key.as_bytes()).await {
+                    Ok(v) => {
+                        got = Some(v.map(|i| String::from_utf8_lossy(&i.value).into_owned()));
                         break;
                     }
-                }
-                let (key, p) = key.ok_or("no key with a primary other than n1")?;
-                let third = (0..NODES).find(|&i| i != 0 && i != p).expect("three nodes");
-                let via_a = client(nodes[0]);
-                let via_b = client(nodes[third]);
-                // Several, so every pooled connection n1 forwards on is open: the held set
-                // must travel on an established connection (a new one would fail to connect
-                // and be routed around, which is not the case under test).
-                for _ in 0..4 {
-                    via_a
-                        .set(key.as_bytes(), b"first")
-                        .await
-                        .map_err(|e| format!("first set: {e}"))?;
-                }
-                turmoil::hold(names[0].as_str(), names[p].as_str());
-                let old = via_a.set(key.as_bytes(), b"old").await;
-                if old.is_ok() {
-                    return Err(format!(
-                        "the set of {key} over the held link n1-n{} was acknowledged",
-                        p + 1
-                    ));
-                }
-                // Acknowledged after the old one failed: this is what must be read.
-                let mut acked = None;
-                for n in 0..10 {
-                    let v = format!("new-{n}");
-                    if via_b.set(key.as_bytes(), v.as_bytes()).await.is_ok() {
-                        acked = Some(v);
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                }
-                let acked = acked.ok_or("no set through the third node was acknowledged")?;
-                turmoil::release(names[0].as_str(), names[p].as_str());
-                // Let the held traffic land, streams catch up and read checks settle.
-                tokio::time::sleep(Duration::from_secs(10)).await;
-                let mut bad = Vec::new();
-                for (i, &addr) in nodes.iter().enumerate() {
-                    let mut got = None;
-                    for _ in 0..20 {
-                        match client(addr).get(key.as_bytes()).await {
-                            Ok(v) => {
-                                got = Some(v.map(|i| String::from_utf8_lossy(&i.value).into_owned()));
-                                break;
-                            }
-                            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-                        }
-                    }
-                    if got.as_ref() != Some(&Some(acked.clone())) {
-                        bad.push(format!("n{} reads {got:?}", i + 1));
-                    }
-                }
-                if bad.is_empty() {
-                    Ok(format!(
-                        "seed {seed}: {key} (primary n{}): old failed, {acked} acknowledged and read everywhere",
-                        p + 1
-                    ))
-                } else {
-                    Err(format!(
-                        "seed {seed}: {key} (primary n{}): acknowledged {acked}, but {}",
-                        p + 1,
-                        bad.join(", ")
-                    ))
+                    Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
                 }
             }
-            .await;
-            *result.lock().unwrap() = Some(r);
-            Ok(())
-        });
-    }
+            if got.as_ref() != Some(&Some(acked.clone())) {
+                bad.push(format!("n{} reads {got:?}", i + 1));
+            }
+        }
+        if bad.is_empty() {
+            Ok(format!(
+                "seed {seed}: {key} (primary n{}): old failed, {acked} acknowledged and read everywhere",
+                p + 1
+            ))
+        } else {
+            Err(format!(
+                "seed {seed}: {key} (primary n{}): acknowledged {acked}, but {}",
+                p + 1,
+                bad.join(", ")
+            ))
+        }
+    })
+}
+
+#[test]
+fn forward_held_past_its_deadline_does_not_overwrite_newer_writes() {
+    run_scripted_seeds(held_forward_run);
+}
+
+/// A scripted scenario on three nodes (see [`nodes_sim`]): `tester`, given the nodes'
+/// addresses and host names, is the simulation's one client, and its result the seed's.
+fn scripted_run<F, Fut>(seed: u64, tester: F) -> Result<String, String>
+where
+    F: FnOnce(Vec<SocketAddr>, Vec<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<String, String>> + 'static,
+{
+    let (mut sim, names, nodes) = nodes_sim(seed, 120);
+    let result: Arc<Mutex<Option<Result<String, String>>>> = Arc::new(Mutex::new(None));
+    let run = tester(nodes, names);
+    let out = result.clone();
+    sim.client("tester", async move {
+        let r = run.await;
+        *out.lock().unwrap() = Some(r);
+        Ok(())
+    });
     sim.run().map_err(|e| format!("seed {seed}: {e}"))?;
     let r = result.lock().unwrap().take();
     r.unwrap_or_else(|| Err(format!("seed {seed}: the tester did not finish")))
 }
 
-#[test]
-fn forward_held_past_its_deadline_does_not_overwrite_newer_writes() {
+/// Run a scripted scenario for its seeds (3 by default), reporting every failure.
+fn run_scripted_seeds(run: fn(u64) -> Result<String, String>) {
     init_log();
     let mut failures = Vec::new();
     for seed in seeds_from_env(3) {
-        match held_forward_run(seed) {
+        match run(seed) {
             Ok(line) => eprintln!("{line}"),
             Err(e) => {
                 eprintln!("{e}");
@@ -1068,132 +1088,99 @@ fn forward_held_past_its_deadline_does_not_overwrite_newer_writes() {
 /// which reaches `p`. Increments alternate between `a` and the third node, one at a time,
 /// for 15 s of the cut; then the link is released and every node must read the count.
 fn cut_link_run(seed: u64) -> Result<String, String> {
-    let (mut sim, names, nodes) = nodes_sim(seed, 120);
-    let result: Arc<Mutex<Option<Result<String, String>>>> = Arc::new(Mutex::new(None));
-    {
-        let (nodes, names, result) = (nodes.clone(), names.clone(), result.clone());
-        sim.client("tester", async move {
-            let r = async {
-                form(&nodes).await?;
-                let c0 = client(nodes[0]);
-                let mut rng = fastrand::Rng::with_seed(seed);
-                let mut key = None;
-                for i in 0..200 {
-                    let k = format!("cut-{}-{i}", rng.u32(..));
-                    let p = primary_of(&c0, k.as_bytes()).await?;
-                    if p != 0 {
-                        key = Some((k, p));
-                        break;
-                    }
+    scripted_run(seed, move |nodes, names| async move {
+        form(&nodes).await?;
+        let c0 = client(nodes[0]);
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let (key, p, third) =
+            key_led_elsewhere(&c0, |i| format!("cut-{}-{i}", rng.u32(..))).await?;
+        c0.set(key.as_bytes(), b"0")
+            .await
+            .map_err(|e| format!("first set: {e}"))?;
+        let via = [client(nodes[0]), client(nodes[third])];
+        let mut values: Vec<(u64, usize, u64)> = Vec::new();
+        let mut unknown = 0u64;
+        // Requests through `a` from 5 s into the cut (failure detection and the
+        // takeover's collection are done by then): (answered, failed).
+        let mut late = (0u64, 0u64);
+        turmoil::hold(names[0].as_str(), names[p].as_str());
+        let cut = tokio::time::Instant::now();
+        let mut n = 0usize;
+        while cut.elapsed() < Duration::from_secs(15) {
+            let side = n % 2;
+            n += 1;
+            let at = cut.elapsed().as_millis() as u64;
+            let r = via[side].incr(key.as_bytes(), 1).await;
+            let counted = side == 0 && at >= 5_000;
+            match r {
+                Ok(Some(v)) => {
+                    values.push((v, side, at));
+                    late.0 += u64::from(counted);
                 }
-                let (key, p) = key.ok_or("no key with a primary other than n1")?;
-                let third = (0..NODES).find(|&i| i != 0 && i != p).expect("three nodes");
-                c0.set(key.as_bytes(), b"0")
-                    .await
-                    .map_err(|e| format!("first set: {e}"))?;
-                let via = [client(nodes[0]), client(nodes[third])];
-                let mut values: Vec<(u64, usize, u64)> = Vec::new();
-                let mut unknown = 0u64;
-                // Requests through `a` from 5 s into the cut (failure detection and the
-                // takeover's collection are done by then): (answered, failed).
-                let mut late = (0u64, 0u64);
-                turmoil::hold(names[0].as_str(), names[p].as_str());
-                let cut = tokio::time::Instant::now();
-                let mut n = 0usize;
-                while cut.elapsed() < Duration::from_secs(15) {
-                    let side = n % 2;
-                    n += 1;
-                    let at = cut.elapsed().as_millis() as u64;
-                    let r = via[side].incr(key.as_bytes(), 1).await;
-                    let counted = side == 0 && at >= 5_000;
-                    match r {
-                        Ok(Some(v)) => {
-                            values.push((v, side, at));
-                            late.0 += u64::from(counted);
-                        }
-                        Ok(None) => return Err(format!("{key} vanished")),
-                        Err(_) => {
-                            unknown += 1;
-                            late.1 += u64::from(counted);
-                        }
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                Ok(None) => return Err(format!("{key} vanished")),
+                Err(_) => {
+                    unknown += 1;
+                    late.1 += u64::from(counted);
                 }
-                turmoil::release(names[0].as_str(), names[p].as_str());
-                tokio::time::sleep(Duration::from_secs(8)).await;
-                let mut problems = Vec::new();
-                let mut sorted: Vec<u64> = values.iter().map(|v| v.0).collect();
-                sorted.sort_unstable();
-                let before = sorted.len();
-                sorted.dedup();
-                if sorted.len() != before {
-                    problems.push(format!(
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        turmoil::release(names[0].as_str(), names[p].as_str());
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let mut problems = Vec::new();
+        let mut sorted: Vec<u64> = values.iter().map(|v| v.0).collect();
+        sorted.sort_unstable();
+        let before = sorted.len();
+        sorted.dedup();
+        if sorted.len() != before {
+            problems.push(format!(
                         "{} increments returned a value another one returned (two primaries); the first 20 (value, 0: via n1 1: via the third, ms into the cut): {:?}",
                         before - sorted.len(),
                         &values[..values.len().min(20)]
                     ));
-                }
-                let acked = values.len() as u64;
-                for (i, &addr) in nodes.iter().enumerate() {
-                    let mut got = None;
-                    for _ in 0..20 {
-                        match client(addr).get(key.as_bytes()).await {
-                            Ok(v) => {
-                                got = v.and_then(|i| String::from_utf8_lossy(&i.value).parse::<u64>().ok());
-                                break;
-                            }
-                            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-                        }
+        }
+        let acked = values.len() as u64;
+        for (i, &addr) in nodes.iter().enumerate() {
+            let mut got = None;
+            for _ in 0..20 {
+                match client(addr).get(key.as_bytes()).await {
+                    Ok(v) => {
+                        got = v.and_then(|i| String::from_utf8_lossy(&i.value).parse::<u64>().ok());
+                        break;
                     }
-                    match got {
-                        Some(v) if v >= acked && v <= acked + unknown => {}
-                        other => problems.push(format!(
-                            "n{} reads {other:?}, want {acked}..={}",
-                            i + 1,
-                            acked + unknown
-                        )),
-                    }
-                }
-                let (ok, failed) = late;
-                if failed * 20 > ok + failed {
-                    problems.push(format!(
-                        "through n1, {failed} of {} increments failed from 5 s into the cut (more than 5%)",
-                        ok + failed
-                    ));
-                }
-                let line = format!(
-                    "seed {seed}: {key} (primary n{}, n1-n{} cut): {acked} increments answered, {unknown} failed; through n1 after 5 s {ok} answered, {failed} failed",
-                    p + 1,
-                    p + 1
-                );
-                if problems.is_empty() {
-                    Ok(line)
-                } else {
-                    Err(format!("{line}\n{}", problems.join("\n")))
+                    Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
                 }
             }
-            .await;
-            *result.lock().unwrap() = Some(r);
-            Ok(())
-        });
-    }
-    sim.run().map_err(|e| format!("seed {seed}: {e}"))?;
-    let r = result.lock().unwrap().take();
-    r.unwrap_or_else(|| Err(format!("seed {seed}: the tester did not finish")))
+            match got {
+                Some(v) if v >= acked && v <= acked + unknown => {}
+                other => problems.push(format!(
+                    "n{} reads {other:?}, want {acked}..={}",
+                    i + 1,
+                    acked + unknown
+                )),
+            }
+        }
+        let (ok, failed) = late;
+        if failed * 20 > ok + failed {
+            problems.push(format!(
+                "through n1, {failed} of {} increments failed from 5 s into the cut (more than 5%)",
+                ok + failed
+            ));
+        }
+        let line = format!(
+            "seed {seed}: {key} (primary n{}, n1-n{} cut): {acked} increments answered, {unknown} failed; through n1 after 5 s {ok} answered, {failed} failed",
+            p + 1,
+            p + 1
+        );
+        if problems.is_empty() {
+            Ok(line)
+        } else {
+            Err(format!("{line}\n{}", problems.join("\n")))
+        }
+    })
 }
 
 #[test]
 fn a_cut_link_between_two_nodes_is_routed_around() {
-    init_log();
-    let mut failures = Vec::new();
-    for seed in seeds_from_env(3) {
-        match cut_link_run(seed) {
-            Ok(line) => eprintln!("{line}"),
-            Err(e) => {
-                eprintln!("{e}");
-                failures.push(e);
-            }
-        }
-    }
-    assert!(failures.is_empty(), "{failures:#?}");
+    run_scripted_seeds(cut_link_run);
 }

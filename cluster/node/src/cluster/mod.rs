@@ -1307,9 +1307,36 @@ impl Cluster {
     /// on a broken connection; it led the counter's partition while the primary, reached by
     /// everyone else, still did, and both returned the same value). If it is really gone, its
     /// other peers stop hearing from it within two heartbeat intervals; a peer that refused a
-    /// connection (its port is closed) is not kept.
-    fn keep_majority_peers(&self, l: &Layout, heard: &[(String, Vec<String>)]) {
+    /// connection (its port is closed) is not kept. A voter whose flush answer is late still
+    /// counts by its last heartbeat reply to this node, if that is recent: a slow flush
+    /// (a loaded host) must not make this node lead beside a live primary.
+    fn keep_majority_peers(&self, l: &Layout, flushed: &[(String, Vec<String>)]) {
         let voters = paxos::voters(l);
+        // Whom each voter hears from: its flush answer, else (a slow flush) its last heartbeat
+        // reply to this node, if that is recent and it is not relayed itself.
+        let fresh = Duration::from_millis(self.cfg.failure_timeout_ms + 2 * self.cfg.heartbeat_ms);
+        let mut heard = flushed.to_vec();
+        for n in l
+            .nodes
+            .iter()
+            .filter(|n| voters.contains(&n.name) && n.addr != self.addr)
+        {
+            if heard.iter().any(|(from, _)| *from == n.addr) {
+                continue;
+            }
+            let Some(q) = self.known_peer(&n.addr) else {
+                continue;
+            };
+            let recent = !q.is_relayed()
+                && q.answered_at
+                    .lock()
+                    .expect("lock")
+                    .is_some_and(|t| t.elapsed() < fresh);
+            if recent && let Some(list) = q.status.lock().expect("lock")["heard"].as_array() {
+                let list = list.iter().filter_map(|v| v.as_str().map(str::to_string));
+                heard.push((n.addr.clone(), list.collect()));
+            }
+        }
         let voter_addr = |a: &str| {
             l.nodes
                 .iter()
@@ -1323,9 +1350,10 @@ impl Cluster {
                 .iter()
                 .filter(|(from, list)| voter_addr(from) && list.contains(&n.addr))
                 .count();
+            let me = usize::from(voters.contains(&self.me));
             let p = self.peer(&n.addr);
             // A refused connection says its process is gone, not its link.
-            if 1 + vouching > voters.len() / 2 && !p.refused.load(SeqCst) {
+            if me + vouching > voters.len() / 2 && !p.refused.load(SeqCst) {
                 // Taken as an answer: the failure timeout starts again. This node's own link
                 // to it failed, so its requests go through the nodes that hear from it.
                 p.relayed.store(true, SeqCst);
