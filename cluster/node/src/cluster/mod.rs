@@ -1313,7 +1313,7 @@ impl Cluster {
     fn keep_majority_peers(&self, l: &Layout, flushed: &[(String, Vec<String>)]) {
         let voters = paxos::voters(l);
         // Whom each voter hears from: its flush answer, else (a slow flush) its last heartbeat
-        // reply to this node, if that is recent and it is not relayed itself.
+        // reply to this node, if that is recent and the voter is up here and not relayed.
         let fresh = Duration::from_millis(self.cfg.failure_timeout_ms + 2 * self.cfg.heartbeat_ms);
         let mut heard = flushed.to_vec();
         for n in l
@@ -1327,7 +1327,10 @@ impl Cluster {
             let Some(q) = self.known_peer(&n.addr) else {
                 continue;
             };
-            let recent = !q.is_relayed()
+            // Only one this node still takes for up: a node cut off from everyone must not
+            // keep the majority on the word of replies from before the cut.
+            let recent = q.up()
+                && !q.is_relayed()
                 && q.answered_at
                     .lock()
                     .expect("lock")
@@ -1388,7 +1391,8 @@ impl Cluster {
             // Its own answer, lately, to this node: a status kept from before a cut (or a
             // voucher kept up on the others' word) says nothing about now.
             .filter(|q| {
-                !q.is_relayed()
+                q.up()
+                    && !q.is_relayed()
                     && q.answered_at
                         .lock()
                         .expect("lock")
