@@ -199,6 +199,30 @@ impl Peer {
         self.relayed.load(Relaxed)
     }
 
+    /// Whom it listed as heard from itself in its last heartbeat reply to this node, if that
+    /// reply came within `fresh` and this node takes it for up and reaches it itself: a
+    /// status kept from before a cut (or from a peer kept up on the others' word) says
+    /// nothing about now.
+    fn recent_heard(&self, fresh: Duration) -> Option<Vec<String>> {
+        let recent = self.up()
+            && !self.is_relayed()
+            && self
+                .answered_at
+                .lock()
+                .expect("lock")
+                .is_some_and(|t| t.elapsed() < fresh);
+        if !recent {
+            return None;
+        }
+        let status = self.status.lock().expect("lock");
+        let list = status["heard"].as_array()?;
+        Some(
+            list.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+        )
+    }
+
     /// Whether requests may be sent to it over this node's own connections: routable, and
     /// not reached only through others ([`Peer::relay`]).
     pub fn reachable(&self) -> bool {
@@ -772,7 +796,7 @@ impl Cluster {
                 // Relayed only where this node starts the request: one it was forwarded
                 // goes on to the primary itself, so two nodes whose views differ for a
                 // moment cannot pass it back and forth.
-                if peer.relayed.load(Relaxed)
+                if peer.is_relayed()
                     && crate::routing::inherited_deadline().is_none()
                     && let Some(relay) = self.relay_for(l, list, &peer)
                 {
@@ -1292,7 +1316,7 @@ impl Cluster {
             .lock()
             .expect("lock")
             .values()
-            .filter(|p| p.up() && p.heard_within(fresh) && !p.relayed.load(SeqCst))
+            .filter(|p| p.up() && p.heard_within(fresh) && !p.is_relayed())
             .map(|p| p.addr.clone())
             .collect()
     }
@@ -1312,51 +1336,14 @@ impl Cluster {
     /// (a loaded host) must not make this node lead beside a live primary.
     fn keep_majority_peers(&self, l: &Layout, flushed: &[(String, Vec<String>)]) {
         let voters = paxos::voters(l);
-        // Whom each voter hears from: its flush answer, else (a slow flush) its last heartbeat
-        // reply to this node, if that is recent and the voter is up here and not relayed.
-        let fresh = Duration::from_millis(self.cfg.failure_timeout_ms + 2 * self.cfg.heartbeat_ms);
-        let mut heard = flushed.to_vec();
-        for n in l
-            .nodes
-            .iter()
-            .filter(|n| voters.contains(&n.name) && n.addr != self.addr)
-        {
-            if heard.iter().any(|(from, _)| *from == n.addr) {
-                continue;
-            }
-            let Some(q) = self.known_peer(&n.addr) else {
-                continue;
-            };
-            // Only one this node still takes for up: a node cut off from everyone must not
-            // keep the majority on the word of replies from before the cut.
-            let recent = q.up()
-                && !q.is_relayed()
-                && q.answered_at
-                    .lock()
-                    .expect("lock")
-                    .is_some_and(|t| t.elapsed() < fresh);
-            if recent && let Some(list) = q.status.lock().expect("lock")["heard"].as_array() {
-                let list = list.iter().filter_map(|v| v.as_str().map(str::to_string));
-                heard.push((n.addr.clone(), list.collect()));
-            }
-        }
-        let voter_addr = |a: &str| {
-            l.nodes
-                .iter()
-                .any(|n| n.addr == a && voters.contains(&n.name))
-        };
         for n in &l.nodes {
             if n.addr == self.addr || !voters.contains(&n.name) || self.peer_up(&n.addr) {
                 continue;
             }
-            let vouching = heard
-                .iter()
-                .filter(|(from, list)| voter_addr(from) && list.contains(&n.addr))
-                .count();
-            let me = usize::from(voters.contains(&self.me));
+            let vouching = self.vouchers(l, &voters, &n.addr, flushed);
             let p = self.peer(&n.addr);
             // A refused connection says its process is gone, not its link.
-            if me + vouching > voters.len() / 2 && !p.refused.load(SeqCst) {
+            if self.majority_with_me(&voters, vouching) && !p.refused.load(SeqCst) {
                 // Taken as an answer: the failure timeout starts again. This node's own link
                 // to it failed, so its requests go through the nodes that hear from it.
                 p.relayed.store(true, SeqCst);
@@ -1371,41 +1358,47 @@ impl Cluster {
         }
     }
 
+    /// How many voters other than this node and the one at `addr` hear from it: by their
+    /// answer to a takeover's flush (`flushed`: each answering node's list), else (no
+    /// answer, or a late one) by their recent heartbeat reply to this node
+    /// ([`Peer::recent_heard`]).
+    fn vouchers(
+        &self,
+        l: &Layout,
+        voters: &[String],
+        addr: &str,
+        flushed: &[(String, Vec<String>)],
+    ) -> usize {
+        let fresh = Duration::from_millis(self.cfg.failure_timeout_ms + 2 * self.cfg.heartbeat_ms);
+        l.nodes
+            .iter()
+            .filter(|n| voters.contains(&n.name) && n.addr != self.addr && n.addr != addr)
+            .filter(|n| match flushed.iter().find(|(from, _)| *from == n.addr) {
+                Some((_, list)) => list.iter().any(|a| a == addr),
+                None => self
+                    .known_peer(&n.addr)
+                    .and_then(|q| q.recent_heard(fresh))
+                    .is_some_and(|list| list.iter().any(|a| a == addr)),
+            })
+            .count()
+    }
+
+    /// Whether `others` voters and this node (if it votes: a gateway or a joining node
+    /// does not) make a majority.
+    fn majority_with_me(&self, voters: &[String], others: usize) -> bool {
+        usize::from(voters.contains(&self.me)) + others > voters.len() / 2
+    }
+
     /// Whether `p`, which this node cannot reach itself, is heard from by voters that make a
-    /// majority with this node: by their last heartbeat replies, which list whom they heard
-    /// from themselves within two heartbeat intervals. Each reply must be an answer to this
-    /// node from the last round or so (a round lasts up to the failure timeout while a ping
-    /// hangs), from a voter this node reaches itself. A peer that refused a connection (its
-    /// process is gone) is not vouched for.
+    /// majority with this node, by their recent heartbeat replies to this node (see
+    /// [`Cluster::vouchers`]). A peer that refused a connection (its process is gone) is
+    /// not vouched for.
     fn vouched_by_majority(&self, l: &Layout, p: &Peer) -> bool {
         if p.refused.load(SeqCst) {
             return false;
         }
         let voters = paxos::voters(l);
-        let fresh = Duration::from_millis(self.cfg.failure_timeout_ms + 2 * self.cfg.heartbeat_ms);
-        let vouching = l
-            .nodes
-            .iter()
-            .filter(|n| voters.contains(&n.name) && n.addr != self.addr && n.addr != p.addr)
-            .filter_map(|n| self.known_peer(&n.addr))
-            // Its own answer, lately, to this node: a status kept from before a cut (or a
-            // voucher kept up on the others' word) says nothing about now.
-            .filter(|q| {
-                q.up()
-                    && !q.is_relayed()
-                    && q.answered_at
-                        .lock()
-                        .expect("lock")
-                        .is_some_and(|t| t.elapsed() < fresh)
-            })
-            .filter(|q| {
-                q.status.lock().expect("lock")["heard"]
-                    .as_array()
-                    .is_some_and(|a| a.iter().any(|v| v.as_str() == Some(p.addr.as_str())))
-            })
-            .count();
-        // This node counts only if it votes (a gateway or a joining node does not).
-        usize::from(voters.contains(&self.me)) + vouching > voters.len() / 2
+        self.majority_with_me(&voters, self.vouchers(l, &voters, &p.addr, &[]))
     }
 
     /// Whether this node reaches a majority of the voting nodes (itself included). A node
